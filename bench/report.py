@@ -1,0 +1,178 @@
+"""Turn the benchmark's results into a Markdown table, a JSON file and a PNG chart.
+
+matplotlib is an optional dev dependency (bench/requirements.txt); without it the run
+still writes the table and the JSON and says that it skipped the chart.
+"""
+import importlib
+import json
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+
+@dataclass
+class Row:
+    """One contender under load at one link count (0: the contender stores no links)."""
+
+    contender: str
+    links: int
+    rps: float
+    p50_ms: float
+    p99_ms: float
+    max_ms: float
+    errors: int
+    bad_status: int
+    vs_floor: float
+    floor_rps: float
+    rss_mib: float | None
+    pss_mib: float | None
+    load1: float
+
+
+@dataclass
+class AppFigures:
+    """What only this app is measured for at one link count."""
+
+    links: int
+    startup_s: float
+    creates: int
+    create_p50_ms: float
+    create_p99_ms: float
+    visible_p50_ms: float
+    visible_max_ms: float
+    visible_misses: int
+    pure_p99_ms: float
+    mixed_rps: float
+    mixed_p50_ms: float
+    mixed_p99_ms: float
+    mixed_vs_pure_p99: float
+    mixed_creates: int
+    mixed_create_p50_ms: float
+    mixed_create_p99_ms: float
+    mixed_create_failures: int
+
+
+@dataclass
+class Results:
+    """Everything one run measured, plus how and where it was measured."""
+
+    settings: dict[str, Any]
+    machine: dict[str, Any]
+    rows: list[Row] = field(default_factory=list)
+    app: list[AppFigures] = field(default_factory=list)
+    targets: dict[str, Any] = field(default_factory=dict)
+    notes: list[str] = field(default_factory=list)
+
+
+def fmt(value: float | None, digits: int = 1) -> str:
+    """A number for a table cell; '-' when it was not measured."""
+    if value is None:
+        return "-"
+    return f"{value:,.{digits}f}"
+
+
+def redirect_table(rows: list[Row]) -> str:
+    """Markdown table of every contender's redirect figures."""
+    lines = [
+        "| contender | links | redirects/s | p50 ms | p99 ms | x Flask floor "
+        "| RSS MiB/worker | PSS MiB/worker | errors | load |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    for r in rows:
+        links = f"{r.links:,}" if r.links else "n/a"
+        lines.append(
+            f"| {r.contender} | {links} | {fmt(r.rps, 0)} | {fmt(r.p50_ms, 2)} "
+            f"| {fmt(r.p99_ms, 2)} | {fmt(r.vs_floor, 2)} | {fmt(r.rss_mib)} | {fmt(r.pss_mib)} "
+            f"| {r.errors + r.bad_status} | {r.load1:.2f} |")
+    return "\n".join(lines)
+
+
+def app_table(figures: list[AppFigures]) -> str:
+    """Markdown table of start-up, create, visibility and mixed-load figures for this app."""
+    lines = [
+        "| links | start-up s | create p50 / p99 ms | visible on all workers ms (p50 / max) "
+        "| pure p99 ms | mixed redirects/s | mixed p99 ms | mixed / pure p99 "
+        "| creates in mixed run (p50 / p99 ms) |",
+        "|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    for f in figures:
+        lines.append(
+            f"| {f.links:,} | {fmt(f.startup_s, 2)} "
+            f"| {fmt(f.create_p50_ms)} / {fmt(f.create_p99_ms)} "
+            f"| {fmt(f.visible_p50_ms)} / {fmt(f.visible_max_ms)} | {fmt(f.pure_p99_ms, 2)} "
+            f"| {fmt(f.mixed_rps, 0)} | {fmt(f.mixed_p99_ms, 2)} | {fmt(f.mixed_vs_pure_p99, 2)} "
+            f"| {f.mixed_creates} ({fmt(f.mixed_create_p50_ms)} / {fmt(f.mixed_create_p99_ms)}) |")
+    return "\n".join(lines)
+
+
+def targets_table(targets: dict[str, Any]) -> str:
+    """Markdown list of the issue's targets with the measured value and a verdict."""
+    lines = []
+    for name, t in targets.items():
+        verdict = "met" if t["met"] else "MISSED" if t["met"] is False else "not measured"
+        lines.append(f"- {name}: measured {t['measured']}, target {t['target']}: **{verdict}**")
+    return "\n".join(lines)
+
+
+def markdown(results: Results) -> str:
+    """The whole report as Markdown: settings line, both tables, targets, notes."""
+    s, m = results.settings, results.machine
+    header = (
+        f"{s['workers']} gunicorn sync workers, wrk {s['connections']} connections, "
+        f"{s['duration']} s per run, {m['cpus']} CPUs, load average before/after "
+        f"{m['load_before']} / {m['load_after']}, {m['started_at']}")
+    parts = [header, redirect_table(results.rows), app_table(results.app),
+             targets_table(results.targets)]
+    parts += [f"- {note}" for note in results.notes]
+    return "\n\n".join(parts) + "\n"
+
+
+def write_json(results: Results, path: Path) -> None:
+    path.write_text(json.dumps(asdict(results), indent=2) + "\n")
+
+
+def pyplot() -> Any | None:
+    """matplotlib.pyplot with a file-only backend, or None when matplotlib is absent."""
+    try:
+        matplotlib = importlib.import_module("matplotlib")
+    except ImportError:
+        return None
+    matplotlib.use("Agg")
+    return importlib.import_module("matplotlib.pyplot")
+
+
+def write_chart(results: Results, path: Path) -> bool:
+    """Redirects/s and memory per worker against link count; False if matplotlib is absent."""
+    plt = pyplot()
+    if plt is None:
+        return False
+    figure, (speed, memory) = plt.subplots(1, 2, figsize=(13, 5))
+    sizes = sorted({r.links for r in results.rows if r.links})
+    for name in sorted({r.contender for r in results.rows}):
+        rows = [r for r in results.rows if r.contender == name]
+        sized = sorted((r for r in rows if r.links), key=lambda r: r.links)
+        if sized and len({r.links for r in sized}) > 1:
+            speed.plot([r.links for r in sized], [r.rps for r in sized], marker="o", label=name)
+            if sized[0].rss_mib is not None:
+                memory.plot([r.links for r in sized], [r.rss_mib or 0 for r in sized],
+                            marker="o", label=name)
+        elif rows:
+            speed.hlines(rows[-1].rps, sizes[0] if sizes else 1, sizes[-1] if sizes else 10,
+                         linestyles="dashed", label=name, colors=f"C{len(speed.lines) % 10}")
+    for axis, title, unit in ((speed, "redirects per second", "redirects/s"),
+                              (memory, "resident memory per worker", "MiB")):
+        axis.set_xscale("log")
+        axis.set_yscale("log")
+        axis.set_xlabel("links stored")
+        axis.set_ylabel(unit)
+        axis.set_title(title)
+        axis.grid(True, which="both", alpha=0.3)
+        if axis.get_legend_handles_labels()[0]:
+            axis.legend(fontsize=8)
+    s = results.settings
+    figure.suptitle(f"{s['workers']} gunicorn sync workers, wrk {s['connections']} connections, "
+                    f"{s['duration']} s per run, loopback, 2 cores")
+    figure.tight_layout()
+    figure.savefig(path, dpi=100)
+    plt.close(figure)
+    return True

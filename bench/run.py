@@ -1,0 +1,319 @@
+"""Measure redirects side by side: this app, the original app, Flask, bare WSGI and nginx.
+
+Usage: python -m bench [--sizes 1000,10000] [--duration 10] [--connections 16]
+       [--workers 2] [--out bench/results] [--quick] [--app-dir DIR]
+
+Everything runs on 127.0.0.1 in one temporary directory, each contender under the same
+gunicorn settings, driven by wrk. Prints Markdown tables and writes results.json,
+results.md and redirects.png into --out. See docs/performance.md.
+"""
+import argparse
+import datetime
+import os
+import platform
+import shutil
+import secrets
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from bench import probe, report, servers
+from bench.data import Link, write_links
+from bench.loadgen import Load, LoadError, run_wrk, wrk_path
+from bench.report import AppFigures, Results, Row
+
+FULL_SIZES = [1_000, 10_000, 100_000, 1_000_000]
+QUICK_SIZES = [1_000]
+NGINX_RETURN = "location / { return 302 https://example.com/; }"
+PROXY = """
+    location / {
+        proxy_pass http://127.0.0.1:%d;
+        proxy_http_version 1.1;
+        proxy_set_header Connection "";
+        proxy_set_header Host $host;
+        proxy_set_header X-Forwarded-For $proxy_add_x_forwarded_for;
+        %s
+    }
+"""
+# Cache only redirects (a stored code never changes its URL), never 404s (a new link must
+# work at once) and never anything that sets a cookie (nginx's default). See the docs.
+CACHE_HTTP = "proxy_cache_path %s/cache levels=1:2 keys_zone=redirects:10m max_size=100m;"
+CACHE_LOCATION = """proxy_cache redirects;
+        proxy_cache_methods GET HEAD;
+        proxy_cache_valid 301 302 60s;
+        proxy_cache_lock on;
+        add_header X-Cache $upstream_cache_status;"""
+
+
+@dataclass(frozen=True)
+class Settings:
+    """The run's options, bounded: every loop below stops by count and by time."""
+
+    sizes: list[int]
+    duration: float
+    connections: int
+    workers: int
+    out: Path
+    app_dir: Path
+    creates: int
+    create_budget_s: float
+    streak: int
+    startup_timeout_s: float
+
+
+def parse_args(argv: Sequence[str] | None) -> Settings:
+    parser = argparse.ArgumentParser(
+        prog="python -m bench", description=__doc__.split("\n\n")[0] if __doc__ else None)
+    parser.add_argument("--sizes", help="comma-separated link counts "
+                        "(default 1000,10000,100000,1000000; with --quick 1000)")
+    parser.add_argument("--duration", type=float, help="seconds per wrk run, 1-60 "
+                        "(default 10; with --quick 2)")
+    parser.add_argument("--connections", type=int, default=16,
+                        help="wrk connections, 1-256 (default 16)")
+    parser.add_argument("--workers", type=int, default=2,
+                        help="gunicorn sync workers (and nginx workers), 1-16 (default 2)")
+    parser.add_argument("--out", type=Path, default=Path("bench/results"),
+                        help="directory for results.json, results.md, redirects.png "
+                        "(default bench/results)")
+    parser.add_argument("--quick", action="store_true",
+                        help="small sizes, short runs, few creates: checks the harness works")
+    parser.add_argument("--app-dir", type=Path, default=servers.REPO,
+                        help="directory holding the application.py to measure "
+                        "(default: this repository; point it at a copy to try a change)")
+    args = parser.parse_args(argv)
+    sizes = [int(s) for s in args.sizes.split(",")] if args.sizes else (
+        QUICK_SIZES if args.quick else FULL_SIZES)
+    duration = args.duration if args.duration is not None else (2.0 if args.quick else 10.0)
+    if not all(1 <= s <= 2_000_000 for s in sizes):
+        parser.error("--sizes must each be between 1 and 2,000,000")
+    if not 1 <= duration <= 60 or not 1 <= args.connections <= 256 \
+            or not 1 <= args.workers <= 16:
+        parser.error("--duration 1-60, --connections 1-256, --workers 1-16")
+    return Settings(
+        sizes=sizes, duration=duration, connections=args.connections, workers=args.workers,
+        out=args.out, app_dir=args.app_dir.resolve(), creates=3 if args.quick else 20,
+        create_budget_s=5.0 if args.quick else 30.0, streak=4 * args.workers,
+        startup_timeout_s=120.0)
+
+
+def percentile(values: Sequence[float], q: float) -> float:
+    """Nearest-rank percentile; 0.0 for no values."""
+    if not values:
+        return 0.0
+    ordered = sorted(values)
+    rank = max(1, round(q / 100 * len(ordered) + 0.5))
+    return ordered[min(rank, len(ordered)) - 1]
+
+
+def load1() -> float:
+    return round(os.getloadavg()[0], 2)
+
+
+def worker_memory(server: servers.Server) -> tuple[float | None, float | None]:
+    """The largest RSS and PSS among the server's worker processes, in MiB."""
+    pids = servers.worker_pids(server.process.pid)
+    if not pids:
+        return None, None
+    figures = [servers.memory_mib(pid) for pid in pids]
+    return max(f[0] for f in figures), max(f[1] for f in figures)
+
+
+def make_row(name: str, links: int, load: Load, floor_rps: float,
+             memory: tuple[float | None, float | None], load_avg: float) -> Row:
+    return Row(
+        contender=name, links=links, rps=load.rps, p50_ms=load.p50_ms, p99_ms=load.p99_ms,
+        max_ms=load.max_ms, errors=load.errors, bad_status=load.bad_status,
+        vs_floor=round(load.rps / floor_rps, 3) if floor_rps else 0.0,
+        floor_rps=floor_rps, rss_mib=memory[0], pss_mib=memory[1], load1=load_avg)
+
+
+class Bench:
+    """One benchmark run: a temporary directory, the settings, and the results so far."""
+
+    def __init__(self, settings: Settings, tmp: Path) -> None:
+        self.s, self.tmp = settings, tmp
+        self.results = Results(
+            settings={"sizes": settings.sizes, "duration": settings.duration,
+                      "connections": settings.connections, "workers": settings.workers,
+                      "worker_class": "sync", "streak": settings.streak,
+                      "app_dir": str(settings.app_dir)},
+            machine={"cpus": os.cpu_count(), "python": platform.python_version(),
+                     "platform": platform.platform(), "wrk": wrk_path(),
+                     "nginx": str(servers.NGINX) if servers.nginx_available() else None,
+                     "load_before": [round(x, 2) for x in os.getloadavg()],
+                     "load_after": None,
+                     "started_at": datetime.datetime.now(datetime.UTC).isoformat(
+                         timespec="seconds")})
+
+    def log(self, message: str) -> None:
+        print(f"[bench {time.strftime('%H:%M:%S')} load {load1():.2f}] {message}",
+              file=sys.stderr, flush=True)
+
+    def gunicorn(self, name: str, target: str, cwd: Path,
+                 env: dict[str, str] | None = None) -> servers.Server:
+        server = servers.start_gunicorn(
+            name, target, self.s.workers, cwd, self.tmp / f"{name.replace(' ', '-')}.log", env)
+        try:
+            servers.wait_until_listening(server, self.s.startup_timeout_s)
+        except servers.ServerError:
+            server.stop()
+            raise
+        return server
+
+    def load(self, server: servers.Server, paths: Path) -> Load:
+        return run_wrk(server.base_url, paths, self.s.duration, self.s.connections)
+
+    def measure(self, server: servers.Server, links: int, paths: Path, floor_rps: float,
+                check: Callable[[], object]) -> Row:
+        """Check correctness, put the server under load, record memory; stop it."""
+        try:
+            check()
+            load_avg = load1()
+            result = self.load(server, paths)
+            memory = worker_memory(server)
+        finally:
+            server.stop()
+        row = make_row(server.name, links, result, floor_rps or result.rps, memory, load_avg)
+        self.results.rows.append(row)
+        self.log(f"{server.name} @ {links:,}: {row.rps:,.0f}/s p99 {row.p99_ms} ms "
+                 f"x{row.vs_floor} rss {row.rss_mib} MiB")
+        return row
+
+    def constant(self, name: str, target: str, links: int, paths: Path,
+                 floor_rps: float) -> Row:
+        """Measure a contender that redirects every code to the same place."""
+        server = self.gunicorn(name, target, self.tmp)
+        return self.measure(server, links, paths, floor_rps,
+                            lambda: probe.get(server.port, "/anything"))
+
+    def floor(self, links: int, paths: Path) -> float:
+        row = self.constant("flask floor", "bench.contenders.flask_floor:app", links, paths, 0)
+        return row.rps
+
+    def app_env(self, data_dir: Path) -> dict[str, str]:
+        return {"DATA_DIR": str(data_dir), "CREATE_RATE_LIMIT": "off",
+                "SECRET_KEY": secrets.token_hex(16), "APP_VERSION": "bench",
+                "PYTHONPATH": f"{self.s.app_dir}{os.pathsep}{servers.REPO}"}
+
+    def size(self, count: int) -> None:
+        """Every contender that stores links, at `count` links."""
+        base = self.tmp / f"links-{count}"
+        self.log(f"writing {count:,} links")
+        sample = write_links(base / "app" / "urls.json", count)
+        (base / "original").mkdir()
+        os.link(base / "app" / "urls.json", base / "original" / "urls.json")
+        paths = base / "paths.txt"
+        paths.write_text("".join(f"/{link.code}\n" for link in sample))
+
+        floor_rps = self.floor(count, paths)
+        self.app(count, base / "app", sample, paths, floor_rps)
+        server = self.gunicorn("original app", "bench.contenders.original:app",
+                               base / "original")
+        self.measure(server, count, paths, floor_rps,
+                     lambda: probe.check_redirects(server.port, sample[:3]))
+        shutil.rmtree(base)
+
+    def app(self, count: int, data_dir: Path, sample: list[Link], paths: Path,
+            floor_rps: float) -> None:
+        """This app: start-up, redirects, memory, creates, visibility, the mixed run."""
+        env = self.app_env(data_dir)
+        server = self.gunicorn("this app", "application:application", self.tmp, env)
+        try:
+            probe.until_served_everywhere(server.port, sample[0], self.s.streak,
+                                          self.s.startup_timeout_s)
+            startup = time.monotonic() - server.started_at
+            probe.check_redirects(server.port, sample[:50])
+            load_avg = load1()
+            pure = self.load(server, paths)
+            memory = worker_memory(server)
+            self.results.rows.append(
+                make_row("this app", count, pure, floor_rps, memory, load_avg))
+            self.log(f"this app @ {count:,}: {pure.rps:,.0f}/s p99 {pure.p99_ms} ms "
+                     f"rss {memory[0]} MiB, start-up {startup:.2f} s")
+            creates, visible, misses = self.creates(server)
+            with probe.CreateTicker(server.port, 1.0, int(self.s.duration) + 5) as ticker:
+                mixed = self.load(server, paths)
+        finally:
+            server.stop()
+        self.results.app.append(AppFigures(
+            links=count, startup_s=round(startup, 3), creates=len(creates),
+            create_p50_ms=round(percentile(creates, 50) * 1000, 2),
+            create_p99_ms=round(percentile(creates, 99) * 1000, 2),
+            visible_p50_ms=round(percentile(visible, 50) * 1000, 2),
+            visible_max_ms=round(max(visible, default=0.0) * 1000, 2), visible_misses=misses,
+            pure_p99_ms=pure.p99_ms, mixed_rps=mixed.rps, mixed_p50_ms=mixed.p50_ms,
+            mixed_p99_ms=mixed.p99_ms,
+            mixed_vs_pure_p99=round(mixed.p99_ms / pure.p99_ms, 2) if pure.p99_ms else 0.0,
+            mixed_creates=len(ticker.seconds),
+            mixed_create_p50_ms=round(percentile(ticker.seconds, 50) * 1000, 2),
+            mixed_create_p99_ms=round(percentile(ticker.seconds, 99) * 1000, 2),
+            mixed_create_failures=len(ticker.failures)))
+        self.log(f"this app @ {count:,}: mixed {mixed.rps:,.0f}/s p99 {mixed.p99_ms} ms, "
+                 f"{len(ticker.seconds)} creates, {len(ticker.failures)} failed")
+
+    def creates(self, server: servers.Server) -> tuple[list[float], list[float], int]:
+        """Create links one at a time; after each, time until every worker serves it."""
+        creates: list[float] = []
+        visible: list[float] = []
+        misses = 0
+        deadline = time.monotonic() + self.s.create_budget_s
+        for number in range(self.s.creates):
+            if time.monotonic() > deadline:
+                break
+            url = f"https://created.example.com/{number}"
+            code, seconds = probe.create(server.port, url)
+            creates.append(seconds)
+            seen = probe.until_served_everywhere(server.port, Link(code, url), self.s.streak,
+                                                 self.s.startup_timeout_s)
+            visible.append(seen.seconds)
+            misses += seen.misses
+        return creates, visible, misses
+
+    def constants(self, paths: Path) -> None:
+        """Contenders that store nothing: the bare WSGI floor and nginx answering itself."""
+        floor_rps = self.floor(0, paths)
+        self.constant("bare wsgi", "bench.contenders.bare_wsgi:app", 0, paths, floor_rps)
+        if not servers.nginx_available():
+            self.results.notes.append("nginx is not installed: its row is missing")
+            return
+        server = servers.start_nginx("nginx return 302", self.tmp / "nginx-return",
+                                     NGINX_RETURN, self.s.workers)
+        servers.wait_until_listening(server, 10)
+        self.measure(server, 0, paths, floor_rps, lambda: probe.get(server.port, "/x"))
+
+
+def run(settings: Settings) -> Results:
+    tmp = Path(tempfile.mkdtemp(prefix="bench-"))
+    try:
+        bench = Bench(settings, tmp)
+        sample_paths = tmp / "paths.txt"
+        sample_paths.write_text("".join(f"/{Link(str(i), '').code}\n" for i in range(1000)))
+        for count in settings.sizes:
+            bench.size(count)
+        bench.constants(sample_paths)
+        bench.results.machine["load_after"] = [round(x, 2) for x in os.getloadavg()]
+        return bench.results
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    settings = parse_args(argv)
+    try:
+        wrk_path()
+        results = run(settings)
+    except (LoadError, servers.ServerError, probe.ProbeError) as error:
+        print(f"bench: {error}", file=sys.stderr)
+        return 1
+    settings.out.mkdir(parents=True, exist_ok=True)
+    text = report.markdown(results)
+    (settings.out / "results.md").write_text(text)
+    report.write_json(results, settings.out / "results.json")
+    charted = report.write_chart(results, settings.out / "redirects.png")
+    print(text)
+    chart = "redirects.png" if charted else "no chart (pip install -r bench/requirements.txt)"
+    print(f"wrote {settings.out}: results.json, results.md, {chart}")
+    return 0

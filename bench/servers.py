@@ -1,0 +1,157 @@
+"""Start and stop the servers under test: gunicorn for each WSGI contender, and nginx.
+
+Every server listens on 127.0.0.1 only, on a port the OS reports free, logs into the run's
+temporary directory, and is stopped with SIGTERM (SIGKILL after a grace period).
+"""
+import getpass
+import http.client
+import os
+import signal
+import socket
+# starts gunicorn and nginx with argument lists
+import subprocess  # nosec B404
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+HOST = "127.0.0.1"
+REPO = Path(__file__).resolve().parent.parent
+NGINX = Path("/usr/sbin/nginx")
+
+
+class ServerError(RuntimeError):
+    """A server did not come up; the message includes the end of its log."""
+
+
+@dataclass
+class Server:
+    """A running server process and where it listens."""
+
+    name: str
+    process: "subprocess.Popen[bytes]"
+    port: int
+    log: Path
+    started_at: float = field(default_factory=time.monotonic)
+
+    @property
+    def base_url(self) -> str:
+        return f"http://{HOST}:{self.port}"
+
+    def stop(self) -> None:
+        """SIGTERM, wait up to 10 s, then SIGKILL."""
+        if self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+            try:
+                self.process.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait(timeout=10)
+
+    def log_tail(self) -> str:
+        """The last lines of the server's log, for error messages."""
+        text = self.log.read_text(errors="replace") if self.log.exists() else ""
+        return "\n".join(text.splitlines()[-15:])
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that nothing listens on right now."""
+    with socket.socket() as s:
+        s.bind((HOST, 0))
+        port: int = s.getsockname()[1]
+        return port
+
+
+def start_gunicorn(name: str, target: str, workers: int, cwd: Path, log: Path,
+                   env: dict[str, str] | None = None, extra: list[str] | None = None) -> Server:
+    """Start `gunicorn target` with `workers` sync workers on a free loopback port.
+
+    The working directory is `cwd` (a temporary directory), so no gunicorn.conf.py is
+    picked up: every contender runs under exactly these settings.
+    """
+    port = free_port()
+    command = [
+        sys.executable, "-m", "gunicorn", f"--workers={workers}", "--worker-class=sync",
+        f"--bind={HOST}:{port}", "--timeout=120", *(extra or []), target,
+    ]
+    environment = {**os.environ, "PYTHONPATH": str(REPO), **(env or {})}
+    with log.open("ab") as out:
+        # fixed interpreter, no shell
+        process = subprocess.Popen(  # nosec B603
+            command, cwd=cwd, env=environment, stdout=out, stderr=subprocess.STDOUT)
+    return Server(name, process, port, log)
+
+
+def nginx_available() -> bool:
+    return NGINX.exists()
+
+
+def start_nginx(name: str, workdir: Path, server_block: str, workers: int,
+                http_extra: str = "") -> Server:
+    """Run nginx in the foreground with a config in `workdir` and the given server body."""
+    port = free_port()
+    workdir.mkdir(parents=True, exist_ok=True)
+    config = workdir / "nginx.conf"
+    config.write_text(f"""
+daemon off;
+user {getpass.getuser()};
+worker_processes {workers};
+pid {workdir}/nginx.pid;
+error_log {workdir}/error.log warn;
+events {{ worker_connections 1024; }}
+http {{
+    access_log off;
+    client_body_temp_path {workdir}/client_body;
+    proxy_temp_path {workdir}/proxy;
+    fastcgi_temp_path {workdir}/fastcgi;
+    uwsgi_temp_path {workdir}/uwsgi;
+    scgi_temp_path {workdir}/scgi;
+    {http_extra}
+    server {{
+        listen {HOST}:{port};
+        {server_block}
+    }}
+}}
+""")
+    log = workdir / "stdout.log"
+    with log.open("ab") as out:
+        # fixed executable, no shell
+        process = subprocess.Popen(  # nosec B603
+            [str(NGINX), "-p", str(workdir), "-c", str(config)],
+            stdout=out, stderr=subprocess.STDOUT)
+    return Server(name, process, port, workdir / "error.log")
+
+
+def wait_until_listening(server: Server, timeout: float) -> float:
+    """Wait until the server answers any HTTP request; return seconds since it started."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if server.process.poll() is not None:
+            raise ServerError(f"{server.name} exited {server.process.returncode}:\n"
+                              f"{server.log_tail()}")
+        try:
+            connection = http.client.HTTPConnection(HOST, server.port, timeout=timeout)
+            connection.request("GET", "/healthz")
+            connection.getresponse().read()
+            connection.close()
+            return time.monotonic() - server.started_at
+        except OSError:
+            time.sleep(0.02)
+    raise ServerError(f"{server.name} did not answer within {timeout} s:\n{server.log_tail()}")
+
+
+def worker_pids(master_pid: int) -> list[int]:
+    """The pids of a process's children (gunicorn's workers, nginx's workers)."""
+    children = Path(f"/proc/{master_pid}/task/{master_pid}/children")
+    return [int(pid) for pid in children.read_text().split()]
+
+
+def memory_mib(pid: int) -> tuple[float, float]:
+    """(RSS, PSS) of one process in MiB. PSS splits pages shared after fork between sharers."""
+    rss = pss = 0.0
+    for line in Path(f"/proc/{pid}/smaps_rollup").read_text().splitlines():
+        key, _, rest = line.partition(":")
+        if key in ("Rss", "Pss"):
+            value = int(rest.split()[0]) / 1024
+            rss, pss = (value, pss) if key == "Rss" else (rss, value)
+    return round(rss, 1), round(pss, 1)
