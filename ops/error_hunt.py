@@ -72,6 +72,7 @@ FRAME = re.compile(r'^\s+File "(?P<file>[^"]+)", line \d+, in (?P<func>\S+)')
 KEYWORD = re.compile(r"\b(?:error|critical|fatal|panic)\b", re.IGNORECASE)
 # `eb logs` (tail) prints each file between two dashed lines; `--all` adds instance banners.
 EB_RULE = re.compile(r"^-{10,}\s*$")
+EB_INSTANCE = re.compile(r"^=+ (i-[0-9a-f]+) =+\s*$")
 
 # Variable parts removed from a signature, in this order.
 NORMALIZERS: list[tuple[re.Pattern[str], str]] = [
@@ -343,24 +344,30 @@ def read_zip(path: Path) -> Iterator[list[Line]]:
 def read_stream(stream: IO[str], name: str) -> Iterator[list[Line]]:
     """Split `eb logs` output into its files; a plain log stays one source.
 
-    Line numbers are positions in the stream, as `awk NR` counted them.
+    Sources are named `<instance id>:<path>` from the output's banners and headers.
+    What comes before the first file header ("Retrieving logs...") is not a log, unless
+    the stream has no headers at all. Line numbers are positions in the stream, as
+    `awk NR` counted them.
     """
     lines = stream.read().splitlines()
-    source, section = name, list[Line]()
+    sections: list[list[Line]] = [[]]
+    instance, source = "", name
     index = 0
     while index < len(lines):
         text = lines[index]
-        if (EB_RULE.match(text) and index + 2 < len(lines)
+        banner = EB_INSTANCE.match(text)
+        if banner:
+            instance = banner[1]
+        elif (EB_RULE.match(text) and index + 2 < len(lines)
                 and EB_RULE.match(lines[index + 2]) and lines[index + 1].startswith("/")):
-            if section:
-                yield section
-            source, section = lines[index + 1].strip(), []
+            source = f"{instance}:{lines[index + 1].strip()}" if instance else lines[index + 1]
+            sections.append([])
             index += 3
             continue
-        section.append(Line(source, index + 1, text))
+        else:
+            sections[-1].append(Line(source, index + 1, text))
         index += 1
-    if section:
-        yield section
+    yield from (section for section in sections[len(sections) > 1:] if section)
 
 
 def read_input(argument: str, stdin: IO[str]) -> Iterator[list[Line]]:
