@@ -78,7 +78,7 @@ class LinkStore:
         self.lock_timeout = lock_timeout
         self.error: str | None = None  # why the file on disk cannot be used, if it cannot
         self._links: dict[str, Record] = {}
-        self._identity: tuple[int, ...] | None = None
+        self._identity: tuple[int, ...] | None = (-1,)  # never read yet
 
     def get(self, code: str) -> Record | None:
         self.refresh()
@@ -95,15 +95,11 @@ class LinkStore:
         number with an unchanged mtime tick cannot hide a newer file.
         """
         try:
-            st = os.stat(self.path)
-            identity: tuple[int, ...] | None = (st.st_ino, st.st_mtime_ns, st.st_ctime_ns,
-                                                st.st_size)
-        except FileNotFoundError:
-            identity = None
+            identity = self._identity_on_disk()
         except OSError as exc:
             self._fail(f"cannot stat {self.path}: {exc.strerror}")
             return
-        if identity == self._identity and (identity is not None or self.error is None):
+        if identity == self._identity:
             return
         self._identity = identity
         try:
@@ -113,6 +109,13 @@ class LinkStore:
         else:
             self.error = None
 
+    def _identity_on_disk(self) -> tuple[int, ...] | None:
+        try:
+            st = os.stat(self.path)
+        except FileNotFoundError:
+            return None
+        return (st.st_ino, st.st_mtime_ns, st.st_ctime_ns, st.st_size)
+
     def _fail(self, message: str) -> None:
         if message != self.error:
             log.error("link store unusable: %s. Serving the last good copy (%d links) "
@@ -121,7 +124,7 @@ class LinkStore:
 
     def _read(self) -> dict[str, Record]:
         if not self.path.exists():
-            if self.lock_path.exists():
+            if self.lock_path.exists() and self.lock_path.stat().st_size:
                 raise StoreUnavailable(f"{self.path} is missing, but {self.lock_path.name} "
                                        "shows links were stored here")
             return {}
@@ -174,8 +177,16 @@ class LinkStore:
                 raise CodeTaken(code)
             links = {**self._links, code: record}
             self._write(links)
-            self._links = links
+            self._links, self._identity = links, self._identity_on_disk()
+            self._mark_as_used()
         return code
+
+    def _mark_as_used(self) -> None:
+        """Note in the lock file that links live here, so a vanished file is an error."""
+        if self.lock_path.stat().st_size == 0:
+            with open(self.lock_path, "a") as lock_file:
+                lock_file.write(f"{self.path.name} holds links; if it is missing, restore it "
+                                "from a backup (python -m ops.backup restore).\n")
 
     def _free_random_code(self) -> str:
         while True:

@@ -1,0 +1,189 @@
+"""The link store: the part that took the original site down."""
+from __future__ import annotations
+
+import fcntl
+import json
+import logging
+import os
+from pathlib import Path
+
+import pytest
+
+from application import CodeTaken, LinkStore, StoreUnavailable
+from tests.servers import links_on_disk
+
+# A urls.json as the original app wrote it: no created_at, files by their plain name.
+ORIGINAL_APP_FILE = '{"docs": {"url": "https://docs.python.org/3/"}, "cv": {"file": "cv.pdf"}}'
+
+
+@pytest.fixture
+def urls_file(tmp_path: Path) -> Path:
+    return tmp_path / "urls.json"
+
+
+@pytest.fixture
+def store(urls_file: Path) -> LinkStore:
+    return LinkStore(urls_file, lock_timeout=0.5)
+
+
+def test_an_original_app_file_loads_unchanged(urls_file: Path, store: LinkStore) -> None:
+    urls_file.write_text(ORIGINAL_APP_FILE)
+    assert store.get("docs") == {"url": "https://docs.python.org/3/"}
+    assert store.get("cv") == {"file": "cv.pdf"}
+    store.add("new", {"url": "https://example.com/"})
+    assert links_on_disk(urls_file) == {**json.loads(ORIGINAL_APP_FILE),
+                                        "new": {"url": "https://example.com/"}}
+
+
+def test_a_fresh_directory_starts_empty(store: LinkStore) -> None:
+    assert store.get("anything") is None
+    assert store.count() == 0
+    assert store.error is None
+
+
+def test_added_links_are_on_disk_and_in_memory(urls_file: Path, store: LinkStore) -> None:
+    store.add("a", {"url": "https://a.example/"})
+    assert store.get("a") == {"url": "https://a.example/"}
+    assert links_on_disk(urls_file) == {"a": {"url": "https://a.example/"}}
+
+
+def test_an_existing_code_is_never_overwritten(urls_file: Path, store: LinkStore) -> None:
+    store.add("a", {"url": "https://first.example/"})
+    with pytest.raises(CodeTaken):
+        store.add("a", {"url": "https://second.example/"})
+    assert links_on_disk(urls_file)["a"] == {"url": "https://first.example/"}
+
+
+def test_a_random_code_is_seven_base62_characters(store: LinkStore) -> None:
+    codes = {store.add(None, {"url": f"https://example.com/{i}"}) for i in range(50)}
+    assert len(codes) == 50
+    assert all(len(code) == 7 and code.isalnum() and code.isascii() for code in codes)
+
+
+def test_a_random_code_is_never_a_reserved_one(urls_file: Path) -> None:
+    store = LinkStore(urls_file, reserved=frozenset({"healthz"}))
+    store._links = {}  # noqa: SLF001 - the generator reads the in-memory set
+    codes = {store._free_random_code() for _ in range(200)}  # noqa: SLF001
+    assert "healthz" not in {code.lower() for code in codes}
+
+
+def test_a_write_by_another_process_is_seen_on_the_next_read(urls_file: Path,
+                                                             store: LinkStore) -> None:
+    other = LinkStore(urls_file)
+    store.add("mine", {"url": "https://mine.example/"})
+    assert other.get("mine") == {"url": "https://mine.example/"}
+    other.add("theirs", {"url": "https://theirs.example/"})
+    assert store.get("theirs") == {"url": "https://theirs.example/"}
+    assert store.get("mine") == {"url": "https://mine.example/"}
+
+
+def test_a_redirect_does_not_reparse_an_unchanged_file(urls_file: Path, store: LinkStore,
+                                                       monkeypatch: pytest.MonkeyPatch) -> None:
+    store.add("a", {"url": "https://a.example/"})
+    reads: list[int] = []
+    real_read = store._read  # noqa: SLF001
+
+    def counting_read() -> dict[str, dict[str, str]]:
+        reads.append(1)
+        return real_read()
+    monkeypatch.setattr(store, "_read", counting_read)
+    for _ in range(100):
+        assert store.get("a") == {"url": "https://a.example/"}
+    assert reads == []
+
+
+@pytest.mark.parametrize("content, problem", [
+    ("{not json", "not valid JSON"),
+    ("", "not valid JSON"),
+    ("[]", "expected a JSON object of links, found list"),
+    ('{"a": "https://a.example/"}', "link 'a' is not an object of strings"),
+    ('{"a": {"href": "https://a.example/"}}', "link 'a' has neither 'url' nor 'file'"),
+    ('{"a": {"url": 42}}', "link 'a' is not an object of strings"),
+    (b"\xff\xfe{}", "cannot read"),
+])
+def test_an_unusable_file_is_never_overwritten(urls_file: Path, store: LinkStore,
+                                               caplog: pytest.LogCaptureFixture,
+                                               content: str | bytes, problem: str) -> None:
+    store.add("kept", {"url": "https://kept.example/"})
+    if isinstance(content, bytes):
+        urls_file.write_bytes(content)
+    else:
+        urls_file.write_text(content)
+    damaged = urls_file.read_bytes()
+    with caplog.at_level(logging.ERROR, logger="shortener"):
+        assert store.get("kept") == {"url": "https://kept.example/"}  # the last good copy
+        with pytest.raises(StoreUnavailable, match=problem):
+            store.add("new", {"url": "https://new.example/"})
+    assert urls_file.read_bytes() == damaged
+    assert store.error and problem in store.error
+    assert "python -m ops.backup restore" in caplog.text
+    assert problem in caplog.text
+
+
+def test_a_repaired_file_is_used_again(urls_file: Path, store: LinkStore) -> None:
+    store.add("a", {"url": "https://a.example/"})
+    good = urls_file.read_text()
+    urls_file.write_text("garbage")
+    assert store.get("a") is not None and store.error
+    urls_file.write_text(good)
+    assert store.get("a") == {"url": "https://a.example/"}
+    assert store.error is None
+    store.add("b", {"url": "https://b.example/"})
+    assert set(links_on_disk(urls_file)) == {"a", "b"}
+
+
+def test_a_deleted_file_is_an_error_not_a_fresh_start(urls_file: Path, store: LinkStore) -> None:
+    store.add("a", {"url": "https://a.example/"})
+    urls_file.unlink()
+    assert store.get("a") == {"url": "https://a.example/"}
+    with pytest.raises(StoreUnavailable, match="missing"):
+        store.add("b", {"url": "https://b.example/"})
+    assert not urls_file.exists()
+
+
+def test_a_held_lock_makes_a_write_fail_after_a_bounded_wait(urls_file: Path,
+                                                             store: LinkStore) -> None:
+    with open(store.lock_path, "a") as held:
+        fcntl.flock(held, fcntl.LOCK_EX)
+        with pytest.raises(StoreUnavailable, match="locked by another process"):
+            store.add("a", {"url": "https://a.example/"})
+    store.add("a", {"url": "https://a.example/"})
+    assert links_on_disk(urls_file) == {"a": {"url": "https://a.example/"}}
+
+
+def test_a_failed_write_leaves_the_old_file_and_no_temp_files(urls_file: Path, store: LinkStore,
+                                                              monkeypatch: pytest.MonkeyPatch
+                                                              ) -> None:
+    store.add("a", {"url": "https://a.example/"})
+    before = urls_file.read_bytes()
+
+    def full_disk(fd: int) -> None:
+        raise OSError(28, "No space left on device")
+    monkeypatch.setattr(os, "fsync", full_disk)
+    with pytest.raises(StoreUnavailable, match="No space left on device"):
+        store.add("b", {"url": "https://b.example/"})
+    monkeypatch.undo()
+    assert urls_file.read_bytes() == before
+    assert sorted(p.name for p in urls_file.parent.iterdir()) == ["urls.json", "urls.json.lock"]
+    assert store.get("b") is None
+
+
+def test_writes_replace_the_file_atomically(urls_file: Path, store: LinkStore) -> None:
+    store.add("a", {"url": "https://a.example/"})
+    inode = urls_file.stat().st_ino
+    with open(urls_file) as old_reader:
+        store.add("b", {"url": "https://b.example/"})
+        assert json.load(old_reader) == {"a": {"url": "https://a.example/"}}
+    assert urls_file.stat().st_ino != inode
+
+
+def test_a_new_process_refuses_to_start_over_when_the_file_was_deleted(urls_file: Path,
+                                                                       store: LinkStore) -> None:
+    store.add("a", {"url": "https://a.example/"})
+    urls_file.unlink()
+    fresh = LinkStore(urls_file)
+    assert fresh.get("a") is None
+    assert fresh.error and "missing" in fresh.error
+    with pytest.raises(StoreUnavailable, match="missing"):
+        fresh.add("b", {"url": "https://b.example/"})
+    assert not urls_file.exists()
