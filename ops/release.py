@@ -445,6 +445,14 @@ def options_from(args: argparse.Namespace) -> Options:
                    smoke_timeout=args.smoke_timeout, allow_unhealthy=args.allow_unhealthy)
 
 
+def execute(target: Target, label: str, options: Options, report_path: Path) -> int:
+    """Run one release, write its report, return the exit code."""
+    report = Release(target, label, options).run()
+    report_path.write_text(report.to_json())
+    LOG.info("release report written to %s (outcome: %s)", report_path, report.outcome)
+    return EXIT_CODES[report.outcome]
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
@@ -452,10 +460,7 @@ def main(argv: list[str] | None = None) -> int:
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     target = make_target(args, parser)
     label = args.label or os.environ.get("GITHUB_SHA") or git_head()
-    report = Release(target, label, options_from(args)).run()
-    args.report.write_text(report.to_json())
-    LOG.info("release report written to %s (outcome: %s)", args.report, report.outcome)
-    return EXIT_CODES[report.outcome]
+    return execute(target, label, options_from(args), args.report)
 
 
 if __name__ == "__main__":

@@ -120,11 +120,12 @@ class EBTarget:
         """`eb deploy ENV --label L` for a new version, `--version L` to reuse one.
 
         The eb CLI exits 4 on a failed deploy, but exits 0 when its own --timeout runs
-        out while the deploy goes on: callers must verify, never trust the exit code."""
+        out while the deploy goes on: callers must verify, never trust the exit code.
+        eb is killed after `timeout` seconds (its own --timeout is rounded up to minutes)."""
         flag = "--label" if new else "--version"
         minutes = max(1, math.ceil(timeout / 60))
         cmd = [self.eb_command, "deploy", self.name, flag, label, "--timeout", str(minutes)]
-        return run_command(cmd, timeout + 60)
+        return run_command(cmd, timeout)
 
     def request_counts(self, start: datetime, end: datetime) -> tuple[int, int]:
         return (self._metric_sum("ApplicationRequests5xx", start, end),
