@@ -41,9 +41,10 @@ def check_redirects(port: int, links: Iterable[Link]) -> int:
     return checked
 
 
-def create(port: int, url: str, timeout: float = 60.0) -> tuple[str, float]:
-    """POST /api/links; return (code, seconds the create took)."""
-    body = json.dumps({"url": url})
+def create(port: int, url: str, code: str | None = None,
+           timeout: float = 60.0) -> tuple[str, float]:
+    """POST /api/links (with a chosen code if given); return (code, seconds it took)."""
+    body = json.dumps({"url": url} if code is None else {"url": url, "code": code})
     connection = http.client.HTTPConnection(HOST, port, timeout=timeout)
     started = time.perf_counter()
     try:
@@ -55,8 +56,8 @@ def create(port: int, url: str, timeout: float = 60.0) -> tuple[str, float]:
     seconds = time.perf_counter() - started
     if response.status != 201:
         raise ProbeError(f"POST /api/links answered {response.status}: {answer[:300]!r}")
-    code: str = json.loads(answer)["code"]
-    return code, seconds
+    created: str = json.loads(answer)["code"]
+    return created, seconds
 
 
 @dataclass(frozen=True)

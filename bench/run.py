@@ -214,7 +214,46 @@ class Bench:
                                base / "original")
         self.measure(server, count, paths, floor_rps,
                      lambda: probe.check_redirects(server.port, sample[:3]))
+        if count == max(self.s.sizes):
+            self.behind_nginx(count, base / "app", sample, paths, floor_rps)
         shutil.rmtree(base)
+
+    def behind_nginx(self, count: int, data_dir: Path, sample: list[Link], paths: Path,
+                     floor_rps: float) -> None:
+        """This app behind nginx as Elastic Beanstalk runs it: plain, then caching 302s."""
+        if not servers.nginx_available():
+            self.results.notes.append("nginx is not installed: no rows behind nginx")
+            return
+        upstream = self.gunicorn("this app upstream", "application:application", self.tmp,
+                                 self.app_env(data_dir))
+        try:
+            probe.until_served_everywhere(upstream.port, sample[0], self.s.streak,
+                                          self.s.startup_timeout_s)
+            for name, cache in (("this app via nginx", False),
+                                ("this app via nginx 302 cache", True)):
+                workdir = self.tmp / name.replace(" ", "-")
+                proxy = servers.start_nginx(
+                    name, workdir, PROXY % (upstream.port, CACHE_LOCATION if cache else ""),
+                    self.s.workers, CACHE_HTTP % workdir if cache else "")
+                servers.wait_until_listening(proxy, 10)
+                self.measure(proxy, count, paths, floor_rps,
+                             lambda: self.check_through_proxy(proxy, sample))
+        finally:
+            upstream.stop()
+
+    def check_through_proxy(self, proxy: servers.Server, sample: list[Link]) -> None:
+        """Every sampled link redirects correctly twice (the second time from the cache, which
+        also warms it: the run measures hot redirects), and a code that answered 404 works
+        as soon as it is created (404s are not cached)."""
+        probe.check_redirects(proxy.port, sample)
+        probe.check_redirects(proxy.port, sample)
+        code = f"bench-{proxy.port}"
+        status, _ = probe.get(proxy.port, f"/{code}")
+        if status != 404:
+            raise probe.ProbeError(f"/{code} answered {status} before it existed")
+        url = f"https://created.example.com/{code}"
+        probe.create(proxy.port, url, code)
+        probe.until_served_everywhere(proxy.port, Link(code, url), self.s.streak, 30)
 
     def app(self, count: int, data_dir: Path, sample: list[Link], paths: Path,
             floor_rps: float) -> None:
