@@ -9,9 +9,11 @@ The environment always ends on a version that passed verification:
    is not healthy to begin with (a rollback target must be known good);
 2. `eb deploy ENV --label LABEL` (or `--version LABEL` when that version exists, so a
    re-run reuses it);
-3. verify: environment Ready on LABEL, health Green/Ok, /healthz reports LABEL, the
-   smoke test (python -m ops.smoke) creates a link and follows it through the public
-   URL, and the 5xx rate stays under --max-5xx-rate for the --watch window;
+3. verify: environment Ready on LABEL, health Green/Ok, /healthz reports LABEL and at
+   least as many links as before the deploy (a version that cannot read the store is
+   stopped before anything writes to it), the smoke test (python -m ops.smoke) creates
+   a link and follows it through the public URL, and the 5xx rate stays under
+   --max-5xx-rate for the --watch window;
 4. on any failure or timeout: `eb deploy ENV --version LAST_GOOD`, verify it the same
    way, send an alert, write the JSON release report, exit non-zero.
 
@@ -106,6 +108,7 @@ class Release:
         self.label = label
         self.opts = options
         self.report = Report(environment=target.name, version=label)
+        self.links_before: int | None = None
 
     # --- the release as a whole --------------------------------------------------
 
@@ -134,6 +137,7 @@ class Release:
         before = self.step("wait-ready", self.wait_ready)
         self.report.last_good_version = before.version
         self.step("health-before", self.check_health_before)
+        self.step("links-before", self.count_links_before)
 
     def verify(self, label: str, prefix: str = "") -> None:
         self.step(prefix + "ready-after", lambda: self.wait_on_version(label))
@@ -202,6 +206,21 @@ class Release:
         raise StepFailed(message + ". Fix the environment first, or re-run with "
                          "--allow-unhealthy to deploy a fix anyway")
 
+    def count_links_before(self) -> str:
+        """Remember how many links the running version serves: a new version that sees
+        fewer cannot read the store, and must be stopped before anything writes to it."""
+        url = self.target.state().url + "/healthz"
+        status, body = fetch_json(url)
+        links = body.get("links")
+        if status == 200 and isinstance(links, int):
+            self.links_before = links
+            return f"{links} links"
+        message = f"{url} answered HTTP {status} {body} before the deploy"
+        if self.opts.allow_unhealthy:
+            return f"{message} (allowed: link count not checked)"
+        raise StepFailed(message + "; fix the environment first, or re-run with "
+                         "--allow-unhealthy to deploy a fix anyway")
+
     def check_version(self) -> bool:
         exists = self.target.version_exists(self.label)
         if exists:
@@ -238,10 +257,17 @@ class Release:
 
     def check_healthz_version(self, label: str) -> str:
         url = self.target.state().url + "/healthz"
-        result = self._poll(lambda: fetch_json(url), lambda r: r[1].get("version") == label,
-                            self.opts.verify_timeout, f"{url} to report version {label}",
-                            lambda r: f"HTTP {r[0]} {r[1]}")
-        return f"{url} reports {label} ({result[1].get('links')} links)"
+        status, body = self._poll(
+            lambda: fetch_json(url), lambda r: r[0] == 200 and r[1].get("version") == label,
+            self.opts.verify_timeout, f"{url} to report version {label}",
+            lambda r: f"HTTP {r[0]} {r[1]}")
+        links = body.get("links")
+        before = self.links_before
+        if before is not None and not (isinstance(links, int) and links >= before):
+            raise StepFailed(f"{label} serves {links} links, but {before} existed before the "
+                             "deploy: it cannot read the link store (if links were lost, "
+                             "restore them with python -m ops.backup)")
+        return f"{url} reports {label} with {links} links ({before} before)"
 
     def smoke(self) -> str:
         url = self.target.state().url

@@ -35,6 +35,12 @@ OLD, NEW = "v-old-1111111", "v-new-2222222"
 
 
 # --- real servers standing in for the environment's instances -----------------------
+# They share one data directory, as every instance shares the EFS mount on EB.
+
+
+@pytest.fixture(scope="module")
+def efs(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return tmp_path_factory.mktemp("efs")
 
 
 def start_server(root: Path, version: str, workers: int = 2, **env: str) -> GunicornServer:
@@ -45,23 +51,23 @@ def start_server(root: Path, version: str, workers: int = 2, **env: str) -> Guni
 
 
 @pytest.fixture(scope="module")
-def old_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[GunicornServer]:
-    srv = start_server(tmp_path_factory.mktemp("old"), OLD)
+def old_server(efs: Path) -> Iterator[GunicornServer]:
+    srv = start_server(efs, OLD)
     yield srv
     srv.stop()
 
 
 @pytest.fixture(scope="module")
-def new_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[GunicornServer]:
-    srv = start_server(tmp_path_factory.mktemp("new"), NEW)
+def new_server(efs: Path) -> Iterator[GunicornServer]:
+    srv = start_server(efs, NEW)
     yield srv
     srv.stop()
 
 
 @pytest.fixture(scope="module")
-def broken_create_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[GunicornServer]:
+def broken_create_server(efs: Path) -> Iterator[GunicornServer]:
     """The new version, healthy on /healthz, whose creates are refused (limit used up)."""
-    srv = start_server(tmp_path_factory.mktemp("limited"), NEW,
+    srv = start_server(efs, NEW,
                        workers=1, CREATE_RATE_LIMIT="1/hour")
     requests.post(f"{srv.url}/api/links", json={"url": "https://example.com/"}, timeout=5)
     yield srv
@@ -212,6 +218,7 @@ def deploy_call(flag: str, label: str) -> list[str]:
 def start_of_release(aws: AWS, server: GunicornServer, exists: bool = False) -> None:
     aws.env("Ready", OLD, server)
     aws.health("Green", "Ok")
+    aws.env("Ready", OLD, server)   # the URL whose /healthz counts the links before
     aws.version_lookup(exists, NEW, server)
 
 
@@ -236,8 +243,8 @@ def test_a_good_version_is_deployed_verified_and_reported(
     assert report["last_good_version"] == OLD and report["version"] == NEW
     assert eb.calls == [deploy_call("--label", NEW)]
     assert [s["name"] for s in report["steps"]] == [
-        "wait-ready", "health-before", "check-version", "deploy", "ready-after", "health",
-        "healthz-version", "smoke", "watch-5xx"]
+        "wait-ready", "health-before", "links-before", "check-version", "deploy",
+        "ready-after", "health", "healthz-version", "smoke", "watch-5xx"]
     assert all(s["ok"] and s["seconds"] >= 0 for s in report["steps"])
     assert alerts.payloads == []
     aws.done()
@@ -388,8 +395,8 @@ def test_a_label_that_already_exists_is_redeployed_with_version(
 
     assert code == EXIT_DEPLOYED
     assert eb.calls == [deploy_call("--version", NEW)]
-    assert report["steps"][2] == {"name": "check-version", "ok": True,
-                                  "seconds": report["steps"][2]["seconds"], "detail": "exists"}
+    assert report["steps"][3] == {"name": "check-version", "ok": True,
+                                  "seconds": report["steps"][3]["seconds"], "detail": "exists"}
     aws.done()
 
 
