@@ -76,7 +76,7 @@ class GunicornServer:
             try:
                 requests.get(f"{self.url}/healthz", timeout=1)
                 return time.monotonic() - started
-            except requests.ConnectionError:
+            except requests.RequestException:  # not listening yet, or still booting
                 time.sleep(0.05)
         self.kill()
         raise RuntimeError(f"gunicorn did not answer within {timeout} s:\n{self.log()}")

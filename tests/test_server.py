@@ -1,0 +1,129 @@
+"""The app under real gunicorn with several workers, over real HTTP on loopback."""
+from __future__ import annotations
+
+import json
+import threading
+import time
+from collections import Counter
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import requests
+
+from tests.servers import GunicornServer, links_on_disk
+
+STORM_CLIENTS = 8
+STORM_LINKS_EACH = 200
+
+
+def create(session: requests.Session, base: str, code: str) -> int:
+    response = session.post(f"{base}/api/links", timeout=30,
+                            json={"url": f"https://example.com/{code}", "code": code})
+    return response.status_code
+
+
+def test_a_link_created_in_one_worker_is_followed_in_every_other(tmp_path: Path) -> None:
+    access_log = tmp_path / "access.log"
+    server = GunicornServer(tmp_path / "data", workers=3, env={
+        "GUNICORN_CMD_ARGS": f"--access-logfile {access_log} "
+                             "--access-logformat '%(p)s %(U)s %(s)s'"})
+    server.start()
+    try:
+        server.wait_for_workers()
+        assert create(requests.Session(), server.url, "shared") == 201
+
+        def follow(_: int) -> int:
+            return requests.get(f"{server.url}/shared", allow_redirects=False, timeout=10
+                                ).status_code
+        with ThreadPoolExecutor(max_workers=6) as pool:
+            statuses = list(pool.map(follow, range(90)))
+    finally:
+        server.stop()
+    assert statuses == [302] * 90
+    served = [line.split() for line in access_log.read_text().splitlines()]
+    workers = {pid for pid, path, status in served if path == "/shared" and status == "302"}
+    assert len(workers) >= 2, f"only {workers} answered; cannot show cross-worker visibility"
+    assert not [line for line in served if line[1] == "/shared" and line[2] != "302"]
+
+
+def test_concurrent_creates_lose_nothing_and_the_file_always_parses(server: GunicornServer
+                                                                    ) -> None:
+    reads = Counter[str]()
+    storm_over = threading.Event()
+
+    def reader() -> None:
+        while not storm_over.is_set():
+            try:
+                with open(server.urls_file, encoding="utf-8") as urls_file:
+                    json.load(urls_file)
+                reads["valid"] += 1
+            except FileNotFoundError:
+                reads["not yet"] += 1
+            except json.JSONDecodeError:
+                reads["invalid"] += 1
+
+    def client(n: int) -> Counter[int]:
+        session = requests.Session()
+        return Counter(create(session, server.url, f"c{n}-{i}") for i in range(STORM_LINKS_EACH))
+
+    watcher = threading.Thread(target=reader)
+    watcher.start()
+    started = time.monotonic()
+    try:
+        with ThreadPoolExecutor(max_workers=STORM_CLIENTS) as pool:
+            statuses = sum(pool.map(client, range(STORM_CLIENTS)), Counter[int]())
+    finally:
+        storm_over.set()
+        watcher.join()
+    seconds = time.monotonic() - started
+    total = STORM_CLIENTS * STORM_LINKS_EACH
+    print(f"\n{total} creates from {STORM_CLIENTS} clients in {seconds:.1f} s "
+          f"({total / seconds:.0f}/s); reader parsed the file {reads['valid']} times, "
+          f"{reads['invalid']} invalid")
+    assert statuses == Counter({201: total})
+    assert reads["invalid"] == 0 and reads["valid"] > 0
+    links = links_on_disk(server.urls_file)
+    expected = {f"c{n}-{i}" for n in range(STORM_CLIENTS) for i in range(STORM_LINKS_EACH)}
+    assert set(links) == expected
+    assert all(links[code]["url"] == f"https://example.com/{code}" for code in expected)
+    assert requests.get(f"{server.url}/healthz", timeout=5).json()["links"] == total
+
+
+def test_kill_9_mid_storm_loses_no_acknowledged_link(server: GunicornServer) -> None:
+    acknowledged: list[str] = []
+    storm_over = threading.Event()
+
+    def client(n: int) -> None:
+        session = requests.Session()
+        for i in range(1000):
+            if storm_over.is_set():
+                return
+            code = f"k{n}-{i}"
+            try:
+                if create(session, server.url, code) == 201:
+                    acknowledged.append(code)
+            except requests.RequestException:
+                return
+
+    threads = [threading.Thread(target=client, args=(n,)) for n in range(6)]
+    for thread in threads:
+        thread.start()
+    deadline = time.monotonic() + 20
+    while len(acknowledged) < 150 and time.monotonic() < deadline:
+        time.sleep(0.01)
+    server.kill()
+    storm_over.set()
+    for thread in threads:
+        thread.join(timeout=30)
+    assert len(acknowledged) >= 150, "the storm never got going"
+
+    links = links_on_disk(server.urls_file)  # parses: valid JSON after a crash
+    assert set(acknowledged) <= set(links)
+    restart_seconds = server.start()
+    print(f"\nkilled after {len(acknowledged)} acknowledged creates; all on disk; "
+          f"restarted in {restart_seconds:.2f} s")
+    for code in acknowledged[::10] + acknowledged[-5:]:
+        response = requests.get(f"{server.url}/{code}", allow_redirects=False, timeout=5)
+        assert response.status_code == 302
+        assert response.headers["Location"] == f"https://example.com/{code}"
+    assert create(requests.Session(), server.url, "after-restart") == 201
