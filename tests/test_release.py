@@ -44,8 +44,7 @@ def efs(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 def start_server(root: Path, version: str, workers: int = 2, **env: str) -> GunicornServer:
-    srv = GunicornServer(root / "data", workers=workers,
-                         env={"APP_VERSION": version, "GUNICORN_ACCESSLOG": "/dev/null", **env})
+    srv = GunicornServer(root / "data", workers=workers, env={"APP_VERSION": version, **env})
     srv.start()
     return srv
 
