@@ -19,6 +19,7 @@ import re
 import secrets
 import string
 import tempfile
+import threading
 import time
 from collections.abc import Callable, Iterator, Mapping
 from datetime import datetime, timezone
@@ -79,6 +80,9 @@ class LinkStore:
         self.error: str | None = None  # why the file on disk cannot be used, if it cannot
         self._links: dict[str, Record] = {}
         self._identity: tuple[int, ...] | None = (-1,)  # never read yet
+        # Threads of one worker (gunicorn gthread) share _links and _identity: they change
+        # together under this lock, or a create could see a new identity with old links.
+        self._memory_lock = threading.Lock()
 
     def get(self, code: str) -> Record | None:
         self.refresh()
@@ -94,20 +98,21 @@ class LinkStore:
         The identity includes the size, and the store only ever grows, so a reused inode
         number with an unchanged mtime tick cannot hide a newer file.
         """
-        try:
-            identity = self._identity_on_disk()
-        except OSError as exc:
-            self._fail(f"cannot stat {self.path}: {exc.strerror}")
-            return
-        if identity == self._identity:
-            return
-        self._identity = identity
-        try:
-            self._links = self._read()
-        except StoreUnavailable as exc:
-            self._fail(str(exc))
-        else:
-            self.error = None
+        with self._memory_lock:
+            try:
+                identity = self._identity_on_disk()
+            except OSError as exc:
+                self._fail(f"cannot stat {self.path}: {exc.strerror}")
+                return
+            if identity == self._identity:
+                return
+            self._identity = identity
+            try:
+                self._links = self._read()
+            except StoreUnavailable as exc:
+                self._fail(str(exc))
+            else:
+                self.error = None
 
     def _identity_on_disk(self) -> tuple[int, ...] | None:
         try:
@@ -177,7 +182,8 @@ class LinkStore:
                 raise CodeTaken(code)
             links = {**self._links, code: record}
             self._write(links)
-            self._links, self._identity = links, self._identity_on_disk()
+            with self._memory_lock:
+                self._links, self._identity = links, self._identity_on_disk()
             self._mark_as_used()
         return code
 
@@ -311,6 +317,7 @@ def load_config(overrides: Mapping[str, Any] | None) -> dict[str, Any]:
         "CREATE_RATE_LIMIT": setting("CREATE_RATE_LIMIT", "60/minute"),
         "RATELIMIT_STORAGE_URI": setting("RATELIMIT_STORAGE_URI", "memory://"),
         "RATELIMIT_HEADERS_ENABLED": True,
+        "RATELIMIT_ENABLED": setting("CREATE_RATE_LIMIT", "60/minute").lower() != "off",
         "LOCK_TIMEOUT": float(setting("LOCK_TIMEOUT", "5")),
         "TRUSTED_PROXY_HOPS": int(setting("TRUSTED_PROXY_HOPS", "1")),
         "SESSION_COOKIE_SAMESITE": "Lax",
@@ -374,10 +381,6 @@ def csrf_exempt(view: Callable[[], ResponseReturnValue]) -> Callable[[], Respons
 
 def create_limit() -> str:
     return str(current_app.config["CREATE_RATE_LIMIT"])
-
-
-def create_limit_off() -> bool:
-    return create_limit().strip().lower() == "off"
 
 
 def create_app(config: Mapping[str, Any] | None = None) -> Flask:
@@ -450,7 +453,7 @@ def render_home(errors: Mapping[str, str] | None = None, status: int = 200, form
 
 
 @bp.post("/your-url")
-@limiter.limit(create_limit, exempt_when=create_limit_off)
+@limiter.limit(create_limit)
 def shorten_form() -> ResponseReturnValue:
     upload = request.files.get("file")
     form = "file" if upload is not None and "url" not in request.form else "url"
@@ -501,7 +504,10 @@ def create_and_show(code: str | None, record: Record, form: str) -> tuple[str, i
                                   "Your input is kept; please try again in a minute."}, 503, form)
     remember(code)
     link = short_url(code)
-    qr_svg = Markup(segno.make(link, error="m").svg_inline(scale=5, border=2))  # nosec B704
+    # A viewBox (omitsize) so the page can size it without clipping; white, with the
+    # 4-module quiet zone the QR spec asks for, so it scans on a dark page too.
+    qr_svg = Markup(segno.make(link, error="m").svg_inline(  # nosec B704
+        border=4, omitsize=True, light="#fff"))
     return render_template("result.html", short_url=link, code=code, record=record,
                            qr_svg=qr_svg), 200
 
@@ -545,7 +551,7 @@ def my_codes() -> ResponseReturnValue:
 
 @bp.post("/api/links")
 @csrf_exempt  # JSON only: a cross-site form cannot send application/json without CORS
-@limiter.limit(create_limit, exempt_when=create_limit_off)
+@limiter.limit(create_limit)
 def create_link() -> ResponseReturnValue:
     if not request.is_json:
         return api_error("Send the link as JSON with 'Content-Type: application/json'.", 415)
