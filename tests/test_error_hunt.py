@@ -78,9 +78,10 @@ def test_groups_come_in_order_of_first_appearance_with_first_and_last_line() -> 
         f"{ORIGINAL_BUG} at json/__init__.py:loads",
         "CRITICAL WORKER TIMEOUT (pid:<n>)",
         "ERROR Worker (pid:<n>) was sent SIGKILL! Perhaps out of memory?",
-        "ERROR shortener: cannot parse /var/app/data/urls.json (Expecting ',' delimiter: "
-        "line <n> column <n> (char <n>)); serving the last good copy (<n> links); "
-        "restore with: python -m ops.backup restore",
+        "ERROR shortener: link store unusable: /var/app/data/urls.json is not valid JSON "
+        "(Expecting ',' delimiter: line <n> column <n> (char <n>)). Serving the last good "
+        "copy (<n> links) and refusing new links. Restore the last good copy with "
+        "`python -m ops.backup restore` (see README, Operating).",
     ]
     store = document["groups"][3]
     assert (store["count"], store["first"]["line"], store["last"]["line"]) == (2, 67, 68)
@@ -211,7 +212,7 @@ def test_the_reports_awk_pipeline_misses_what_error_hunt_finds() -> None:
     # The original bug's message: TypeError has a capital E, so /error/ never matched it.
     assert ORIGINAL_BUG not in awk and ORIGINAL_BUG in hunted
     # Uppercase levels and HTTP 5xx are invisible to it.
-    for missed in ("[CRITICAL] WORKER TIMEOUT", "ERROR shortener: cannot parse",
+    for missed in ("[CRITICAL] WORKER TIMEOUT", "ERROR shortener: link store unusable",
                    '"POST /your-url HTTP/1.1" 500'):
         assert missed not in awk and missed in hunted
     # `sort -u -k2,2` keeps one line per second word: every web.stdout.log line on
@@ -220,3 +221,25 @@ def test_the_reports_awk_pipeline_misses_what_error_hunt_finds() -> None:
     # ... and it reports lines that only mention the word.
     assert "no-error-here" in awk and "no-error-here" not in hunted
     assert "/error-budget" in awk and "/error-budget" not in hunted
+
+
+def test_the_apps_own_error_lines_are_found_as_it_really_writes_them(tmp_path: Path) -> None:
+    """The real app, over a corrupt link file, logging to stderr as it does on EB."""
+    data = tmp_path / "data"
+    data.mkdir()
+    (data / "urls.json").write_text('{"abc": {"url": "https://example.org/"')
+    script = ("from application import create_app\n"
+              f"client = create_app({{'DATA_DIR': {str(data)!r}, 'SECRET_KEY': 'x'}})"
+              ".test_client()\n"
+              "assert client.get('/healthz').status_code == 503\n"
+              "assert client.post('/api/links', json={'url': 'https://a.example'})"
+              ".status_code == 503\n")
+    run_app = subprocess.run([sys.executable, "-c", script], cwd=ROOT, capture_output=True,
+                             text=True, timeout=60, check=True)
+    code, document = report("-", stdin=run_app.stderr)
+    assert code == error_hunt.EXIT_FOUND
+    kinds = {g["kind"] for g in document["groups"]}
+    assert kinds == {"app"}
+    unusable = by_signature(document, "link store unusable")
+    assert "is not valid JSON" in unusable["signature"]
+    assert "python -m ops.backup restore" in unusable["example"]
