@@ -1,7 +1,19 @@
 """gunicorn settings shared by `make run`, the Procfile on Elastic Beanstalk, and the tests.
 
-Sync workers, because Elastic Beanstalk's nginx buffers slow clients and whole requests
-before gunicorn sees them; several workers so a crash of one leaves the rest serving.
+Threaded workers (gthread), not sync. A sync worker serves one connection at a time and
+blocks in recv() until that client has sent its whole request, so a handful of clients
+that connect and say nothing (or trickle headers a byte a second) hold every worker until
+`timeout` kills it, and the site is down meanwhile. A gthread worker parks idle
+keep-alive connections, and new connections that have not sent anything yet, on a poller
+instead of a thread; a thread is taken only once request bytes arrive, and a slow client
+then holds one thread out of `workers * threads`, not a whole process. Elastic Beanstalk's
+nginx buffers slow clients in front of gunicorn as well; this holds without it
+(tests/torture/test_slow_clients.py, figures in docs/reliability.md).
+
+Several processes, so a crash (kill -9) of one leaves the others serving while the
+master forks a replacement. The app is thread-safe: the link store's writes take an
+exclusive flock per request, which excludes threads of the same process too.
+
 Every value can be overridden with GUNICORN_* environment variables.
 """
 import multiprocessing
@@ -9,9 +21,27 @@ import os
 
 bind = os.environ.get("GUNICORN_BIND", f"127.0.0.1:{os.environ.get('PORT', '8000')}")
 workers = int(os.environ.get("GUNICORN_WORKERS", str(max(2, multiprocessing.cpu_count() + 1))))
-worker_class = os.environ.get("GUNICORN_WORKER_CLASS", "sync")
+worker_class = os.environ.get("GUNICORN_WORKER_CLASS", "gthread")
+# Request threads per worker: the number of slow uploads or stuck lock waits one process
+# absorbs before it queues requests.
+threads = int(os.environ.get("GUNICORN_THREADS", "4"))
+# Open connections per worker (gthread): idle keep-alive ones beyond this are not accepted.
+worker_connections = int(os.environ.get("GUNICORN_WORKER_CONNECTIONS", "1000"))
+# A worker whose main loop stops for this long is killed and replaced. Requests never
+# wait longer than LOCK_TIMEOUT (5 s) for the store, so 30 s only catches a hung process.
 timeout = int(os.environ.get("GUNICORN_TIMEOUT", "30"))
 graceful_timeout = int(os.environ.get("GUNICORN_GRACEFUL_TIMEOUT", "20"))
+# Idle keep-alive connections are closed after this many seconds (nginx reconnects).
 keepalive = int(os.environ.get("GUNICORN_KEEPALIVE", "5"))
-accesslog = os.environ.get("GUNICORN_ACCESSLOG", "-")
+# gunicorn's defaults, stated: a request line over 4094 bytes, more than 100 header
+# fields, or a header over 8190 bytes is refused with 400 before the app runs.
+limit_request_line = 4094
+limit_request_fields = 100
+limit_request_field_size = 8190
+# GUNICORN_ACCESSLOG="" turns the access log off (the tests do, to keep their logs short).
+accesslog = os.environ.get("GUNICORN_ACCESSLOG", "-") or None
 errorlog = "-"
+# gunicorn's runtime control socket (gunicornc: reload, shutdown, resize) is not used here;
+# off, so nothing can manage the server through a socket in $HOME, and several servers on
+# one machine (the tests) do not fight over the same socket path.
+control_socket_disable = True
