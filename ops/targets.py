@@ -32,6 +32,10 @@ from pathlib import Path
 from typing import Any, Iterator, Mapping, Protocol
 
 
+# Published every 60 s by the ConfigDocument in .ebextensions/01-health.config.
+FIVE_XX_METRIC, TOTAL_METRIC = "ApplicationRequests5xx", "ApplicationRequestsTotal"
+
+
 class TargetError(Exception):
     """An operation on the target failed; the message says what and why."""
 
@@ -128,12 +132,11 @@ class EBTarget:
         return run_command(cmd, timeout)
 
     def request_counts(self, start: datetime, end: datetime) -> tuple[int, int]:
-        return (self._metric_sum("ApplicationRequests5xx", start, end),
-                self._metric_sum("ApplicationRequestsTotal", start, end))
+        return (self._metric_sum(FIVE_XX_METRIC, start, end),
+                self._metric_sum(TOTAL_METRIC, start, end))
 
     def _metric_sum(self, metric: str, start: datetime, end: datetime) -> int:
-        """Sum of an enhanced-health metric (published every 60 s by the config in
-        .ebextensions/01-health.config) over [start, end]."""
+        """Sum of an enhanced-health metric over [start, end]."""
         resp = self.cloudwatch.get_metric_statistics(
             Namespace="AWS/ElasticBeanstalk", MetricName=metric,
             Dimensions=[{"Name": "EnvironmentName", "Value": self.name}],
