@@ -33,6 +33,7 @@ import json
 import os
 import shutil
 import socket
+import stat
 import sys
 import tempfile
 import time
@@ -84,7 +85,10 @@ class Live:
 def store_lock(live: Live) -> Iterator[None]:
     """Hold the app's exclusive lock on the link store (see the module docstring)."""
     live.lock_path.parent.mkdir(parents=True, exist_ok=True)
+    created = not live.lock_path.exists()
     with open(live.lock_path, "a") as lock_file:
+        if created:  # the app must be able to open it for appending, too
+            adopt_owner(live.lock_path, live.lock_path.parent)
         deadline = time.monotonic() + live.lock_timeout
         while True:
             try:
@@ -114,7 +118,11 @@ def parse_links(data: bytes, what: str) -> dict[str, dict[str, Any]]:
 
 
 def write_atomically(path: Path, source: Path | bytes) -> None:
-    """Temp file in the same directory, fsync, rename over path, fsync the directory."""
+    """Temp file in the same directory, fsync, rename over path, fsync the directory.
+
+    The new file keeps the mode and owner of the one it replaces (a new one: the owner of
+    its directory), so a restore run as root leaves files the app can still read.
+    """
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.tmp-")
     try:
@@ -126,6 +134,9 @@ def write_atomically(path: Path, source: Path | bytes) -> None:
                     shutil.copyfileobj(src, out, CHUNK)
             out.flush()
             os.fsync(out.fileno())
+        if path.exists():
+            os.chmod(tmp, stat.S_IMODE(path.stat().st_mode))
+        adopt_owner(Path(tmp), path if path.exists() else path.parent)
         os.replace(tmp, path)
     except BaseException:
         with contextlib.suppress(FileNotFoundError):
@@ -136,6 +147,13 @@ def write_atomically(path: Path, source: Path | bytes) -> None:
         os.fsync(directory)
     finally:
         os.close(directory)
+
+
+def adopt_owner(path: Path, like: Path) -> None:
+    """Run as root (cron, sudo), give a file the owner of `like`; otherwise nothing to do."""
+    if os.geteuid() == 0:
+        owner = like.stat()
+        os.chown(path, owner.st_uid, owner.st_gid)
 
 
 def sha256_file(path: Path) -> str:

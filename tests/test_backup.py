@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import io
 import json
+import os
+import stat
 import subprocess
 import sys
 import threading
@@ -139,6 +141,31 @@ def test_restore_refuses_a_live_file_with_newer_links_unless_forced(
     assert not set(newer) & set(json.loads(live.urls_file.read_bytes()))
     [kept] = live.urls_file.parent.glob("urls.json.replaced-*")
     assert set(newer) <= set(json.loads(kept.read_bytes()))
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="only root can hand files to another owner")
+def test_a_restore_run_as_root_leaves_files_the_app_user_owns(
+        app: Flask, client: FlaskClient, post_form: PostForm, tmp_path: Path) -> None:
+    """On EB the app runs as webapp, while cron and `sudo` run the tool as root."""
+    create_links(client, 2)
+    upload(post_form, b"owned bytes", "owned.txt", "owned")
+    live = live_of(app)
+    app_user = 4321
+    for path in [live.urls_file.parent, *live.urls_file.parent.rglob("*")]:
+        os.chown(path, app_user, app_user)
+    live.lock_path.unlink()
+    mode = stat.S_IMODE(live.urls_file.stat().st_mode)
+    dest = tmp_path / "snapshots"
+    backup.take_snapshot(live, backup.LocalDestination(dest), keep=2)
+    live.urls_file.write_text("")
+    for stored in live.upload_dir.iterdir():
+        stored.unlink()
+
+    assert backup.main(["restore", str(dest), *store_args(live)]) == 0
+    restored = [live.urls_file, live.lock_path, *live.upload_dir.iterdir()]
+    assert len(restored) == 3
+    assert {path.stat().st_uid for path in restored} == {app_user}
+    assert stat.S_IMODE(live.urls_file.stat().st_mode) == mode
 
 
 def test_snapshot_refuses_an_unparseable_live_file_and_keeps_older_snapshots(
