@@ -1,0 +1,244 @@
+"""Elastic Beanstalk configuration as code: every file parses, and the options the
+pipeline relies on are present and well formed. The platform hooks are run for real
+(bash) with their AWS-side inputs replaced by files."""
+from __future__ import annotations
+
+import json
+import re
+import subprocess  # nosec B404 - runs git and the hook scripts
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from ops.targets import FIVE_XX_METRIC, TOTAL_METRIC
+
+REPO = Path(__file__).resolve().parent.parent
+EBEXT = REPO / ".ebextensions"
+PLATFORM = REPO / ".platform"
+TOP_LEVEL_KEYS = {"option_settings", "Resources", "packages", "files", "commands",
+                  "container_commands", "services", "users", "groups", "sources",
+                  "Outputs", "Parameters"}
+LOG_RETENTION_DAYS = {1, 3, 5, 7, 14, 30, 60, 90, 120, 150, 180, 365, 400, 545, 731, 1096,
+                      1827, 2192, 2557, 2922, 3288, 3653}
+Options = dict[tuple[str, str], Any]
+
+
+def config_files() -> list[Path]:
+    return sorted(EBEXT.glob("*.config"))
+
+
+def load(path: Path) -> dict[str, Any]:
+    loaded = yaml.safe_load(path.read_text())
+    assert isinstance(loaded, dict), f"{path.name} is not a mapping"
+    return loaded
+
+
+def all_options() -> Options:
+    """Every option setting of every file, as {(namespace, name): value}; a setting
+    made twice with different values is an error (the winner would depend on order)."""
+    options: Options = {}
+    for path in config_files():
+        for namespace, settings in load(path).get("option_settings", {}).items():
+            for name, value in settings.items():
+                key = (namespace, name)
+                assert options.get(key, value) == value, f"{key} set twice differently"
+                options[key] = value
+    return options
+
+
+def all_resources() -> dict[str, Any]:
+    resources: dict[str, Any] = {}
+    for path in config_files():
+        resources.update(load(path).get("Resources", {}))
+    return resources
+
+
+@pytest.mark.parametrize("path", config_files(), ids=lambda p: p.name)
+def test_every_config_file_is_a_well_formed_ebextension(path: Path) -> None:
+    config = load(path)
+    assert set(config) <= TOP_LEVEL_KEYS, f"unknown keys {set(config) - TOP_LEVEL_KEYS}"
+    for namespace, settings in config.get("option_settings", {}).items():
+        assert re.fullmatch(r"aws:[a-z0-9:-]+", namespace), namespace
+        assert isinstance(settings, dict) and settings, namespace
+        for name, value in settings.items():
+            if name != "ConfigDocument":
+                assert isinstance(value, (str, int, bool)), (namespace, name, value)
+
+
+def test_the_health_check_is_healthz_with_enhanced_health() -> None:
+    options = all_options()
+    assert options[("aws:elasticbeanstalk:environment:process:default",
+                    "HealthCheckPath")] == "/healthz"
+    assert options[("aws:elasticbeanstalk:application", "Application Healthcheck URL")] \
+        == "/healthz"
+    assert options[("aws:elasticbeanstalk:healthreporting:system", "SystemType")] \
+        == "enhanced"
+
+
+def test_enhanced_health_publishes_the_metrics_ops_release_and_the_alarm_read() -> None:
+    document = all_options()[("aws:elasticbeanstalk:healthreporting:system",
+                              "ConfigDocument")]
+    published = document["CloudWatchMetrics"]["Environment"]
+    assert published[FIVE_XX_METRIC] == 60 and published[TOTAL_METRIC] == 60
+    assert document["Version"] == 1
+
+
+def test_deployments_are_immutable_or_traffic_splitting_and_the_docs_say_why() -> None:
+    options = all_options()
+    policy = options[("aws:elasticbeanstalk:command", "DeploymentPolicy")]
+    assert policy in ("Immutable", "TrafficSplitting")
+    assert options[("aws:elasticbeanstalk:command", "IgnoreHealthCheck")] == "false"
+    assert f"Why {policy}" in (REPO / "docs" / "deploying.md").read_text()
+
+
+def test_logs_and_health_events_stream_to_cloudwatch_with_retention() -> None:
+    options = all_options()
+    for namespace, switch in (("aws:elasticbeanstalk:cloudwatch:logs", "StreamLogs"),
+                              ("aws:elasticbeanstalk:cloudwatch:logs:health",
+                               "HealthStreamingEnabled")):
+        assert options[(namespace, switch)] == "true"
+        assert int(options[(namespace, "RetentionInDays")]) in LOG_RETENTION_DAYS
+        assert options[(namespace, "DeleteOnTerminate")] == "false"
+
+
+def test_the_5xx_rate_alarm_mails_a_configurable_address_through_sns() -> None:
+    options, resources = all_options(), all_resources()
+    alarms = [r["Properties"] for r in resources.values()
+              if r["Type"] == "AWS::CloudWatch::Alarm"]
+    assert len(alarms) == 1
+    alarm = alarms[0]
+    [topic_ref] = alarm["AlarmActions"]
+    topic = resources[topic_ref["Ref"]]
+    assert topic["Type"] == "AWS::SNS::Topic"
+    [subscription] = topic["Properties"]["Subscription"]
+    assert subscription["Protocol"] == "email"
+    email_option = subscription["Endpoint"]["Fn::GetOptionSetting"]["OptionName"]
+    assert "@" in options[("aws:elasticbeanstalk:customoption", email_option)]
+    threshold_option = alarm["Threshold"]["Fn::GetOptionSetting"]["OptionName"]
+    assert float(options[("aws:elasticbeanstalk:customoption", threshold_option)]) > 0
+
+    queries = {q["Id"]: q for q in alarm["Metrics"]}
+    [returned] = [q for q in queries.values() if q["ReturnData"]]
+    referenced = set(re.findall(r"[a-z]\w*", returned["Expression"])) - {"IF"}
+    assert referenced <= set(queries), f"expression uses unknown ids {referenced}"
+    metrics = {q["MetricStat"]["Metric"]["MetricName"]: q["MetricStat"]
+               for q in queries.values() if "MetricStat" in q}
+    assert set(metrics) == {FIVE_XX_METRIC, TOTAL_METRIC}
+    for stat in metrics.values():
+        assert stat["Metric"]["Namespace"] == "AWS/ElasticBeanstalk"
+        assert stat["Metric"]["Dimensions"] == [
+            {"Name": "EnvironmentName", "Value": {"Ref": "AWSEBEnvironmentName"}}]
+        assert stat["Stat"] == "Sum" and stat["Period"] == 60
+
+
+def test_the_data_directory_is_on_the_efs_mount() -> None:
+    options = all_options()
+    env = "aws:elasticbeanstalk:application:environment"
+    mount = options[(env, "EFS_MOUNT_DIR")]
+    assert options[(env, "DATA_DIR")].startswith(mount.rstrip("/") + "/")
+    efs = load(EBEXT / "05-efs.config")
+    assert "amazon-efs-utils" in efs["packages"]["yum"]
+
+
+def test_app_version_is_left_to_the_hook_not_shadowed_by_an_option() -> None:
+    env = "aws:elasticbeanstalk:application:environment"
+    assert (env, "APP_VERSION") not in all_options()
+    assert (env, "MAX_UPLOAD_MB") in all_options()
+
+
+def test_nginx_accepts_an_upload_of_max_upload_mb_with_its_envelope() -> None:
+    max_mb = int(all_options()[("aws:elasticbeanstalk:application:environment",
+                                "MAX_UPLOAD_MB")])
+    text = (PLATFORM / "nginx" / "conf.d" / "upload.conf").read_text()
+    match = re.search(r"^client_max_body_size\s+(\d+)m;$", text, re.MULTILINE)
+    assert match, "no client_max_body_size <n>m; line"
+    assert max_mb < int(match.group(1)) <= max_mb * 2
+
+
+def test_platform_hooks_are_executable_bash_scripts_in_git() -> None:
+    hooks = sorted(PLATFORM.glob("*hooks/*/*"))
+    assert hooks
+    staged = subprocess.run(["git", "ls-files", "-s", "--", *map(str, hooks)],  # nosec
+                            cwd=REPO, capture_output=True, text=True, check=True).stdout
+    for hook in hooks:
+        rel = hook.relative_to(REPO).as_posix()
+        assert "100755" in next((ln for ln in staged.splitlines() if ln.endswith(rel)), ""), \
+            f"{rel} is not committed as executable"
+        assert hook.read_text().startswith("#!/bin/bash\n")
+        subprocess.run(["bash", "-n", str(hook)], check=True)  # nosec B603 B607
+
+
+def test_the_procfile_starts_the_app_with_gunicorn() -> None:
+    assert re.match(r"web: gunicorn .*application:application",
+                    (REPO / "Procfile").read_text())
+
+
+def test_the_eb_cli_config_example_targets_python_3_11() -> None:
+    example = load(REPO / ".elasticbeanstalk" / "config.yml.example")
+    assert "Python 3.11" in example["global"]["default_platform"]
+    assert example["global"]["application_name"]
+
+
+# --- the hooks, run for real ---------------------------------------------------------
+
+
+def fake_get_config(tmp_path: Path, settings: dict[str, str]) -> Path:
+    """Stands in for /opt/elasticbeanstalk/bin/get-config environment -k NAME."""
+    script = tmp_path / "get-config"
+    script.write_text("#!/bin/bash\n" + "".join(
+        f'[ "$3" = "{k}" ] && echo "{v}" && exit 0\n' for k, v in settings.items())
+        + "exit 1\n")
+    script.chmod(0o755)
+    return script
+
+
+def run_hook(name: str, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
+    hook = next(PLATFORM.glob(f"hooks/*/{name}"))
+    return subprocess.run(["bash", str(hook)], env={"PATH": "/usr/bin:/bin", **env},  # nosec
+                          capture_output=True, text=True, timeout=30, check=False)
+
+
+def test_the_efs_hook_fails_the_deploy_without_a_file_system_id(tmp_path: Path) -> None:
+    get_config = fake_get_config(tmp_path, {"DATA_DIR": "/mnt/efs/shortener"})
+    done = run_hook("01_mount_efs.sh", {"GET_CONFIG": str(get_config),
+                                        "FSTAB": str(tmp_path / "fstab")})
+    assert done.returncode == 1
+    assert "EFS_FILE_SYSTEM_ID is ''" in done.stderr and "eb setenv" in done.stderr
+
+
+def test_the_efs_hook_refuses_a_data_dir_outside_the_mount(tmp_path: Path) -> None:
+    get_config = fake_get_config(tmp_path, {"EFS_FILE_SYSTEM_ID": "fs-0123456789abcdef0",
+                                            "EFS_MOUNT_DIR": "/mnt/efs",
+                                            "DATA_DIR": "/var/app/data"})
+    done = run_hook("01_mount_efs.sh", {"GET_CONFIG": str(get_config),
+                                        "FSTAB": str(tmp_path / "fstab")})
+    assert done.returncode == 1
+    assert "not inside the EFS mount /mnt/efs" in done.stderr
+    assert not (tmp_path / "fstab").exists()
+
+
+@pytest.mark.parametrize("manifest", [
+    {"VersionLabel": "0123abc", "DeploymentId": 7, "Serial": 7},
+    {"RuntimeSources": {"shortener": {"0123abc": {"s3url": ""}}}, "DeploymentId": 7},
+], ids=["VersionLabel", "RuntimeSources"])
+def test_the_version_hook_gives_the_web_service_the_deployed_label(
+        tmp_path: Path, manifest: dict[str, Any]) -> None:
+    (tmp_path / "manifest.json").write_text(json.dumps(manifest))
+    done = run_hook("02_app_version.sh", {
+        "APP_VERSION_MANIFEST": str(tmp_path / "manifest.json"),
+        "SYSTEMD_DROPIN_DIR": str(tmp_path / "web.service.d"), "SYSTEMCTL": "true"})
+    assert done.returncode == 0, done.stderr
+    assert (tmp_path / "web.service.d" / "app-version.conf").read_text() == \
+        "[Service]\nEnvironment=APP_VERSION=0123abc\n"
+
+
+def test_the_version_hook_rejects_a_label_that_could_break_the_unit_file(
+        tmp_path: Path) -> None:
+    (tmp_path / "manifest.json").write_text(json.dumps({"VersionLabel": "x\nExecStart=/bin/sh"}))
+    done = run_hook("02_app_version.sh", {
+        "APP_VERSION_MANIFEST": str(tmp_path / "manifest.json"),
+        "SYSTEMD_DROPIN_DIR": str(tmp_path / "web.service.d"), "SYSTEMCTL": "true"})
+    assert done.returncode == 1 and "unexpected version label" in done.stderr
+    assert not (tmp_path / "web.service.d").exists()
