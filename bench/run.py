@@ -11,8 +11,9 @@ import argparse
 import datetime
 import os
 import platform
-import shutil
 import secrets
+import shutil
+import subprocess  # nosec B404
 import sys
 import tempfile
 import time
@@ -108,6 +109,20 @@ def percentile(values: Sequence[float], q: float) -> float:
     return ordered[min(rank, len(ordered)) - 1]
 
 
+def app_version(app_dir: Path) -> str:
+    """Which application.py was measured: its commit, and whether it differs from it."""
+    try:
+        head = subprocess.run(  # nosec B603 B607
+            ["git", "-C", str(app_dir), "log", "-1", "--format=%h", "--", "application.py"],
+            capture_output=True, text=True, timeout=10, check=True).stdout.strip()
+        dirty = subprocess.run(  # nosec B603 B607
+            ["git", "-C", str(app_dir), "status", "--porcelain", "--", "application.py"],
+            capture_output=True, text=True, timeout=10, check=True).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        return f"{app_dir}/application.py (not in git)"
+    return f"application.py at {head or 'no commit'}{' with uncommitted changes' if dirty else ''}"
+
+
 def load1() -> float:
     return round(os.getloadavg()[0], 2)
 
@@ -143,6 +158,7 @@ class Bench:
             machine={"cpus": os.cpu_count(), "python": platform.python_version(),
                      "platform": platform.platform(), "wrk": wrk_path(),
                      "nginx": str(servers.NGINX) if servers.nginx_available() else None,
+                     "app": app_version(settings.app_dir),
                      "load_before": [round(x, 2) for x in os.getloadavg()],
                      "load_after": None,
                      "started_at": datetime.datetime.now(datetime.UTC).isoformat(
@@ -324,6 +340,25 @@ class Bench:
         self.measure(server, 0, paths, floor_rps, lambda: probe.get(server.port, "/x"))
 
 
+def targets(results: Results) -> dict[str, dict[str, object]]:
+    """The issue's three targets, judged on this run's own ratios (None: not measured)."""
+    app_rows = {r.links: r for r in results.rows if r.contender == "this app"}
+    figures = {f.links: f for f in results.app}
+    big = app_rows.get(1_000_000)
+    mixed = figures.get(100_000)
+    return {
+        "redirects/s at 1,000,000 links vs Flask floor": {
+            "target": ">= 0.9", "measured": big.vs_floor if big else None,
+            "met": big.vs_floor >= 0.9 if big else None},
+        "mixed-run p99 / pure p99 at 100,000 links": {
+            "target": "<= 2", "measured": mixed.mixed_vs_pure_p99 if mixed else None,
+            "met": mixed.mixed_vs_pure_p99 <= 2 if mixed else None},
+        "RSS per worker at 1,000,000 links (MiB)": {
+            "target": "< 400", "measured": big.rss_mib if big else None,
+            "met": big.rss_mib < 400 if big and big.rss_mib is not None else None},
+    }
+
+
 def run(settings: Settings) -> Results:
     tmp = Path(tempfile.mkdtemp(prefix="bench-"))
     try:
@@ -334,6 +369,7 @@ def run(settings: Settings) -> Results:
             bench.size(count)
         bench.constants(sample_paths)
         bench.results.machine["load_after"] = [round(x, 2) for x in os.getloadavg()]
+        bench.results.targets = targets(bench.results)
         return bench.results
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
