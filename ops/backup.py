@@ -15,6 +15,9 @@ one the app wrote whole, never a half-written one. Uploads are copied afterwards
 app writes a file before it adds the link to it, so every file a copied link needs is
 already there.
 
+The lock protocol is implemented here rather than imported: importing application.py
+builds the app, which creates directories and a secret key, and a backup job must not.
+
 ``restore`` replaces the link file atomically under the same lock, keeps the file it
 replaces beside it (``urls.json.replaced-<time>``), brings back missing uploads, and
 refuses, unless ``--force``, to replace a live file that holds links the snapshot lacks.
@@ -175,7 +178,6 @@ class Destination(Protocol):
     def put_file(self, key: str, path: Path) -> None: ...
     def get_bytes(self, key: str) -> bytes: ...
     def get_file(self, key: str, path: Path) -> None: ...
-    def exists(self, key: str) -> bool: ...
     def snapshot_names(self) -> list[str]: ...
     def begin(self, name: str) -> None: ...
     def commit(self, name: str) -> None: ...
@@ -205,9 +207,6 @@ class LocalDestination:
 
     def get_file(self, key: str, path: Path) -> None:
         shutil.copyfile(self.path(key), path)
-
-    def exists(self, key: str) -> bool:
-        return self.path(key).is_file()
 
     def snapshot_names(self) -> list[str]:
         if not self.root.is_dir():
@@ -255,10 +254,6 @@ class S3Destination:
 
     def get_file(self, key: str, path: Path) -> None:
         self.s3.download_file(self.bucket, self.key(key), str(path))
-
-    def exists(self, key: str) -> bool:
-        found = self.s3.list_objects_v2(Bucket=self.bucket, Prefix=self.key(key), MaxKeys=1)
-        return any(o["Key"] == self.key(key) for o in found.get("Contents", []))
 
     def keys(self, under: str) -> Iterator[str]:
         pages = self.s3.get_paginator("list_objects_v2").paginate(
