@@ -46,6 +46,7 @@ from werkzeug.wrappers import Response
 log = logging.getLogger("shortener")
 
 Record = dict[str, str]
+Identity = tuple[int, ...]  # see identity_from(): one version of a file
 
 CODE_PATTERN = re.compile(r"[A-Za-z0-9_-]{1,64}")
 CODE_ALPHABET = string.ascii_letters + string.digits
@@ -69,17 +70,30 @@ class CodeTaken(Exception):
 
 
 class LinkStore:
-    """Links in one JSON file, shared by every worker (and, on EFS, every instance)."""
+    """Links in one JSON file, shared by every worker (and, on EFS, every instance).
+
+    Besides the file, every write appends its link to a journal beside it, naming the
+    file it was added to (``prev``) and the file that resulted (``now``), by identity.
+    A worker whose copy is the ``prev`` of the next entries catches up by applying them,
+    instead of parsing the whole file again: at 100,000 links that is 200 bytes read
+    rather than 0.3 s of parsing in every worker after every create. Anything else (a
+    restored backup, an edit by hand, a journal cut short) breaks the chain, and the
+    worker parses the file, which stays the one source of truth.
+    """
+
+    JOURNAL_MAX_BYTES = 1 << 20  # then it starts again; workers that far behind re-parse
 
     def __init__(self, urls_file: Path, lock_timeout: float = 5.0,
                  reserved: frozenset[str] = frozenset()) -> None:
         self.path = urls_file
         self.reserved = reserved  # codes a random one must not be (route prefixes)
         self.lock_path = urls_file.with_name(urls_file.name + ".lock")
+        self.journal_path = urls_file.with_name(urls_file.name + ".journal")
         self.lock_timeout = lock_timeout
         self.error: str | None = None  # why the file on disk cannot be used, if it cannot
         self._links: dict[str, Record] = {}
-        self._identity: tuple[int, ...] | None = (-1,)  # never read yet
+        self._identity: Identity | None = (-1,)  # the file _links came from; never read yet
+        self._journal_offset = 0
         # Threads of one worker (gunicorn gthread) share _links and _identity: they change
         # together under this lock, or a create could see a new identity with old links.
         self._memory_lock = threading.Lock()
@@ -93,33 +107,60 @@ class LinkStore:
         return len(self._links)
 
     def refresh(self) -> None:
-        """Re-read the file only if it changed; keep the last good copy if it is bad.
+        """Catch up with the file if it changed; keep the last good copy if it is bad.
 
         The identity includes the size, and the store only ever grows, so a reused inode
         number with an unchanged mtime tick cannot hide a newer file.
         """
         with self._memory_lock:
             try:
-                identity = self._identity_on_disk()
+                identity = identity_of(self.path)
             except OSError as exc:
                 self._fail(f"cannot stat {self.path}: {exc.strerror}")
                 return
-            if identity == self._identity:
+            if identity == self._identity or (self.error is None and self._catch_up(identity)):
                 return
-            self._identity = identity
             try:
-                self._links = self._read()
+                self._journal_offset = self._journal_size()  # later entries are newer
+                self._links, self._identity = self._read()
             except StoreUnavailable as exc:
+                self._identity = identity  # do not parse the same bad file on every request
                 self._fail(str(exc))
             else:
                 self.error = None
 
-    def _identity_on_disk(self) -> tuple[int, ...] | None:
+    def _catch_up(self, identity: Identity | None) -> bool:
+        """Apply the journal's links from our copy on; False unless that reaches identity."""
         try:
-            st = os.stat(self.path)
+            with open(self.journal_path, "rb") as journal:
+                journal.seek(self._journal_offset)
+                lines = journal.read().splitlines(keepends=True)
+        except OSError:
+            return False
+        current, added, consumed = self._identity, {}, 0
+        for line in lines:
+            if not line.endswith(b"\n"):
+                break  # a line still being written
+            consumed += len(line)
+            try:
+                entry = json.loads(line)
+                prev = None if entry["prev"] is None else tuple(entry["prev"])
+                if prev == current and not shape_problem(entry["links"]):
+                    added.update(entry["links"])
+                    current = tuple(entry["now"])
+            except (ValueError, TypeError, KeyError):
+                return False
+        if current != identity:
+            return False
+        self._links.update(added)
+        self._identity, self._journal_offset = current, self._journal_offset + consumed
+        return True
+
+    def _journal_size(self) -> int:
+        try:
+            return os.stat(self.journal_path).st_size
         except FileNotFoundError:
-            return None
-        return (st.st_ino, st.st_mtime_ns, st.st_ctime_ns, st.st_size)
+            return 0
 
     def _fail(self, message: str) -> None:
         if message != self.error:
@@ -127,15 +168,21 @@ class LinkStore:
                       "and refusing new links. %s", message, len(self._links), RESTORE_HINT)
         self.error = message
 
-    def _read(self) -> dict[str, Record]:
-        if not self.path.exists():
-            if self.lock_path.exists() and self.lock_path.stat().st_size:
-                raise StoreUnavailable(f"{self.path} is missing, but {self.lock_path.name} "
-                                       "shows links were stored here")
-            return {}
+    def _read(self) -> tuple[dict[str, Record], Identity | None]:
+        """Parse the whole file; return its links and the identity of what was parsed."""
         try:
-            with open(self.path, encoding="utf-8") as urls_file:
+            urls_file = open(self.path, encoding="utf-8")
+        except FileNotFoundError:
+            if self._journal_size():
+                raise StoreUnavailable(f"{self.path} is missing, but {self.journal_path.name} "
+                                       "shows links were stored here") from None
+            return {}, None
+        except OSError as exc:
+            raise StoreUnavailable(f"cannot read {self.path}: {exc.strerror}") from exc
+        try:
+            with urls_file:
                 links = json.load(urls_file)
+                st = os.fstat(urls_file.fileno())
         except (OSError, UnicodeDecodeError) as exc:
             raise StoreUnavailable(f"cannot read {self.path}: {exc}") from exc
         except json.JSONDecodeError as exc:
@@ -143,7 +190,7 @@ class LinkStore:
         problem = shape_problem(links)
         if problem:
             raise StoreUnavailable(f"{self.path} has the wrong shape: {problem}")
-        return links  # type: ignore[no-any-return]  # checked by shape_problem
+        return links, identity_from(st)
 
     @contextlib.contextmanager
     def locked(self) -> Iterator[None]:
@@ -181,18 +228,28 @@ class LinkStore:
             elif code in self._links:
                 raise CodeTaken(code)
             links = {**self._links, code: record}
-            self._write(links)
+            try:
+                written = write_atomically(self.path, json.dumps(links, ensure_ascii=False)
+                                           .encode())
+            except OSError as exc:
+                raise StoreUnavailable(f"cannot save the link ({exc.strerror}); nothing was "
+                                       "changed") from exc
+            self._append_journal(self._identity, written, {code: record})
             with self._memory_lock:
-                self._links, self._identity = links, self._identity_on_disk()
-            self._mark_as_used()
+                self._links, self._identity = links, written
         return code
 
-    def _mark_as_used(self) -> None:
-        """Note in the lock file that links live here, so a vanished file is an error."""
-        if self.lock_path.stat().st_size == 0:
-            with open(self.lock_path, "a") as lock_file:
-                lock_file.write(f"{self.path.name} holds links; if it is missing, restore it "
-                                "from a backup (python -m ops.backup restore).\n")
+    def _append_journal(self, prev: Identity | None, now: Identity,
+                        links: dict[str, Record]) -> None:
+        """Tell the other workers what changed; they re-parse the file if this fails."""
+        line = json.dumps({"prev": prev, "now": now, "links": links}, ensure_ascii=False)
+        try:
+            mode = "w" if self._journal_size() > self.JOURNAL_MAX_BYTES else "a"
+            with open(self.journal_path, mode, encoding="utf-8") as journal:
+                journal.write(line + "\n")
+        except OSError as exc:
+            log.warning("could not append to %s (%s); workers will re-read %s instead",
+                        self.journal_path, exc.strerror, self.path.name)
 
     def _free_random_code(self) -> str:
         while True:
@@ -200,17 +257,27 @@ class LinkStore:
             if code not in self._links and code.lower() not in self.reserved:
                 return code
 
-    def _write(self, links: dict[str, Record]) -> None:
-        """Replace the file atomically: temp file, fsync, rename, fsync the directory."""
-        try:
-            write_atomically(self.path, json.dumps(links, ensure_ascii=False).encode())
-        except OSError as exc:
-            raise StoreUnavailable(f"cannot save the link ({exc.strerror}); nothing was "
-                                   "changed") from exc
+
+def identity_of(path: Path) -> Identity | None:
+    """What tells one version of a file from another without reading it."""
+    try:
+        st = os.stat(path)
+    except FileNotFoundError:
+        return None
+    return identity_from(st)
 
 
-def write_atomically(path: Path, data: bytes | IO[bytes]) -> None:
-    """Write a file so that readers see the old content or the new, never a part."""
+def identity_from(st: os.stat_result) -> Identity:
+    """Inode, mtime and size, which a rename keeps; and owner and mode, so that a file
+    that could not be read is read again once an operator fixes its permissions."""
+    return (st.st_ino, st.st_mtime_ns, st.st_size, st.st_mode, st.st_uid, st.st_gid)
+
+
+def write_atomically(path: Path, data: bytes | IO[bytes]) -> Identity:
+    """Write a file so that readers see the old content or the new, never a part.
+
+    Returns the new file's identity (a rename keeps inode, mtime and size).
+    """
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.tmp-")
     try:
         with os.fdopen(fd, "wb") as out:
@@ -221,6 +288,7 @@ def write_atomically(path: Path, data: bytes | IO[bytes]) -> None:
                     out.write(chunk)
             out.flush()
             os.fsync(out.fileno())
+            st = os.fstat(out.fileno())
         os.replace(tmp, path)
     except BaseException:
         with contextlib.suppress(FileNotFoundError):
@@ -231,6 +299,7 @@ def write_atomically(path: Path, data: bytes | IO[bytes]) -> None:
         os.fsync(dir_fd)
     finally:
         os.close(dir_fd)
+    return identity_from(st)
 
 
 def shape_problem(links: object) -> str | None:
@@ -506,8 +575,8 @@ def create_and_show(code: str | None, record: Record, form: str) -> tuple[str, i
     link = short_url(code)
     # A viewBox (omitsize) so the page can size it without clipping; white, with the
     # 4-module quiet zone the QR spec asks for, so it scans on a dark page too.
-    qr_svg = Markup(segno.make(link, error="m").svg_inline(  # nosec B704
-        border=4, omitsize=True, light="#fff"))
+    svg = segno.make(link, error="m").svg_inline(border=4, omitsize=True, light="#fff")
+    qr_svg = Markup(svg)  # nosec B704
     return render_template("result.html", short_url=link, code=code, record=record,
                            qr_svg=qr_svg), 200
 
@@ -593,6 +662,13 @@ def healthz() -> ResponseReturnValue:
     store().refresh()
     if store().error:
         checks["store"] = store().error or ""
+    try:  # the copy in memory may be fine while a restarted worker could not read the file
+        with open(store().path, "rb"):
+            pass
+    except FileNotFoundError:
+        pass  # no link yet, or a vanished file, which refresh() reports
+    except OSError as exc:
+        checks["store"] = f"cannot read {store().path}: {exc.strerror}"
     try:
         with tempfile.TemporaryFile(dir=current_app.config["DATA_DIR"]) as probe:
             probe.write(b"ok")

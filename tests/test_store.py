@@ -77,19 +77,13 @@ def test_a_write_by_another_process_is_seen_on_the_next_read(urls_file: Path,
     assert store.get("mine") == {"url": "https://mine.example/"}
 
 
-def test_a_redirect_does_not_reparse_an_unchanged_file(urls_file: Path, store: LinkStore,
+def test_a_redirect_does_not_reparse_an_unchanged_file(store: LinkStore,
                                                        monkeypatch: pytest.MonkeyPatch) -> None:
     store.add("a", {"url": "https://a.example/"})
-    reads: list[int] = []
-    real_read = store._read  # noqa: SLF001
-
-    def counting_read() -> dict[str, dict[str, str]]:
-        reads.append(1)
-        return real_read()
-    monkeypatch.setattr(store, "_read", counting_read)
+    parses = count_parses(store, monkeypatch)
     for _ in range(100):
         assert store.get("a") == {"url": "https://a.example/"}
-    assert reads == []
+    assert parses == []
 
 
 @pytest.mark.parametrize("content, problem", [
@@ -164,7 +158,8 @@ def test_a_failed_write_leaves_the_old_file_and_no_temp_files(urls_file: Path, s
         store.add("b", {"url": "https://b.example/"})
     monkeypatch.undo()
     assert urls_file.read_bytes() == before
-    assert sorted(p.name for p in urls_file.parent.iterdir()) == ["urls.json", "urls.json.lock"]
+    assert sorted(p.name for p in urls_file.parent.iterdir()) == [
+        "urls.json", "urls.json.journal", "urls.json.lock"]
     assert store.get("b") is None
 
 
@@ -187,3 +182,63 @@ def test_a_new_process_refuses_to_start_over_when_the_file_was_deleted(urls_file
     with pytest.raises(StoreUnavailable, match="missing"):
         fresh.add("b", {"url": "https://b.example/"})
     assert not urls_file.exists()
+
+
+def count_parses(store: LinkStore, monkeypatch: pytest.MonkeyPatch) -> list[int]:
+    parses: list[int] = []
+    real_read = store._read  # noqa: SLF001
+
+    def counting_read() -> tuple[dict[str, dict[str, str]], tuple[int, ...] | None]:
+        parses.append(1)
+        return real_read()
+    monkeypatch.setattr(store, "_read", counting_read)
+    return parses
+
+
+def test_another_process_s_links_arrive_through_the_journal_without_a_parse(
+        urls_file: Path, store: LinkStore, monkeypatch: pytest.MonkeyPatch) -> None:
+    other = LinkStore(urls_file)
+    other.add("first", {"url": "https://first.example/"})
+    assert store.get("first") == {"url": "https://first.example/"}  # parsed once here
+    parses = count_parses(store, monkeypatch)
+    for i in range(20):
+        other.add(f"n{i}", {"url": f"https://n{i}.example/"})
+        assert store.get(f"n{i}") == {"url": f"https://n{i}.example/"}
+    assert store.count() == 21
+    assert parses == []
+
+
+def test_a_file_replaced_behind_the_store_s_back_is_parsed_again(
+        urls_file: Path, store: LinkStore, monkeypatch: pytest.MonkeyPatch) -> None:
+    store.add("a", {"url": "https://a.example/"})
+    parses = count_parses(store, monkeypatch)
+    restored = urls_file.with_name("restored.json")
+    restored.write_text('{"a": {"url": "https://a.example/"}, "b": {"url": "https://b.example/"}}')
+    os.replace(restored, urls_file)  # as a backup restore does
+    assert store.get("b") == {"url": "https://b.example/"}
+    assert parses == [1]
+
+
+def test_a_damaged_journal_falls_back_to_the_file(urls_file: Path, store: LinkStore) -> None:
+    other = LinkStore(urls_file)
+    other.add("a", {"url": "https://a.example/"})
+    assert store.get("a") is not None
+    other.add("b", {"url": "https://b.example/"})
+    with open(store.journal_path, "ab") as journal:
+        journal.write(b'{"prev": "garbage"\n')
+    other.add("c", {"url": "https://c.example/"})
+    assert store.get("b") == {"url": "https://b.example/"}
+    assert store.get("c") == {"url": "https://c.example/"}
+
+
+def test_a_journal_that_starts_again_is_still_followed_correctly(
+        urls_file: Path, store: LinkStore, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(LinkStore, "JOURNAL_MAX_BYTES", 300)
+    other = LinkStore(urls_file)
+    for i in range(30):
+        other.add(f"n{i}", {"url": f"https://n{i}.example/"})
+        if i % 7 == 0:
+            assert store.get(f"n{i}") is not None
+    assert store.journal_path.stat().st_size < 600
+    assert store.count() == 30
+    assert all(store.get(f"n{i}") == {"url": f"https://n{i}.example/"} for i in range(30))
