@@ -11,6 +11,7 @@ replace the file atomically; a file that cannot be parsed is never overwritten.
 from __future__ import annotations
 
 import contextlib
+import errno
 import fcntl
 import json
 import logging
@@ -21,10 +22,10 @@ import string
 import tempfile
 import threading
 import time
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import IO, Any
+from typing import Any
 from urllib.parse import urlsplit
 
 import segno
@@ -47,6 +48,9 @@ log = logging.getLogger("shortener")
 
 Record = dict[str, str]
 Identity = tuple[int, ...]  # see identity_from(): one version of a file
+# In memory, a link that is just a URL and a time (nearly all of them) is kept as a pair:
+# a third of a dict's size, which keeps a million links under 400 MiB per worker.
+Stored = Record | tuple[str, str | None]
 
 CODE_PATTERN = re.compile(r"[A-Za-z0-9_-]{1,64}")
 CODE_ALPHABET = string.ascii_letters + string.digits
@@ -91,7 +95,7 @@ class LinkStore:
         self.journal_path = urls_file.with_name(urls_file.name + ".journal")
         self.lock_timeout = lock_timeout
         self.error: str | None = None  # why the file on disk cannot be used, if it cannot
-        self._links: dict[str, Record] = {}
+        self._links: dict[str, Stored] = {}
         self._identity: Identity | None = (-1,)  # the file _links came from; never read yet
         self._journal_offset = 0
         # Threads of one worker (gunicorn gthread) share _links and _identity: they change
@@ -100,7 +104,8 @@ class LinkStore:
 
     def get(self, code: str) -> Record | None:
         self.refresh()
-        return self._links.get(code)
+        stored = self._links.get(code)
+        return None if stored is None else expand(stored)
 
     def count(self) -> int:
         self.refresh()
@@ -137,7 +142,7 @@ class LinkStore:
                 lines = journal.read().splitlines(keepends=True)
         except OSError:
             return False
-        current, added, consumed = self._identity, {}, 0
+        current, added, consumed = self._identity, dict[str, Stored](), 0
         for line in lines:
             if not line.endswith(b"\n"):
                 break  # a line still being written
@@ -146,7 +151,8 @@ class LinkStore:
                 entry = json.loads(line)
                 prev = None if entry["prev"] is None else tuple(entry["prev"])
                 if prev == current and not shape_problem(entry["links"]):
-                    added.update(entry["links"])
+                    added.update({code: compact(record)
+                                  for code, record in entry["links"].items()})
                     current = tuple(entry["now"])
             except (ValueError, TypeError, KeyError):
                 return False
@@ -168,7 +174,7 @@ class LinkStore:
                       "and refusing new links. %s", message, len(self._links), RESTORE_HINT)
         self.error = message
 
-    def _read(self) -> tuple[dict[str, Record], Identity | None]:
+    def _read(self) -> tuple[dict[str, Stored], Identity | None]:
         """Parse the whole file; return its links and the identity of what was parsed."""
         try:
             urls_file = open(self.path, encoding="utf-8")
@@ -181,7 +187,7 @@ class LinkStore:
             raise StoreUnavailable(f"cannot read {self.path}: {exc.strerror}") from exc
         try:
             with urls_file:
-                links = json.load(urls_file)
+                links = json.load(urls_file, object_hook=compact)
                 st = os.fstat(urls_file.fileno())
         except (OSError, UnicodeDecodeError) as exc:
             raise StoreUnavailable(f"cannot read {self.path}: {exc}") from exc
@@ -227,17 +233,41 @@ class LinkStore:
                 code = self._free_random_code()
             elif code in self._links:
                 raise CodeTaken(code)
-            links = {**self._links, code: record}
             try:
-                written = write_atomically(self.path, json.dumps(links, ensure_ascii=False)
-                                           .encode())
+                written = write_atomically(self.path, self._with_entry(code, record))
             except OSError as exc:
                 raise StoreUnavailable(f"cannot save the link ({exc.strerror}); nothing was "
                                        "changed") from exc
             self._append_journal(self._identity, written, {code: record})
             with self._memory_lock:
-                self._links, self._identity = links, written
+                self._links[code], self._identity = compact(record), written
         return code
+
+    def _with_entry(self, code: str, record: Record) -> Iterator[bytes]:
+        """The bytes of the current file with one more entry before its closing brace.
+
+        The file's own bytes are copied, not re-serialized from memory: a million links
+        cost a copy, not a json.dumps, and links already there stay byte for byte as
+        they were. Called under the lock, after refresh, so the file is the one parsed.
+        """
+        entry = json.dumps({code: record}, ensure_ascii=False)[1:-1].encode()
+        if self._identity is None:
+            yield b"{" + entry + b"}"
+            return
+        with open(self.path, "rb") as current:
+            st = os.fstat(current.fileno())
+            if identity_from(st) != self._identity:
+                raise OSError(errno.EAGAIN, "the file changed outside the lock; try again")
+            tail_start = max(0, st.st_size - 4096)
+            current.seek(tail_start)
+            head = current.read().rstrip()[:-1].rstrip()  # parsed as an object: ends in "}"
+            current.seek(0)
+            remaining = tail_start + len(head)
+            while remaining > 0:
+                chunk = current.read(min(1 << 20, remaining))
+                remaining -= len(chunk)
+                yield chunk
+        yield (b"" if head.endswith(b"{") else b",") + entry + b"}"
 
     def _append_journal(self, prev: Identity | None, now: Identity,
                         links: dict[str, Record]) -> None:
@@ -273,7 +303,7 @@ def identity_from(st: os.stat_result) -> Identity:
     return (st.st_ino, st.st_mtime_ns, st.st_size, st.st_mode, st.st_uid, st.st_gid)
 
 
-def write_atomically(path: Path, data: bytes | IO[bytes]) -> Identity:
+def write_atomically(path: Path, chunks: Iterable[bytes]) -> Identity:
     """Write a file so that readers see the old content or the new, never a part.
 
     Returns the new file's identity (a rename keeps inode, mtime and size).
@@ -281,11 +311,8 @@ def write_atomically(path: Path, data: bytes | IO[bytes]) -> Identity:
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.tmp-")
     try:
         with os.fdopen(fd, "wb") as out:
-            if isinstance(data, bytes):
-                out.write(data)
-            else:
-                while chunk := data.read(1 << 20):
-                    out.write(chunk)
+            for chunk in chunks:
+                out.write(chunk)
             out.flush()
             os.fsync(out.fileno())
             st = os.fstat(out.fileno())
@@ -302,11 +329,29 @@ def write_atomically(path: Path, data: bytes | IO[bytes]) -> Identity:
     return identity_from(st)
 
 
+def compact(record: Record) -> Stored:
+    """The in-memory form of a record (json's object_hook: also sees the outer object)."""
+    if record.keys() <= {"url", "created_at"} and isinstance(record.get("url"), str):
+        created_at = record.get("created_at")
+        if created_at is None or isinstance(created_at, str):
+            return (record["url"], created_at)
+    return record
+
+
+def expand(stored: Stored) -> Record:
+    if isinstance(stored, dict):
+        return stored
+    url, created_at = stored
+    return {"url": url} if created_at is None else {"url": url, "created_at": created_at}
+
+
 def shape_problem(links: object) -> str | None:
     """Say what is wrong with a parsed urls file, or None if every record is usable."""
     if not isinstance(links, dict):
         return f"expected a JSON object of links, found {type(links).__name__}"
     for code, record in links.items():
+        if isinstance(record, tuple):
+            continue  # made by compact() from a valid URL record
         if not isinstance(record, dict) or not all(isinstance(v, str) for v in record.values()):
             return f"link {code!r} is not an object of strings"
         if not isinstance(record.get("url", record.get("file")), str):
@@ -551,7 +596,7 @@ def save_upload(upload: FileStorage | None) -> Record:
     path = Path(current_app.config["UPLOAD_DIR"]) / (
         secrets.token_hex(16) + Path(secure_filename(name)).suffix.lower())
     try:
-        write_atomically(path, upload.stream)
+        write_atomically(path, iter(lambda: upload.stream.read(1 << 20), b""))
     except OSError as exc:
         raise InvalidInput("file", f"The file could not be saved ({exc.strerror}); please try "
                                    "again in a minute.", 503) from exc

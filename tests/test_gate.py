@@ -107,7 +107,7 @@ def gate_tests(copy: Path) -> subprocess.CompletedProcess[str]:
 
 def test_the_slips_change_exactly_one_line(copies: dict[str, Path]) -> None:
     clean = (copies["clean"] / "application.py").read_text().splitlines()
-    for slip, expected in (("json.loads", "json.loads(urls_file)"), ("route", "s(\"/<code>\")")):
+    for slip, expected in (("json.loads", "json.loads(urls_file"), ("route", "s(\"/<code>\")")):
         changed = (copies[slip] / "application.py").read_text().splitlines()
         diff = [(a, b) for a, b in zip(clean, changed) if a != b]
         assert len(clean) == len(changed) and len(diff) == 1, diff

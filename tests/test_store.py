@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from application import CodeTaken, LinkStore, StoreUnavailable
+from application import CodeTaken, Identity, LinkStore, Stored, StoreUnavailable
 from tests.servers import links_on_disk
 
 # A urls.json as the original app wrote it: no created_at, files by their plain name.
@@ -188,7 +188,7 @@ def count_parses(store: LinkStore, monkeypatch: pytest.MonkeyPatch) -> list[int]
     parses: list[int] = []
     real_read = store._read  # noqa: SLF001
 
-    def counting_read() -> tuple[dict[str, dict[str, str]], tuple[int, ...] | None]:
+    def counting_read() -> tuple[dict[str, Stored], Identity | None]:
         parses.append(1)
         return real_read()
     monkeypatch.setattr(store, "_read", counting_read)
@@ -242,3 +242,29 @@ def test_a_journal_that_starts_again_is_still_followed_correctly(
     assert store.journal_path.stat().st_size < 600
     assert store.count() == 30
     assert all(store.get(f"n{i}") == {"url": f"https://n{i}.example/"} for i in range(30))
+
+
+@pytest.mark.parametrize("original", [
+    "{}", "{}\n", '{\n  "docs": {\n    "url": "https://docs.python.org/3/"\n  }\n}\n',
+    '{"cv": {"file": "cv.pdf"}, "a": {"url": "https://a.example/", "created_at": "x"}}   ',
+])
+def test_a_write_appends_one_entry_and_keeps_the_old_bytes(urls_file: Path, store: LinkStore,
+                                                           original: str) -> None:
+    urls_file.write_text(original)
+    before = json.loads(original)
+    store.add("new", {"url": "https://new.example/", "created_at": "2026-11-27T05:00:00+00:00"})
+    text = urls_file.read_text()
+    assert text.startswith(original.rstrip()[:-1].rstrip())
+    assert json.loads(text) == {**before, "new": {"url": "https://new.example/",
+                                                  "created_at": "2026-11-27T05:00:00+00:00"}}
+
+
+def test_links_keep_every_field_they_were_stored_with(urls_file: Path, store: LinkStore) -> None:
+    records = {"plain": {"url": "https://a.example/"},
+               "dated": {"url": "https://b.example/", "created_at": "2026-11-27T05:00:00+00:00"},
+               "extra": {"url": "https://c.example/", "created_at": "t", "note": "kept"},
+               "file": {"file": "x.pdf", "name": "x.pdf", "created_at": "t"}}
+    urls_file.write_text(json.dumps(records))
+    assert {code: store.get(code) for code in records} == records
+    store.add("more", {"url": "https://d.example/"})
+    assert {code: LinkStore(urls_file).get(code) for code in records} == records
