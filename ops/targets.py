@@ -136,7 +136,11 @@ class EBTarget:
                 self._metric_sum(TOTAL_METRIC, start, end))
 
     def _metric_sum(self, metric: str, start: datetime, end: datetime) -> int:
-        """Sum of an enhanced-health metric over [start, end]."""
+        """Sum of an enhanced-health metric over [start, end].
+
+        CloudWatch rounds StartTime down to the minute, which would count the minute in
+        which the previous version still served; so start at the next whole minute."""
+        start = _round_up(start, 60)
         resp = self.cloudwatch.get_metric_statistics(
             Namespace="AWS/ElasticBeanstalk", MetricName=metric,
             Dimensions=[{"Name": "EnvironmentName", "Value": self.name}],
@@ -303,11 +307,13 @@ class LocalTarget:
                 os.killpg(pid, signal.SIGKILL)
 
     def request_counts(self, start: datetime, end: datetime) -> tuple[int, int]:
-        """Count access-log lines in [start, end] (log times have 1 s resolution)."""
+        """Count access-log lines in [start, end]. Log times have 1 s resolution, so
+        counting starts at the next whole second: the second in which the previous
+        version still served is not blamed on this one."""
         log = self.root / "logs" / "access.log"
         if not log.exists():
             return 0, 0
-        low = start.replace(microsecond=0)
+        low = _round_up(start, 1)
         errors = total = 0
         for line in log.read_text(errors="replace").splitlines():
             parsed = _parse_access_line(line)
@@ -316,6 +322,12 @@ class LocalTarget:
             total += 1
             errors += parsed[1] >= 500
         return errors, total
+
+
+def _round_up(when: datetime, seconds: int) -> datetime:
+    """The first multiple of `seconds` (since the epoch) at or after `when`."""
+    return datetime.fromtimestamp(math.ceil(when.timestamp() / seconds) * seconds,
+                                  tz=timezone.utc)
 
 
 def _parse_access_line(line: str) -> tuple[datetime, int] | None:

@@ -11,11 +11,12 @@ test-output/release-rehearsal.json for docs/deploying.md.
 """
 from __future__ import annotations
 
+import io
 import json
 import os
-import shutil
 import subprocess  # nosec B404 - runs python -m ops.release
 import sys
+import tarfile
 import threading
 import time
 from collections.abc import Iterator
@@ -36,11 +37,15 @@ LINKS = 20
 
 
 def copy_app(dest: Path) -> Path:
-    """What the original app shipped: application.py, templates/, static/."""
+    """What the original app shipped - application.py, templates/, static/ - as committed
+    (git HEAD), as `eb deploy` would bundle it: work in progress is not released."""
     dest.mkdir(parents=True)
-    shutil.copy2(REPO / "application.py", dest / "application.py")
-    shutil.copytree(REPO / "templates", dest / "templates")
-    shutil.copytree(REPO / "static", dest / "static")
+    archive = subprocess.run(  # nosec B603 B607
+        ["git", "archive", "HEAD", "application.py", "templates", "static"],
+        cwd=REPO, capture_output=True, check=True).stdout
+    with tarfile.open(fileobj=io.BytesIO(archive)) as tar:
+        tar.extractall(dest, filter="data")
+    assert (dest / "application.py").exists()
     return dest
 
 
