@@ -24,7 +24,7 @@ workers = int(os.environ.get("GUNICORN_WORKERS", str(max(2, multiprocessing.cpu_
 worker_class = os.environ.get("GUNICORN_WORKER_CLASS", "gthread")
 # Request threads per worker: the number of slow uploads or stuck lock waits one process
 # absorbs before it queues requests.
-threads = int(os.environ.get("GUNICORN_THREADS", "4"))
+threads = int(os.environ.get("GUNICORN_THREADS", "8"))
 # Open connections per worker (gthread): idle keep-alive ones beyond this are not accepted.
 worker_connections = int(os.environ.get("GUNICORN_WORKER_CONNECTIONS", "1000"))
 # A worker whose main loop stops for this long is killed and replaced. Requests never
