@@ -1,0 +1,88 @@
+"""Configuration: the secret key, the environment, and `make run` itself."""
+from __future__ import annotations
+
+import os
+import signal
+import stat
+import subprocess  # nosec B404
+import time
+from pathlib import Path
+
+import pytest
+import requests
+
+from application import create_app
+from tests.servers import REPO, free_port
+
+
+def test_without_secret_key_one_is_made_once_with_mode_0600(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("SECRET_KEY", raising=False)
+    first = create_app({"DATA_DIR": tmp_path})
+    second = create_app({"DATA_DIR": tmp_path})  # another worker, or a restart
+    secret_file = tmp_path / "secret_key"
+    assert stat.S_IMODE(secret_file.stat().st_mode) == 0o600
+    assert first.secret_key == second.secret_key == secret_file.read_text().strip()
+    assert len(str(first.secret_key)) >= 64
+
+
+def test_a_secret_key_from_the_environment_wins_and_nothing_is_written(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("SECRET_KEY", "from-the-environment")
+    assert create_app({"DATA_DIR": tmp_path}).secret_key == "from-the-environment"
+    assert not (tmp_path / "secret_key").exists()
+
+
+def test_settings_come_from_the_environment(tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+                                            ) -> None:
+    monkeypatch.setenv("DATA_DIR", str(tmp_path))
+    monkeypatch.setenv("APP_VERSION", "v42")
+    monkeypatch.setenv("MAX_UPLOAD_MB", "3")
+    monkeypatch.setenv("PUBLIC_BASE_URL", "https://sho.rt/")
+    app = create_app()
+    assert app.config["URLS_FILE"] == tmp_path / "urls.json"
+    assert app.config["UPLOAD_DIR"] == tmp_path / "uploads"
+    assert app.config["MAX_UPLOAD_BYTES"] == 3 * 1024 * 1024
+    client = app.test_client()
+    assert client.get("/healthz").json["version"] == "v42"  # type: ignore[index]
+    created = client.post("/api/links", json={"url": "https://example.com/", "code": "x"},
+                          headers={"Host": "evil.example"})
+    assert created.json["short_url"] == "https://sho.rt/x"  # type: ignore[index]
+
+
+def test_no_secret_is_committed() -> None:
+    tracked = subprocess.run(["git", "ls-files"], cwd=REPO, capture_output=True, text=True,
+                             check=True).stdout.split()  # nosec B603 B607
+    assert not [name for name in tracked if "secret_key" in name or name.endswith(".pem")]
+
+
+def test_make_run_serves_a_working_site(tmp_path: Path) -> None:
+    port = free_port()
+    env = {**os.environ, "PORT": str(port), "DATA_DIR": str(tmp_path / "data")}
+    env.pop("SECRET_KEY", None)
+    with open(tmp_path / "make-run.log", "wb") as log:
+        make = subprocess.Popen(["make", "run"], cwd=REPO, env=env, stdout=log,  # nosec
+                                stderr=subprocess.STDOUT, start_new_session=True)
+    base = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 120  # a fresh machine installs requirements first
+        while time.monotonic() < deadline:
+            try:
+                health = requests.get(f"{base}/healthz", timeout=2)
+                break
+            except requests.RequestException:
+                assert make.poll() is None, (tmp_path / "make-run.log").read_text()
+                time.sleep(0.2)
+        else:
+            pytest.fail("make run did not serve /healthz within 120 s")
+        assert health.json()["status"] == "ok"
+        created = requests.post(f"{base}/api/links", json={"url": "https://example.com/run"},
+                                timeout=5)
+        assert created.status_code == 201
+        followed = requests.get(created.json()["short_url"], allow_redirects=False, timeout=5)
+        assert followed.headers["Location"] == "https://example.com/run"
+        assert (tmp_path / "data" / "urls.json").exists()
+        assert "Shorten" in requests.get(base, timeout=5).text
+    finally:
+        os.killpg(make.pid, signal.SIGTERM)
+        make.wait(timeout=30)
