@@ -151,17 +151,19 @@ class Release:
         started = time.monotonic()
         rollback: dict[str, Any] = {"version": last_good, "ok": False, "seconds": 0.0}
         self.report.rollback = rollback
-        try:
-            if not last_good or last_good == self.label:
-                raise StepFailed("no earlier version is known to roll back to "
+        if not last_good or last_good == self.label:
+            rollback["error"] = ("no earlier version is known to roll back to "
                                  f"(last good: {last_good!r})")
+            self.report.outcome = "rollback_failed"
+            return
+        try:
             LOG.warning("rolling back %s to %s", self.target.name, last_good)
             self.step("rollback:wait-ready", self.wait_ready)
             self.step("rollback:deploy", lambda: self.redeploy_last_good(last_good))
             self.verify(last_good, prefix="rollback:")
             rollback["ok"] = True
         except StepFailed as err:
-            rollback["error"] = str(err)
+            rollback["error"] = f"{self.report.steps[-1].name}: {err}"
             self.report.outcome = "rollback_failed"
         rollback["seconds"] = round(time.monotonic() - started, 2)
 
@@ -179,7 +181,7 @@ class Release:
             LOG.error("step %s: FAILED after %.1f s: %s", name, seconds, err)
             if self.report.failed_step is None:
                 self.report.failed_step = name
-            raise StepFailed(f"{name}: {err}") from err
+            raise StepFailed(str(err)) from err
         seconds = round(time.monotonic() - started, 2)
         detail = describe(result)
         self.report.steps.append(Step(name, True, seconds, detail))

@@ -102,12 +102,14 @@ class AWS:
         self.eb_stub.activate()
         self.cw_stub.activate()
 
-    def env(self, status: str, version: str, server: GunicornServer) -> None:
-        self.eb_stub.add_response("describe_environments", {"Environments": [{
-            "EnvironmentName": ENV, "ApplicationName": APP, "Status": status,
-            "VersionLabel": version, "Health": "Green", "HealthStatus": "Ok",
-            "CNAME": server.url.removeprefix("http://")}]},
-            {"EnvironmentNames": [ENV], "IncludeDeleted": False})
+    def env(self, status: str, version: str | None, server: GunicornServer) -> None:
+        env = {"EnvironmentName": ENV, "ApplicationName": APP, "Status": status,
+               "Health": "Green", "HealthStatus": "Ok",
+               "CNAME": server.url.removeprefix("http://")}
+        if version is not None:
+            env["VersionLabel"] = version
+        self.eb_stub.add_response("describe_environments", {"Environments": [env]},
+                                  {"EnvironmentNames": [ENV], "IncludeDeleted": False})
 
     def health(self, color: str, status: str, causes: list[str] | None = None) -> None:
         self.eb_stub.add_response(
@@ -468,6 +470,24 @@ def test_a_failed_rollback_is_reported_loudly_with_its_own_exit_code(
     out = capsys.readouterr()
     assert "ROLLBACK FAILED" in out.err and "::error title=ROLLBACK FAILED::" in out.out
     assert alerts.payloads[0]["text"].startswith("<!channel> :fire: ROLLBACK FAILED")
+    aws.done()
+
+
+def test_a_failed_first_deploy_has_nothing_to_roll_back_to_and_says_so(
+        aws: AWS, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+        old_server: GunicornServer) -> None:
+    eb = fake_eb(tmp_path, monkeypatch, ["fail"], versions=())
+    aws.env("Ready", None, old_server)
+    aws.health("Green", "Ok")
+    aws.env("Ready", None, old_server)
+    aws.version_lookup(False, NEW, old_server)
+
+    code, report = release(aws, tmp_path)
+
+    assert code == EXIT_ROLLBACK_FAILED
+    assert report["last_good_version"] is None and report["failed_step"] == "deploy"
+    assert report["rollback"]["error"].startswith("no earlier version is known")
+    assert eb.calls == [deploy_call("--label", NEW)]
     aws.done()
 
 
