@@ -529,3 +529,19 @@ def test_the_local_5xx_count_does_not_blame_the_previous_version_for_its_last_se
     end = datetime(2026, 11, 27, 12, 0, 5, tzinfo=timezone.utc)
     assert target.request_counts(start, end) == (1, 2)
     assert target.request_counts(start.replace(microsecond=0), end) == (2, 3)
+
+
+def test_the_documented_release_report_example_has_the_format_ops_release_writes() -> None:
+    from dataclasses import fields
+
+    from ops.release import EXIT_CODES, Report, Step
+
+    docs = FAKES.parent.parent / "docs"
+    example = json.loads((docs / "release-report.example.json").read_text())
+    assert set(example) == {f.name for f in fields(Report)}
+    assert example["outcome"] in EXIT_CODES
+    assert all(set(step) == {f.name for f in fields(Step)} for step in example["steps"])
+    assert {"version", "ok", "seconds"} <= set(example["rollback"])
+    guide = (docs / "deploying.md").read_text()
+    for key in example:
+        assert f"`{key}`" in guide, f"docs/deploying.md does not explain {key}"
