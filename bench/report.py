@@ -142,36 +142,46 @@ def pyplot() -> Any | None:
 
 
 def write_chart(results: Results, path: Path) -> bool:
-    """Redirects/s and memory per worker against link count; False if matplotlib is absent."""
+    """Redirects/s of every row as bars, memory per worker against link count as lines.
+
+    Returns False (and draws nothing) when matplotlib is not installed.
+    """
     plt = pyplot()
     if plt is None:
         return False
-    figure, (speed, memory) = plt.subplots(1, 2, figsize=(13, 5))
-    sizes = sorted({r.links for r in results.rows if r.links})
-    for name in sorted({r.contender for r in results.rows}):
-        rows = [r for r in results.rows if r.contender == name]
-        sized = sorted((r for r in rows if r.links), key=lambda r: r.links)
-        if sized and len({r.links for r in sized}) > 1:
-            speed.plot([r.links for r in sized], [r.rps for r in sized], marker="o", label=name)
-            if sized[0].rss_mib is not None:
-                memory.plot([r.links for r in sized], [r.rss_mib or 0 for r in sized],
-                            marker="o", label=name)
-        elif rows:
-            speed.hlines(rows[-1].rps, sizes[0] if sizes else 1, sizes[-1] if sizes else 10,
-                         linestyles="dashed", label=name, colors=f"C{len(speed.lines) % 10}")
-    for axis, title, unit in ((speed, "redirects per second", "redirects/s"),
-                              (memory, "resident memory per worker", "MiB")):
-        axis.set_xscale("log")
-        axis.set_yscale("log")
-        axis.set_xlabel("links stored")
-        axis.set_ylabel(unit)
-        axis.set_title(title)
-        axis.grid(True, which="both", alpha=0.3)
-        if axis.get_legend_handles_labels()[0]:
-            axis.legend(fontsize=8)
-    s = results.settings
+    rows = results.rows
+    names = list(dict.fromkeys(r.contender for r in rows))
+    colour = {name: f"C{i % 10}" for i, name in enumerate(names)}
+    figure, (speed, memory) = plt.subplots(
+        1, 2, figsize=(14, max(5, 0.38 * len(rows) + 1.5)), gridspec_kw={"width_ratios": [3, 2]})
+    labels = [f"{r.contender} @ {r.links:,}" if r.links else r.contender for r in rows]
+    speed.barh(range(len(rows)), [r.rps for r in rows], color=[colour[r.contender] for r in rows])
+    for y, r in enumerate(rows):
+        speed.annotate(f" {r.rps:,.0f}/s  p99 {r.p99_ms:,.1f} ms", (max(r.rps, 1), y),
+                       va="center", fontsize=7)
+    speed.set_yticks(range(len(rows)), labels, fontsize=8)
+    speed.invert_yaxis()
+    speed.set_xscale("log")
+    speed.set_xlabel("redirects per second (log scale)")
+    speed.set_title("redirects per second")
+    speed.grid(True, axis="x", which="both", alpha=0.3)
+    for name in names:
+        sized = sorted((r for r in rows if r.contender == name and r.links and r.rss_mib),
+                       key=lambda r: r.links)
+        if sized and not name.endswith("nginx") and "via nginx" not in name:
+            memory.plot([r.links for r in sized], [r.rss_mib for r in sized], marker="o",
+                        label=name, color=colour[name])
+    memory.axhline(400, linestyle="dashed", color="grey", label="target: 400 MiB")
+    memory.set_xscale("log")
+    memory.set_xlabel("links stored (log scale)")
+    memory.set_ylabel("MiB")
+    memory.set_title("resident memory per gunicorn worker")
+    memory.grid(True, which="both", alpha=0.3)
+    memory.legend(fontsize=8)
+    s, m = results.settings, results.machine
     figure.suptitle(f"{s['workers']} gunicorn sync workers, wrk {s['connections']} connections, "
-                    f"{s['duration']} s per run, loopback, 2 cores")
+                    f"{s['duration']:g} s per run, loopback, {m['cpus']} CPUs, "
+                    f"load {m['load_before'][0]} before the run")
     figure.tight_layout()
     figure.savefig(path, dpi=100)
     plt.close(figure)
