@@ -1,6 +1,6 @@
 """Smoke-test a live shortener through its public URL, the way a user would.
 
-    python -m ops.smoke https://short.example.com [--timeout 10]
+    python -m ops.smoke https://short.example.com [--timeout 10] [--code CODE]
 
 Checks, in order: GET /healthz answers 200 with status "ok"; POST /api/links creates a
 link with a fresh code; GET /<code> answers 302 with Location exactly the stored URL
@@ -10,7 +10,8 @@ showed when the store was read), so a deploy that passes this cannot repeat it.
 
 Standard library only (urllib), so it runs anywhere Python runs. Exit 0 when every
 check passed, 1 when one failed (it says which and why), 2 for bad arguments.
-Each run leaves one link whose code starts with "smoke-".
+Each run leaves one link whose code starts with "smoke-", unless --code names a fixed
+one (the scheduled probe does that, so production does not fill up with probe links).
 """
 from __future__ import annotations
 
@@ -87,8 +88,11 @@ def check_health(base: str, timeout: float) -> str:
     return f"GET /healthz 200 version={body.get('version')} links={body.get('links')}"
 
 
-def check_create(base: str, code: str, target: str, timeout: float) -> str:
+def check_create(base: str, code: str, target: str, timeout: float,
+                 reuse: bool = False) -> str:
     resp = request("POST", f"{base}/api/links", timeout, {"url": target, "code": code})
+    if reuse and resp.status == 409:
+        return f"POST /api/links 409: {code} exists already (--code), checking it"
     expect_status(resp, 201, "POST /api/links")
     body = resp.json()
     if not isinstance(body, dict) or body.get("code") != code or body.get("url") != target:
@@ -114,14 +118,20 @@ def check_lookup(base: str, code: str, target: str, timeout: float) -> str:
     return f"GET /api/links/{code} 200 created_at={body.get('created_at')}"
 
 
-def run(base_url: str, timeout: float) -> list[str]:
-    """Run every check against base_url; return one line per passed check."""
+def run(base_url: str, timeout: float, code: str | None = None) -> list[str]:
+    """Run every check against base_url; return one line per passed check.
+
+    Without `code` every run creates a new link. With one (the 5-minute probe), the link
+    is created once and later runs check that it still redirects exactly: the store
+    does not grow by 288 links a day, and /healthz still proves the data directory is
+    writable."""
     base = base_url.rstrip("/")
-    code = f"smoke-{int(time.time())}-{secrets.token_hex(4)}"
+    reuse = code is not None
+    code = code or f"smoke-{int(time.time())}-{secrets.token_hex(4)}"
     target = f"https://example.com/smoke/{code}?q=1"
     return [
         check_health(base, timeout),
-        check_create(base, code, target, timeout),
+        check_create(base, code, target, timeout, reuse),
         check_follow(base, code, target, timeout),
         check_lookup(base, code, target, timeout),
     ]
@@ -134,10 +144,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("base_url", help="public base URL, e.g. https://short.example.com")
     parser.add_argument("--timeout", type=float, default=10.0,
                         help="seconds allowed for each HTTP request (default 10)")
+    parser.add_argument("--code", help="use this fixed code instead of a new one each run "
+                                       "(created on the first run, then re-checked)")
     args = parser.parse_args(argv)
     started = time.monotonic()
     try:
-        for line in run(args.base_url, args.timeout):
+        for line in run(args.base_url, args.timeout, args.code):
             print(f"ok    {line}", flush=True)
     except SmokeFailure as err:
         print(f"FAIL  {err}", flush=True)

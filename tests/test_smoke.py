@@ -11,15 +11,17 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import requests
 
 from tests.servers import GunicornServer, free_port, links_on_disk
 
 REPO = Path(__file__).resolve().parent.parent
 
 
-def smoke(url: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "ops.smoke", url, "--timeout", "5"],  # nosec
-                          cwd=REPO, capture_output=True, text=True, timeout=60, check=False)
+def smoke(url: str, *extra: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(  # nosec B603
+        [sys.executable, "-m", "ops.smoke", url, "--timeout", "5", *extra],
+        cwd=REPO, capture_output=True, text=True, timeout=60, check=False)
 
 
 class QueryDroppingProxy(http.server.BaseHTTPRequestHandler):
@@ -74,6 +76,24 @@ def test_smoke_passes_against_the_real_app_and_leaves_its_link_on_disk(
     assert lines[-1].startswith(f"smoke test passed against {server.url}")
     codes = [code for code in links_on_disk(server.urls_file) if code.startswith("smoke-")]
     assert len(codes) == 1
+
+
+def test_the_probe_mode_creates_its_fixed_link_once_and_then_rechecks_it(
+        server: GunicornServer) -> None:
+    first, second = smoke(server.url, "--code", "probe"), smoke(server.url, "--code", "probe")
+    assert first.returncode == 0 and second.returncode == 0, second.stdout
+    assert "POST /api/links 201" in first.stdout
+    assert "409: probe exists already" in second.stdout
+    assert "GET /probe 302 Location=https://example.com/smoke/probe?q=1" in second.stdout
+    assert list(links_on_disk(server.urls_file)) == ["probe"]
+
+
+def test_the_probe_mode_fails_when_its_code_points_elsewhere(server: GunicornServer) -> None:
+    requests.post(f"{server.url}/api/links", timeout=5,
+                  json={"url": "https://example.com/other", "code": "probe"})
+    done = smoke(server.url, "--code", "probe")
+    assert done.returncode == 1
+    assert "Location is 'https://example.com/other'" in done.stdout
 
 
 def test_smoke_fails_when_the_store_cannot_be_read(server: GunicornServer) -> None:
