@@ -763,7 +763,11 @@ def handle_http_error(error: HTTPException) -> ResponseReturnValue:
         response.set_data(render_home({field: message}, status, form, values)[0])
         response.content_type = "text/html; charset=utf-8"
     elif wants_json():
-        response.set_data(json.dumps({"error": error.description}))
+        detail = error.description
+        if status == 429:  # Flask-Limiter's description is only the limit, e.g. "5 per 1 minute"
+            detail = (f"Too many new links from your address (limit: {detail}); try again "
+                      "after the number of seconds in the Retry-After header.")
+        response.set_data(json.dumps({"error": detail}))
         response.content_type = "application/json"
     else:
         template = "404.html" if status == 404 else "error.html"
