@@ -145,6 +145,19 @@ def make_row(name: str, links: int, load: Load, floor_rps: float,
         floor_rps=floor_rps, rss_mib=memory[0], pss_mib=memory[1], load1=load_avg)
 
 
+def rebase_on_floor(rows: list[Row]) -> None:
+    """State every row against the mean of the Flask floor runs around it.
+
+    The floor is measured before and after each block, so a neighbour's load that comes
+    or goes during the block shifts the ratio less than a single floor run would.
+    """
+    floors = [r.rps for r in rows if r.contender == "flask floor"]
+    floor_rps = round(sum(floors) / len(floors), 1)
+    for row in rows:
+        row.floor_rps = floor_rps
+        row.vs_floor = round(row.rps / floor_rps, 3) if floor_rps else 0.0
+
+
 class Bench:
     """One benchmark run: a temporary directory, the settings, and the results so far."""
 
@@ -224,6 +237,7 @@ class Bench:
         paths = base / "paths.txt"
         paths.write_text("".join(f"/{link.code}\n" for link in sample))
 
+        first = len(self.results.rows)
         floor_rps = self.floor(count, paths)
         self.app(count, base / "app", sample, paths, floor_rps)
         server = self.gunicorn("original app", "bench.contenders.original:app",
@@ -232,6 +246,8 @@ class Bench:
                      lambda: probe.check_redirects(server.port, sample[:3]))
         if count == max(self.s.sizes):
             self.behind_nginx(count, base / "app", sample, paths, floor_rps)
+        self.floor(count, paths)
+        rebase_on_floor(self.results.rows[first:])
         shutil.rmtree(base)
 
     def behind_nginx(self, count: int, data_dir: Path, sample: list[Link], paths: Path,
@@ -329,15 +345,18 @@ class Bench:
 
     def constants(self, paths: Path) -> None:
         """Contenders that store nothing: the bare WSGI floor and nginx answering itself."""
+        first = len(self.results.rows)
         floor_rps = self.floor(0, paths)
         self.constant("bare wsgi", "bench.contenders.bare_wsgi:app", 0, paths, floor_rps)
-        if not servers.nginx_available():
+        if servers.nginx_available():
+            server = servers.start_nginx("nginx return 302", self.tmp / "nginx-return",
+                                         NGINX_RETURN, self.s.workers)
+            servers.wait_until_listening(server, 10)
+            self.measure(server, 0, paths, floor_rps, lambda: probe.get(server.port, "/x"))
+        else:
             self.results.notes.append("nginx is not installed: its row is missing")
-            return
-        server = servers.start_nginx("nginx return 302", self.tmp / "nginx-return",
-                                     NGINX_RETURN, self.s.workers)
-        servers.wait_until_listening(server, 10)
-        self.measure(server, 0, paths, floor_rps, lambda: probe.get(server.port, "/x"))
+        self.floor(0, paths)
+        rebase_on_floor(self.results.rows[first:])
 
 
 def targets(results: Results) -> dict[str, dict[str, object]]:
