@@ -175,8 +175,10 @@ class Release:
         started = time.monotonic()
         try:
             result = action()
-        except (StepFailed, TargetError) as err:
+        except Exception as err:  # any failure (an AWS API error too) must roll back
             seconds = round(time.monotonic() - started, 2)
+            if not isinstance(err, (StepFailed, TargetError)):
+                err = StepFailed(f"{type(err).__name__}: {err}")
             self.report.steps.append(Step(name, False, seconds, str(err)))
             LOG.error("step %s: FAILED after %.1f s: %s", name, seconds, err)
             if self.report.failed_step is None:

@@ -384,6 +384,28 @@ def test_an_eb_cli_timeout_with_exit_0_is_not_trusted(
     aws.done()
 
 
+def test_an_aws_api_error_during_verification_triggers_a_rollback(
+        aws: AWS, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+        old_server: GunicornServer) -> None:
+    eb = fake_eb(tmp_path, monkeypatch, ["ok", "ok"])
+    start_of_release(aws, old_server)
+    aws.env("Ready", NEW, old_server)
+    aws.eb_stub.add_client_error("describe_environment_health", "Throttling",
+                                 "Rate exceeded", 400)
+    aws.env("Ready", NEW, old_server)
+    aws.env("Ready", NEW, old_server)
+    aws.verified(OLD, old_server)
+    aws.requests(0, 400)
+
+    code, report = release(aws, tmp_path)
+
+    assert code == EXIT_ROLLED_BACK
+    assert report["failed_step"] == "health"
+    assert report["error"].startswith("ClientError: An error occurred (Throttling)")
+    assert eb.calls[-1] == deploy_call("--version", OLD)
+    aws.done()
+
+
 def test_a_label_that_already_exists_is_redeployed_with_version(
         aws: AWS, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
         old_server: GunicornServer, new_server: GunicornServer) -> None:
