@@ -600,8 +600,11 @@ def save_upload(upload: FileStorage | None) -> Record:
     except OSError as exc:
         raise InvalidInput("file", f"The file could not be saved ({exc.strerror}); please try "
                                    "again in a minute.", 503) from exc
-    if path.stat().st_size > current_app.config["MAX_UPLOAD_BYTES"]:
+    size = path.stat().st_size
+    if size == 0 or size > current_app.config["MAX_UPLOAD_BYTES"]:
         path.unlink()
+        if size == 0:
+            raise InvalidInput("file", f"'{name}' is empty; choose a file with something in it.")
         raise InvalidInput("file", upload_too_large_message(), 413)
     return {"file": path.name, "name": name}
 
@@ -669,7 +672,10 @@ def my_codes() -> ResponseReturnValue:
 def create_link() -> ResponseReturnValue:
     if not request.is_json:
         return api_error("Send the link as JSON with 'Content-Type: application/json'.", 415)
-    body = request.get_json(silent=True)
+    try:
+        body = request.get_json(silent=True)
+    except RecursionError:  # e.g. 100,000 '[': silent=True only covers ValueError
+        body = None
     if not isinstance(body, dict):
         return api_error('The body must be a JSON object such as {"url": "https://..."}.', 400)
     url, code = body.get("url"), body.get("code")

@@ -236,6 +236,14 @@ def test_an_upload_without_a_file_is_400(app: Flask, post_form: PostForm) -> Non
     assert not urls_file(app).exists()
 
 
+def test_an_empty_upload_is_400(app: Flask, post_form: PostForm) -> None:
+    page = post_form(file=(io.BytesIO(b""), "empty.txt"), code="empty")
+    assert page.status_code == 400
+    assert error_on_page(page) == ["'empty.txt' is empty; choose a file with something in it."]
+    assert not urls_file(app).exists()
+    assert list(Path(app.config["UPLOAD_DIR"]).iterdir()) == []
+
+
 def test_an_upload_under_a_taken_name_keeps_neither_link_nor_file(app: Flask,
                                                                   post_form: PostForm) -> None:
     post_form(url="https://example.com/", code="taken")
