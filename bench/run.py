@@ -245,10 +245,27 @@ class Bench:
         self.measure(server, count, paths, floor_rps,
                      lambda: probe.check_redirects(server.port, sample[:3]))
         if count == max(self.s.sizes):
+            self.as_deployed(count, base / "app", sample, paths, floor_rps)
             self.behind_nginx(count, base / "app", sample, paths, floor_rps)
         self.floor(count, paths)
         rebase_on_floor(self.results.rows[first:])
         shutil.rmtree(base)
+
+    def as_deployed(self, count: int, data_dir: Path, sample: list[Link], paths: Path,
+                    floor_rps: float) -> None:
+        """This app with the repository's gunicorn.conf.py as well (its access log is on),
+        keeping only the worker count and class of the other rows."""
+        config = servers.REPO / "gunicorn.conf.py"
+        if not config.exists():
+            return
+        name = "this app + gunicorn.conf.py"
+        server = servers.start_gunicorn(
+            name, "application:application", self.s.workers, self.tmp,
+            self.tmp / "as-deployed.log", self.app_env(data_dir), [f"--config={config}"])
+        servers.wait_until_listening(server, self.s.startup_timeout_s)
+        self.measure(server, count, paths, floor_rps,
+                     lambda: probe.until_served_everywhere(
+                         server.port, sample[0], self.s.streak, self.s.startup_timeout_s))
 
     def behind_nginx(self, count: int, data_dir: Path, sample: list[Link], paths: Path,
                      floor_rps: float) -> None:

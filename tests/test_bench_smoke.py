@@ -57,7 +57,8 @@ def test_quick_benchmark_measures_every_contender_and_writes_its_results(
     assert done.returncode == 0, done.stderr[-3000:]
     results = json.loads((out / "results.json").read_text())
     measured = {row["contender"] for row in results["rows"]}
-    expected = {"this app", "original app", "flask floor", "bare wsgi"}
+    expected = {"this app", "this app + gunicorn.conf.py", "original app", "flask floor",
+                "bare wsgi"}
     if shutil.which("nginx") or Path("/usr/sbin/nginx").exists():
         expected |= {"nginx return 302", "this app via nginx", "this app via nginx 302 cache"}
     assert measured == expected
