@@ -268,3 +268,24 @@ def test_links_keep_every_field_they_were_stored_with(urls_file: Path, store: Li
     assert {code: store.get(code) for code in records} == records
     store.add("more", {"url": "https://d.example/"})
     assert {code: LinkStore(urls_file).get(code) for code in records} == records
+
+
+def test_a_read_that_crashes_never_leads_to_a_write(urls_file: Path,
+                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    """The original outage: json.loads(urls_file) raised TypeError in the read path. A bug
+    of that kind must fail the request, and never let a create replace the file with a
+    store that looks empty."""
+    LinkStore(urls_file).add("kept", {"url": "https://kept.example/"})
+    before = urls_file.read_bytes()
+
+    def json_loads_on_a_file(*args: object, **kwargs: object) -> None:
+        raise TypeError("the JSON object must be str, bytes or bytearray, not TextIOWrapper")
+    monkeypatch.setattr(json, "load", json_loads_on_a_file)
+    fresh = LinkStore(urls_file)  # a worker that starts on the broken version
+    with pytest.raises(TypeError):
+        fresh.get("kept")
+    with pytest.raises(TypeError):
+        fresh.add("new", {"url": "https://new.example/"})
+    with pytest.raises(TypeError):
+        fresh.count()
+    assert urls_file.read_bytes() == before
