@@ -271,7 +271,7 @@ def test_links_keep_every_field_they_were_stored_with(urls_file: Path, store: Li
 
 
 def test_a_read_that_crashes_never_leads_to_a_write(urls_file: Path,
-                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+                                                    monkeypatch: pytest.MonkeyPatch) -> None:
     """The original outage: json.loads(urls_file) raised TypeError in the read path. A bug
     of that kind must fail the request, and never let a create replace the file with a
     store that looks empty."""
