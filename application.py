@@ -500,8 +500,11 @@ def create_limit() -> str:
 def create_app(config: Mapping[str, Any] | None = None) -> Flask:
     app = Flask(__name__)
     app.config.update(load_config(config))
+    # Each proxy appends the address it saw to X-Forwarded-For (on Elastic Beanstalk the
+    # load balancer, then nginx: 2 hops); X-Forwarded-Proto is set once, by the first.
     hops = app.config["TRUSTED_PROXY_HOPS"]
-    app.wsgi_app = ProxyFix(app.wsgi_app, x_for=hops, x_proto=hops)  # type: ignore[method-assign]
+    app.wsgi_app = ProxyFix(app.wsgi_app, x_for=hops,  # type: ignore[method-assign]
+                            x_proto=min(hops, 1))
     app.session_interface = SessionInterface()
     if not log.handlers:
         handler = logging.StreamHandler()
@@ -532,8 +535,8 @@ def store() -> LinkStore:
 
 
 def short_url(code: str) -> str:
-    base = current_app.config["PUBLIC_BASE_URL"] or request.host_url.rstrip("/")
-    return f"{base}/{code}"
+    base = current_app.config["PUBLIC_BASE_URL"] or request.host_url
+    return f"{base.rstrip('/')}/{code}"  # create_app(config) passes PUBLIC_BASE_URL as given
 
 
 def remember(code: str) -> None:

@@ -86,3 +86,30 @@ def test_make_run_serves_a_working_site(tmp_path: Path) -> None:
     finally:
         os.killpg(make.pid, signal.SIGTERM)
         make.wait(timeout=30)
+
+
+@pytest.mark.parametrize("hops, forwarded_for, client", [
+    (1, "203.0.113.7", "203.0.113.7"),
+    (2, "203.0.113.7, 10.0.0.5", "203.0.113.7"),  # Elastic Beanstalk: ALB, then nginx
+    (2, "198.51.100.1, 203.0.113.7, 10.0.0.5", "203.0.113.7"),  # a spoofed first value
+    (0, "203.0.113.7", "127.0.0.1"),
+])
+def test_the_client_address_comes_from_the_trusted_proxies_only(
+        tmp_path: Path, hops: int, forwarded_for: str, client: str) -> None:
+    app = create_app({"DATA_DIR": tmp_path, "SECRET_KEY": "t", "TRUSTED_PROXY_HOPS": hops,
+                      "CREATE_RATE_LIMIT": "1/minute"})
+    headers = {"X-Forwarded-For": forwarded_for, "X-Forwarded-Proto": "https"}
+    client_app = app.test_client()
+    first = client_app.post("/api/links", json={"url": "https://example.com/"},
+                            headers=headers, environ_base={"REMOTE_ADDR": "127.0.0.1"})
+    assert first.status_code == 201
+    assert first.json["short_url"].startswith(  # type: ignore[index]
+        "https://" if hops else "http://")
+    limited = client_app.post("/api/links", json={"url": "https://example.com/"},
+                              headers=headers, environ_base={"REMOTE_ADDR": "127.0.0.1"})
+    assert limited.status_code == 429
+    other = client_app.post("/api/links", json={"url": "https://example.com/"},
+                            headers={"X-Forwarded-For": forwarded_for.replace(
+                                client, "192.0.2.99")},
+                            environ_base={"REMOTE_ADDR": "127.0.0.1"})
+    assert other.status_code == (429 if client == "127.0.0.1" else 201)
