@@ -8,6 +8,7 @@ import json
 import threading
 import time
 from collections.abc import Iterable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 from bench.data import Link
@@ -62,36 +63,50 @@ def create(port: int, url: str, code: str | None = None,
 
 @dataclass(frozen=True)
 class Visibility:
-    """How long until `streak` consecutive fresh requests for a code all got its redirect."""
+    """How long until a whole round of simultaneous requests for a code got its redirect."""
 
     seconds: float
     misses: int
 
 
 def until_served_everywhere(port: int, link: Link, streak: int, timeout: float) -> Visibility:
-    """Poll GET /<code> until `streak` consecutive correct 302s; count answers before that.
+    """Send rounds of `streak` simultaneous GET /<code> until two rounds in a row are all
+    correct 302s; return the time to the first of them and the answers that were not.
 
-    With gunicorn's sync workers every fresh connection goes to whichever worker is idle,
-    so a streak of several times the worker count reaches every worker in practice.
+    Simultaneous, because a sync worker takes one connection at a time: a round keeps
+    every worker busy at once and so reaches each of them, where requests one after
+    another often all land on the same idle worker and prove nothing about the others.
     """
     started = time.perf_counter()
     deadline = started + timeout
-    in_a_row = misses = 0
-    while in_a_row < streak:
-        if time.perf_counter() > deadline:
-            raise ProbeError(f"/{link.code} not served {streak} times in a row in {timeout} s")
-        try:
-            status, location = get(port, f"/{link.code}", timeout=timeout)
-        except OSError:
-            status, location = 0, None
-        if status == 302 and location == link.url:
-            in_a_row += 1
-        elif status == 302:
-            raise ProbeError(f"/{link.code} redirected to {location}, stored {link.url}")
-        else:
-            in_a_row, misses = 0, misses + 1
-            time.sleep(0.01)
-    return Visibility(round(time.perf_counter() - started, 4), misses)
+    first_good, good_rounds, misses = 0.0, 0, 0
+    with ThreadPoolExecutor(max_workers=streak) as pool:
+        while good_rounds < 2:
+            if time.perf_counter() > deadline:
+                raise ProbeError(f"/{link.code} not served by every worker in {timeout} s")
+            answers = list(pool.map(lambda _: _get_or_fail(port, f"/{link.code}", timeout),
+                                    range(streak)))
+            wrong = [location for status, location in answers
+                     if status == 302 and location != link.url]
+            if wrong:
+                raise ProbeError(f"/{link.code} redirected to {wrong[0]}, stored {link.url}")
+            bad = sum(status != 302 for status, _ in answers)
+            if bad:
+                good_rounds, misses = 0, misses + bad
+                time.sleep(0.01)
+                continue
+            good_rounds += 1
+            if good_rounds == 1:
+                first_good = time.perf_counter() - started
+    return Visibility(round(first_good, 4), misses)
+
+
+def _get_or_fail(port: int, path: str, timeout: float) -> tuple[int, str | None]:
+    """get(), with a connection error counted as status 0 (the server is still starting)."""
+    try:
+        return get(port, path, timeout=timeout)
+    except OSError:
+        return 0, None
 
 
 class CreateTicker:
