@@ -382,6 +382,8 @@ def checked_url(url: str) -> str:
         parts = urlsplit(url)
         parts.port  # raises ValueError for a malformed port
         stored = iri_to_uri(url)  # the ASCII form a Location header carries
+        if " " in stored or not stored.isprintable():  # IDNA maps e.g. "¨" to " \u0308"
+            raise ValueError(stored)
     except ValueError:
         raise InvalidInput("url", "That is not a valid URL; check it and try again.") from None
     if parts.scheme.lower() not in ("http", "https"):
@@ -570,7 +572,7 @@ def render_home(errors: Mapping[str, str] | None = None, status: int = 200, form
 
 
 @bp.post("/your-url")
-@limiter.limit(create_limit)
+@limiter.shared_limit(create_limit, scope="create")  # one count with the API, per client
 def shorten_form() -> ResponseReturnValue:
     upload = request.files.get("file")
     form = "file" if upload is not None and "url" not in request.form else "url"
@@ -671,7 +673,7 @@ def my_codes() -> ResponseReturnValue:
 
 @bp.post("/api/links")
 @csrf_exempt  # JSON only: a cross-site form cannot send application/json without CORS
-@limiter.limit(create_limit)
+@limiter.shared_limit(create_limit, scope="create")
 def create_link() -> ResponseReturnValue:
     if not request.is_json:
         return api_error("Send the link as JSON with 'Content-Type: application/json'.", 415)
