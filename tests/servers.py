@@ -8,7 +8,7 @@ import socket
 import subprocess  # nosec B404: tests start the real server
 import sys
 import time
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -35,8 +35,10 @@ class GunicornServer:
     """The app under real gunicorn, started from app_dir (the repository by default)."""
 
     def __init__(self, data_dir: Path, workers: int = 3, env: Mapping[str, str] | None = None,
-                 app_dir: Path = REPO) -> None:
+                 app_dir: Path = REPO, launcher: Sequence[str] = ()) -> None:
+        """launcher: a command the server runs under, e.g. setpriv with its options."""
         self.data_dir = data_dir
+        self.launcher = list(launcher)
         self.workers = workers
         self.app_dir = app_dir
         self.extra_env = dict(env or {})
@@ -65,14 +67,15 @@ class GunicornServer:
         started = time.monotonic()
         with open(self.log_path, "ab") as log:
             self.process = subprocess.Popen(  # nosec B603
-                [sys.executable, "-m", "gunicorn", "--config", str(REPO / "gunicorn.conf.py"),
-                 "--bind", f"127.0.0.1:{self.port}", "--workers", str(self.workers),
-                 "application:application"],
+                [*self.launcher, sys.executable, "-m", "gunicorn",
+                 "--config", str(REPO / "gunicorn.conf.py"), "--bind", f"127.0.0.1:{self.port}",
+                 "--workers", str(self.workers), "application:application"],
                 cwd=self.app_dir, env=env, stdout=log, stderr=subprocess.STDOUT,
                 start_new_session=True)
         while time.monotonic() - started < timeout:
             if self.process.poll() is not None:
-                raise RuntimeError(f"gunicorn exited with {self.process.returncode}:\n{self.log()}")
+                raise RuntimeError(
+                    f"gunicorn exited with {self.process.returncode}:\n{self.log()}")
             try:
                 requests.get(f"{self.url}/healthz", timeout=1)
                 return time.monotonic() - started

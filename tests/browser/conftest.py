@@ -93,10 +93,8 @@ def app_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[GunicornSer
     Tests share it and use short names of their own; each gets a fresh browser context,
     so "this browser's links" start empty for every test.
     """
-    # GUNICORN_ACCESSLOG="" (the GunicornServer default) makes gunicorn exit: '' is not a
-    # writable path. "-" sends the access log to the server's log file instead.
     server = GunicornServer(tmp_path_factory.mktemp("browser") / "data", workers=2,
-                            env={"MAX_UPLOAD_MB": str(MAX_UPLOAD_MB), "GUNICORN_ACCESSLOG": "-"})
+                            env={"MAX_UPLOAD_MB": str(MAX_UPLOAD_MB)})
     server.start()
     yield server
     server.stop()

@@ -10,10 +10,8 @@ it has" a property the test can check every time.
 """
 from __future__ import annotations
 
-import contextlib
 import json
 import os
-import sys
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -124,36 +122,19 @@ def test_a_read_only_data_directory_refuses_creates_and_keeps_redirects(
     record_figure("message", message)
 
 
-@contextlib.contextmanager
-def python_without_root_file_access(tmp_path: Path) -> Iterator[None]:
-    """Make GunicornServer start gunicorn as root minus CAP_DAC_OVERRIDE/READ_SEARCH.
-
-    Tests run as root, and root reads a chmod 000 file anyway. setpriv drops the two
-    capabilities that let it, so file permissions apply to the server as to any user.
-    GunicornServer has no launcher option, so its sys.executable is pointed at a
-    wrapper for the duration of start().
-    """
-    if os.geteuid() != 0 or not Path("/usr/bin/setpriv").exists():
-        pytest.skip("needs root and setpriv(1) to drop CAP_DAC_OVERRIDE")
-    wrapper = tmp_path / "python-without-dac-override"
-    wrapper.write_text("#!/bin/sh\nexec /usr/bin/setpriv "
-                       "--bounding-set=-dac_override,-dac_read_search -- "
-                       f"{sys.executable} \"$@\"\n")
-    wrapper.chmod(0o755)
-    real = sys.executable
-    sys.executable = str(wrapper)
-    try:
-        yield
-    finally:
-        sys.executable = real
+# Tests run as root, and root reads a chmod 000 file anyway. setpriv drops the two
+# capabilities that let it, so file permissions apply to the server as to any user.
+WITHOUT_ROOT_FILE_ACCESS = ["/usr/bin/setpriv", "--bounding-set=-dac_override,-dac_read_search",
+                            "--"]
 
 
 def test_an_unreadable_links_file_is_reported_and_never_overwritten(
         tmp_path: Path, record_figure: Record) -> None:
     """chmod 000 on the file, then an operator's restore that the app user cannot read."""
-    server = GunicornServer(tmp_path / "data", workers=1)
-    with python_without_root_file_access(tmp_path):
-        server.start()
+    if os.geteuid() != 0 or not Path(WITHOUT_ROOT_FILE_ACCESS[0]).exists():
+        pytest.skip("needs root and setpriv(1) to drop CAP_DAC_OVERRIDE")
+    server = GunicornServer(tmp_path / "data", workers=1, launcher=WITHOUT_ROOT_FILE_ACCESS)
+    server.start()
     try:
         links = seed_links(server)
         server.urls_file.chmod(0)
