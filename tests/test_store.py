@@ -289,3 +289,22 @@ def test_a_read_that_crashes_never_leads_to_a_write(urls_file: Path,
     with pytest.raises(TypeError):
         fresh.count()
     assert urls_file.read_bytes() == before
+
+
+def test_a_worker_looking_right_after_the_rename_catches_up_without_a_parse(
+        urls_file: Path, store: LinkStore, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Between the writer's rename and its journal entry, a reader found a file the
+    journal did not explain yet and parsed it all; under load, on nearly every create."""
+    other = LinkStore(urls_file)
+    other.add("first", {"url": "https://first.example/"})
+    assert store.get("first") == {"url": "https://first.example/"}  # parsed once here
+    parses = count_parses(store, monkeypatch)
+    real_replace = os.replace
+
+    def replace_then_a_request_arrives(src: str, dst: str) -> None:
+        real_replace(src, dst)
+        store.get("first")
+    monkeypatch.setattr(os, "replace", replace_then_a_request_arrives)
+    other.add("second", {"url": "https://second.example/"})
+    assert store.get("second") == {"url": "https://second.example/"}
+    assert parses == []
