@@ -39,14 +39,12 @@ PROXY = """
         %s
     }
 """
-# Cache only redirects (a stored code never changes its URL), never 404s (a new link must
-# work at once) and never anything that sets a cookie (nginx's default). See the docs.
-CACHE_HTTP = "proxy_cache_path %s/cache levels=1:2 keys_zone=redirects:10m max_size=100m;"
-CACHE_LOCATION = """proxy_cache redirects;
-        proxy_cache_methods GET HEAD;
-        proxy_cache_valid 301 302 60s;
-        proxy_cache_lock on;
-        add_header X-Cache $upstream_cache_status;"""
+# The redirect cache exactly as deployed on Elastic Beanstalk (.platform/nginx), with its
+# cache directory moved into the run's temporary directory.
+NGINX_CONF = Path(__file__).resolve().parent.parent / ".platform" / "nginx" / "conf.d"
+CACHE_HTTP = (NGINX_CONF / "redirect_cache.conf").read_text().replace(
+    "/var/cache/nginx/redirects", "%s/cache")
+CACHE_LOCATION = (NGINX_CONF / "elasticbeanstalk" / "redirect_cache.conf").read_text()
 
 
 @dataclass(frozen=True)
