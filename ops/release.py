@@ -401,6 +401,15 @@ def git_head() -> str:
     return run_command(["git", "-C", str(REPO_ROOT), "rev-parse", "HEAD"], 30).strip()
 
 
+class DefaultsHelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    """Show each default once: not 'None', nor after a help text that names its own."""
+
+    def _get_help_string(self, action: argparse.Action) -> str | None:
+        if action.default is None or "(default:" in (action.help or ""):
+            return action.help
+        return super()._get_help_string(action)
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="python -m ops.release",
@@ -408,7 +417,7 @@ def build_parser() -> argparse.ArgumentParser:
         epilog="Exit codes: 0 deployed; 1 failed and rolled back; 2 bad arguments; "
                "3 refused (environment not Ready/healthy, nothing changed); "
                "4 ROLLBACK FAILED (act now). Alerts go to $ALERT_WEBHOOK_URL when set.",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+        formatter_class=DefaultsHelpFormatter)
     p.add_argument("--target", choices=["eb", "local"], default="eb",
                    help="eb: an Elastic Beanstalk environment; local: a local release "
                         "directory served by gunicorn on loopback (rehearsals)")
