@@ -4,9 +4,10 @@ One Flask module: configuration from the environment, the link store, validation
 routes and error pages. Read top to bottom; ARCHITECTURE.md has the HTTP contract.
 
 The store is one JSON file in the original app's format. Redirects are served from an
-in-memory copy that is re-read only when the file's identity changes, so a redirect
-costs one ``stat`` and a dict lookup. Writes take an exclusive lock, re-read, and
-replace the file atomically; a file that cannot be parsed is never overwritten.
+in-memory copy that follows the file's changes through a journal, so a redirect costs
+one ``stat`` and a dict lookup; ``FastRedirects`` answers them before Flask's request
+machinery. Writes take an exclusive lock, catch up, and atomically replace the file
+with a copy that has one more link; a file that cannot be parsed is never overwritten.
 """
 from __future__ import annotations
 
