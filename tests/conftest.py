@@ -52,7 +52,5 @@ def post_form(client: FlaskClient) -> PostForm:
 @pytest.fixture
 def server(tmp_path: Path) -> Iterator[GunicornServer]:
     """The app under real gunicorn with 3 workers on a free loopback port."""
-    srv = GunicornServer(tmp_path / "data", workers=3)
-    srv.start()
-    yield srv
-    srv.stop()
+    with GunicornServer(tmp_path / "data", workers=3) as srv:
+        yield srv

@@ -84,6 +84,13 @@ class GunicornServer:
         self.kill()
         raise RuntimeError(f"gunicorn did not answer within {timeout} s:\n{self.log()}")
 
+    def __enter__(self) -> GunicornServer:
+        self.start()
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.stop()
+
     def worker_pids(self) -> list[int]:
         """The worker processes of the running master, from /proc."""
         pids = []

@@ -30,24 +30,20 @@ def test_a_link_created_in_one_worker_is_followed_in_every_other(tmp_path: Path)
         "GUNICORN_WORKER_CLASS": "sync",
         "GUNICORN_CMD_ARGS": f"--access-logfile {access_log} "
                              "--access-logformat '%(p)s %(U)s %(s)s'"})
-    server.start()
 
     def served() -> list[list[str]]:
         return [line.split() for line in access_log.read_text().splitlines()]
 
     def get(path: str) -> int:
         return requests.get(f"{server.url}{path}", allow_redirects=False, timeout=10).status_code
-    try:
+    with server, ThreadPoolExecutor(max_workers=6) as pool:
         # Every worker loads the (empty) store first, so each must notice the new link.
         deadline = time.monotonic() + 20
-        with ThreadPoolExecutor(max_workers=6) as pool:
-            while len({pid for pid, *_ in served()}) < 3 and time.monotonic() < deadline:
-                list(pool.map(get, ["/warm-up"] * 12))
-            assert len({pid for pid, *_ in served()}) == 3, "not every worker came up"
-            assert create(requests.Session(), server.url, "shared") == 201
-            statuses = list(pool.map(get, ["/shared"] * 90))
-    finally:
-        server.stop()
+        while len({pid for pid, *_ in served()}) < 3 and time.monotonic() < deadline:
+            list(pool.map(get, ["/warm-up"] * 12))
+        assert len({pid for pid, *_ in served()}) == 3, "not every worker came up"
+        assert create(requests.Session(), server.url, "shared") == 201
+        statuses = list(pool.map(get, ["/shared"] * 90))
     assert statuses == [302] * 90
     after = [line for line in served() if line[1] == "/shared"]
     assert {status for _, _, status in after} == {"302"}

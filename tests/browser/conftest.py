@@ -93,11 +93,9 @@ def app_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[GunicornSer
     Tests share it and use short names of their own; each gets a fresh browser context,
     so "this browser's links" start empty for every test.
     """
-    server = GunicornServer(tmp_path_factory.mktemp("browser") / "data", workers=2,
-                            env={"MAX_UPLOAD_MB": str(MAX_UPLOAD_MB)})
-    server.start()
-    yield server
-    server.stop()
+    with GunicornServer(tmp_path_factory.mktemp("browser") / "data", workers=2,
+                        env={"MAX_UPLOAD_MB": str(MAX_UPLOAD_MB)}) as server:
+        yield server
 
 
 class TargetSite:

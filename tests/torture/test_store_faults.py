@@ -55,10 +55,8 @@ def health(server: GunicornServer) -> tuple[int, dict[str, object]]:
 
 @pytest.fixture
 def one_worker(tmp_path: Path) -> Iterator[GunicornServer]:
-    server = GunicornServer(tmp_path / "data", workers=1)
-    server.start()
-    yield server
-    server.stop()
+    with GunicornServer(tmp_path / "data", workers=1) as server:
+        yield server
 
 
 def fill(directory: Path) -> int:
