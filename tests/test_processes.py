@@ -1,0 +1,87 @@
+"""ops.processes: a stopped server leaves no process of its group behind."""
+from __future__ import annotations
+
+import os
+import signal
+import sys
+import time
+from pathlib import Path
+
+from ops.processes import Graceful, group_members, spawn, stop
+
+# A leader that exits on SIGTERM, with a child that ignores SIGTERM and SIGQUIT (as an
+# nginx worker outlives a master killed with SIGKILL).
+LEADER = """
+import os, signal, sys, time
+child = os.fork()
+if child == 0:
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    signal.signal(signal.SIGQUIT, signal.SIG_IGN)
+    while True:
+        time.sleep(1)
+open(sys.argv[1], "w").write(str(child))
+while True:
+    time.sleep(1)
+"""
+
+
+def start_leader_with_stubborn_child(tmp_path: Path) -> tuple[int, int]:
+    pid_file = tmp_path / "child.pid"
+    leader = spawn([sys.executable, "-c", LEADER, str(pid_file)])
+    deadline = time.monotonic() + 10
+    while not (pid_file.exists() and pid_file.read_text()):
+        assert time.monotonic() < deadline, "the leader never forked its child"
+        time.sleep(0.02)
+    return leader.pid, int(pid_file.read_text())
+
+
+def alive(pid: int) -> bool:
+    """pid runs (a zombie waiting to be reaped does not count)."""
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except FileNotFoundError:
+        return False
+    return state != "Z"
+
+
+def test_a_spawned_server_leads_its_own_process_group(tmp_path: Path) -> None:
+    leader, child = start_leader_with_stubborn_child(tmp_path)
+    try:
+        assert os.getpgid(leader) == leader != os.getpgrp()
+        assert sorted(group_members(leader)) == sorted([leader, child])
+    finally:
+        stop(leader, graceful=())
+
+
+def test_stop_kills_members_that_ignore_the_graceful_signal(tmp_path: Path) -> None:
+    leader, child = start_leader_with_stubborn_child(tmp_path)
+    stop(leader, graceful=(Graceful(signal.SIGTERM, 0.5),))
+    assert group_members(leader) == []
+    assert not alive(child)
+
+
+def test_killing_only_the_leader_would_leave_the_child_running(tmp_path: Path) -> None:
+    """Why stop() kills the group: the pattern issue 15 found in the slow-client test."""
+    leader, child = start_leader_with_stubborn_child(tmp_path)
+    try:
+        os.kill(leader, signal.SIGKILL)
+        time.sleep(0.2)
+        assert group_members(leader) == [child]
+    finally:
+        stop(leader, graceful=())
+    assert group_members(leader) == []
+
+
+def test_a_graceful_step_may_be_a_command_and_stop_returns_once_it_worked(
+        tmp_path: Path) -> None:
+    proc = spawn([sys.executable, "-c", "import time; time.sleep(300)"])
+    calls = []
+
+    def ask() -> None:
+        calls.append(time.monotonic())
+        proc.terminate()
+
+    started = time.monotonic()
+    stop(proc, graceful=(Graceful(ask, 10.0),))
+    assert calls and proc.returncode == -signal.SIGTERM
+    assert time.monotonic() - started < 5  # returned when the group was gone, not at 10 s
