@@ -78,6 +78,10 @@ class Problem:
     hint: str
     code: str | None = None  # the row's short code, when it has one
 
+    def __post_init__(self) -> None:
+        if self.code is not None:  # a file's code may hold anything; a report must print it
+            object.__setattr__(self, "code", _printable(self.code))
+
     def __str__(self) -> str:
         return f"line {self.line}: {self.message} {self.hint}"
 
@@ -91,6 +95,20 @@ class InvalidLink(ValueError):
     def __init__(self, kind: Kind, message: str, hint: str = "") -> None:
         super().__init__(message)
         self.kind, self.message, self.hint = kind, message, hint
+
+
+def _quoted(value: str) -> str:
+    """``value`` quoted for a message: cut to 80 characters, invisible ones escaped."""
+    return "'" + _printable(value if len(value) <= 80 else value[:79] + "…") + "'"
+
+
+def _printable(text: str) -> str:
+    return text if text.isprintable() else ascii(text)[1:-1]
+
+
+def _utf8(text: str) -> str:
+    """``text`` with lone surrogates (a JSON file may hold "\\ud800") escaped."""
+    return text.encode("utf-8", "backslashreplace").decode("utf-8")
 
 
 # --- The app's rules ---------------------------------------------------------------------
@@ -112,10 +130,12 @@ def app_rules(code: str, url: str | None, reserved: Collection[str]) -> str | No
     validation out of application.py, this body becomes a call to those two functions.
     """
     if not CODE_PATTERN.fullmatch(code):
-        raise InvalidLink("code", f"'{code}' cannot be a short code here: a code is 1 to 64 "
-                                  "letters, digits, '-' or '_' (no slashes or accents).", NEW_CODE)
+        raise InvalidLink("code", f"{_quoted(code)} cannot be a short code here: a code is 1 "
+                                  "to 64 letters, digits, '-' or '_' (no slashes or accents).",
+                          NEW_CODE)
     if code.lower() in reserved:
-        raise InvalidLink("reserved", f"'{code}' is a path of this site itself.", NEW_CODE)
+        raise InvalidLink("reserved", f"{_quoted(code)} is a path of this site itself.",
+                          NEW_CODE)
     if url is None:
         return None
     if not url:
@@ -129,11 +149,12 @@ def app_rules(code: str, url: str | None, reserved: Collection[str]) -> str | No
         if " " in stored or not stored.isprintable():  # IDNA maps e.g. "¨" to " \u0308"
             raise ValueError(stored)
     except ValueError:
-        raise InvalidLink("url", f"'{url}' is not a valid URL.", FIX_URL) from None
+        raise InvalidLink("url", f"{_quoted(url)} is not a valid URL.", FIX_URL) from None
     if parts.scheme.lower() not in ("http", "https"):
-        raise InvalidLink("url", f"'{url}' is not an http:// or https:// URL.", FIX_URL)
+        raise InvalidLink("url", f"{_quoted(url)} is not an http:// or https:// URL.",
+                          FIX_URL)
     if not parts.hostname:
-        raise InvalidLink("url", f"'{url}' has no host name.", FIX_URL)
+        raise InvalidLink("url", f"{_quoted(url)} has no host name.", FIX_URL)
     if len(stored) > MAX_URL_LENGTH:
         raise InvalidLink("url", f"The URL is {len(stored):,} characters long; the limit is "
                                  f"{MAX_URL_LENGTH:,}.", FIX_URL)
@@ -163,7 +184,7 @@ class _Raw:
     naive_times_are_utc: bool = False  # the source writes UTC times without an offset
 
 
-Reader = Callable[[str], Iterator["_Raw | Problem"]]
+Reader = Callable[[str], Iterator[_Raw | Problem]]
 
 
 def read_links(data: bytes, fmt: str, *, reserved: Collection[str],
@@ -175,13 +196,17 @@ def read_links(data: bytes, fmt: str, *, reserved: Collection[str],
     source served on any other domain become Problems. By default it is the domain the
     source marks as its default, or else the only domain the file names; a file that
     names several and marks none yields one Problem asking for it, and nothing else.
-    ValueError (on the first row) for an unknown format or a domain that is not a host.
+    ValueError for an unknown format or a domain that is not a host name.
     """
     if fmt not in READERS:
         raise ValueError(f"unknown format {fmt!r}; expected one of {', '.join(FORMATS)}")
     if domain is not None and not re.fullmatch(r"[a-z0-9.-]+", _host(domain) or ""):
         raise ValueError(f"{domain!r} is not a domain name")
-    read = READERS[fmt]
+    return _rows(data, READERS[fmt], reserved, domain)
+
+
+def _rows(data: bytes, read: Reader, reserved: Collection[str],
+          domain: str | None) -> Iterator[Row]:
     try:
         text = data.decode("utf-8-sig")
     except UnicodeDecodeError as exc:
@@ -224,8 +249,8 @@ def _elsewhere(raw: _Raw, home: str | None) -> Problem | None:
     host = _host(raw.short_url)
     if home is None or host is None or host == home:
         return None
-    return Problem(raw.line, "domain", f"'{raw.code}' is a short link on {host} in the "
-                                       f"source; this import takes the links on {home}.",
+    return Problem(raw.line, "domain", f"{_quoted(raw.code)} is a short link on {host} in "
+                                       f"the source; this import takes the links on {home}.",
                    f"To keep it, import the file into the site that serves {host}, with "
                    f"--domain {host}.", raw.code)
 
@@ -235,8 +260,8 @@ def _checked(raw: _Raw, reserved: Collection[str]) -> Row:
         link = _link(raw, reserved)
     except InvalidLink as exc:
         return Problem(raw.line, exc.kind, exc.message, exc.hint, raw.code.strip() or None)
-    return Candidate(raw.line, link, raw.title.strip() or None,
-                     tuple(t.strip() for t in raw.tags if t.strip()), _host(raw.short_url))
+    return Candidate(raw.line, link, _utf8(raw.title.strip()) or None,
+                     tuple(_utf8(t.strip()) for t in raw.tags if t.strip()), _host(raw.short_url))
 
 
 def _link(raw: _Raw, reserved: Collection[str]) -> Link:
@@ -261,7 +286,7 @@ def _link(raw: _Raw, reserved: Collection[str]) -> Link:
 def _check_name(column: str, name: str) -> None:
     if (not name.isprintable() or "/" in name or "\\" in name or name in (".", "..")
             or len(name) > 255):
-        raise InvalidLink("field", f"'{name}' cannot be a file name ({column}).",
+        raise InvalidLink("field", f"{_quoted(name)} cannot be a file name ({column}).",
                           "Use a plain file name of at most 255 characters.")
 
 
@@ -273,12 +298,12 @@ def _instant(value: str, column: str, naive_is_utc: bool) -> datetime | None:
     try:
         when = datetime.fromisoformat(value)
     except ValueError:
-        raise InvalidLink("date", f"'{value}' is not a date and time ({column}).",
+        raise InvalidLink("date", f"{_quoted(value)} is not a date and time ({column}).",
                           "Write it in ISO 8601, e.g. 2026-11-27T05:00:00+00:00, or empty "
                           "it to date the link at the import.") from None
     if when.tzinfo is None:
         if not naive_is_utc:
-            raise InvalidLink("date", f"'{value}' has no UTC offset ({column}).",
+            raise InvalidLink("date", f"{_quoted(value)} has no UTC offset ({column}).",
                               "Add the offset it was written in, e.g. +00:00.")
         when = when.replace(tzinfo=timezone.utc)
     return when
@@ -289,15 +314,15 @@ def _count(value: str, column: str, least: int) -> int | None:
     if not value:
         return None
     if not value.isdecimal() or int(value) < least:
-        raise InvalidLink("field", f"'{value}' is not a whole number of at least {least} "
-                                   f"({column}).", "Correct it, or leave it empty.")
+        raise InvalidLink("field", f"{_quoted(value)} is not a whole number of at least "
+                                   f"{least} ({column}).", "Correct it, or leave it empty.")
     return int(value)
 
 
 def _state(value: str) -> str | None:
     value = value.strip()
     if value and not STATE_PATTERN.fullmatch(value):
-        raise InvalidLink("field", f"'{value}' is not a link state.",
+        raise InvalidLink("field", f"{_quoted(value)} is not a link state.",
                           "Use the state `export` wrote, or leave it empty.")
     return value or None
 
@@ -378,8 +403,8 @@ def _json_records(text: str, links_in: Callable[[Any], list[Any] | None],
             if isinstance(item, dict):
                 yield line_of(item), item
             else:
-                yield Problem(line_of(document), "file", f"Expected a link object, found "
-                                                         f"{json.dumps(item)[:40]}.",
+                yield Problem(line_of(document), "file", f"Expected a link object, found a "
+                                                         f"{type(item).__name__}.",
                               "Save the API's response unchanged.")
 
 
@@ -448,7 +473,7 @@ def _missing_columns(line: int, row: dict[str, Any], needed: Iterable[tuple[str,
     if not absent:
         return None
     return Problem(line, "file", f"This is not {source}: it has no {', '.join(absent)} column "
-                                 f"(its columns: {', '.join(row)}).",
+                                 f"(its columns: {', '.join(map(_quoted, row))}).",
                    "Check the --format, and that the file is the export docs/importing.md "
                    "describes.")
 
@@ -486,8 +511,8 @@ def _unknown_columns(row: dict[str, Any], line: int) -> Problem | None:
     unknown = [name for name in row if name not in COLUMNS]
     if not unknown:
         return None
-    return Problem(line, "file", f"Unknown field(s) {', '.join(unknown)}: this version of the "
-                                 "app cannot keep them.",
+    return Problem(line, "file", f"Unknown field(s) {', '.join(map(_quoted, unknown))}: this "
+                                 "version of the app cannot keep them.",
                    "Import with the version that exported the file, or remove those fields "
                    "if losing them is fine.")
 
@@ -539,8 +564,9 @@ def _shlink_json(text: str) -> Iterator[_Raw | Problem]:
         line, item = record
         code, since = _text(item.get("shortCode")), _text(_dig(item, "meta", "validSince"))
         if since and _starts_later(since, now):
-            yield Problem(line, "unsupported", f"'{code}' starts working only at {since} in "
-                                               "Shlink; links here work from their creation.",
+            yield Problem(line, "unsupported", f"{_quoted(code)} starts working only at "
+                                               f"{_quoted(since)} in Shlink; links here work "
+                                               "from their creation.",
                           "Import the file again after that time.", code)
             continue
         visits = _dig(item, "visitsSummary", "total")
@@ -641,12 +667,12 @@ def _kutt(text: str) -> Iterator[_Raw | Problem]:
         line, item = record
         code = _text(item.get("address"))
         if item.get("password"):
-            yield Problem(line, "unsupported", f"'{code}' is protected by a password in Kutt, "
-                                               "which Kutt does not export.",
+            yield Problem(line, "unsupported", f"{_quoted(code)} is protected by a password in "
+                                               "Kutt, which Kutt does not export.",
                           "Left out so that it does not become public; create it here again "
                           "by hand.", code)
         elif item.get("banned"):
-            yield Problem(line, "unsupported", f"'{code}' was banned by the Kutt operator.",
+            yield Problem(line, "unsupported", f"{_quoted(code)} was banned by the Kutt operator.",
                           "Left out; import it only if you are sure it is safe.", code)
         else:
             yield _Raw(line, code, url=_text(item.get("target")),
@@ -787,7 +813,7 @@ def _target(link: Link) -> str:
 
 def _conflict(row: Candidate, why: str) -> Problem:
     code = row.link.code
-    return Problem(row.line, "conflict", f"'{code}' is taken: {why}; the file has "
+    return Problem(row.line, "conflict", f"{_quoted(code)} is taken: {why}; the file has "
                                          f"{_target(row.link)}.",
                    "The existing link stays as it is. To import this one too, give it another "
                    "code in the file.", code)

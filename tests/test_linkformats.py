@@ -6,6 +6,7 @@ Each peer's fixture in tests/fixtures/import/ is in the format that peer really 
 from __future__ import annotations
 
 import io
+import json
 from collections.abc import Callable, Iterable
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
@@ -386,19 +387,64 @@ def test_a_row_with_too_many_fields_is_reported_and_the_rest_still_reads(
     assert list(links(rows)) == ["b"]
 
 
+def assert_rows_are_reportable(rows: Iterable[Row]) -> None:
+    for row in rows:
+        assert isinstance(row, (Candidate, Problem)) and row.line >= 1
+        printed = [str(row), row.code or ""] if isinstance(row, Problem) else [
+            row.title or "", *row.tags]
+        "".join(printed).encode("utf-8")  # a report can print them
+
+
 @settings(max_examples=200, deadline=None)
 @given(data=st.binary(max_size=300) | st.text(max_size=300).map(str.encode),
        fmt=st.sampled_from(FORMATS))
-def test_no_input_makes_the_reader_raise(data: bytes, fmt: str) -> None:
-    for row in read_links(data, fmt, reserved=frozenset({"api"})):
-        assert isinstance(row, (Candidate, Problem)) and row.line >= 1
+def test_no_bytes_make_the_reader_raise(data: bytes, fmt: str) -> None:
+    assert_rows_are_reportable(read_links(data, fmt, reserved=frozenset({"api"})))
 
 
-def test_an_unknown_format_or_domain_is_refused_before_any_row() -> None:
+ANY_TEXT = st.text(st.characters() | st.sampled_from(["\ud800", "\udcff", "\n", "\x00"]),
+                   max_size=12)
+JSON_VALUES = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats() | ANY_TEXT,
+    lambda inner: st.lists(inner, max_size=3) | st.dictionaries(ANY_TEXT, inner, max_size=3),
+    max_leaves=8)
+LINK_OBJECTS = st.dictionaries(st.sampled_from([
+    "code", "url", "file", "name", "created_at", "max_visits", "address", "target", "domain",
+    "link", "password", "expire_in", "shortCode", "longUrl", "shortUrl", "dateCreated", "meta",
+    "long_url", "custom_bitlinks", "title", "tags", "shorturl", "timestamp"]), JSON_VALUES)
+
+
+@settings(max_examples=300, deadline=None)
+@given(objects=st.lists(LINK_OBJECTS, max_size=3), fmt=st.sampled_from(FORMATS),
+       shape=st.sampled_from([lambda found: found, lambda found: {"data": found},
+                              lambda found: {"links": found},
+                              lambda found: {"shortUrls": {"data": found}},
+                              lambda found: {"links": dict(enumerate(found)), "statusCode": 200}]))
+def test_no_json_of_the_right_shape_makes_the_reader_raise(
+        objects: list[dict[str, object]], fmt: str, shape: Callable[[object], object]) -> None:
+    data = json.dumps(shape(objects)).encode()
+    assert_rows_are_reportable(read_links(data, fmt, reserved=frozenset({"api"})))
+
+
+def test_an_unknown_format_or_domain_is_refused_at_once() -> None:
     with pytest.raises(ValueError, match="unknown format"):
-        next(read_links(b"", "dub", reserved=frozenset()))
+        read_links(b"", "dub", reserved=frozenset())
     with pytest.raises(ValueError, match="not a domain"):
-        next(read_links(b"", "kutt", reserved=frozenset(), domain="a b"))
+        read_links(b"", "kutt", reserved=frozenset(), domain="a b")
+
+
+def test_lone_surrogates_in_a_json_file_are_escaped_in_every_report(
+        reserved: frozenset[str]) -> None:
+    data = json.dumps({"data": [
+        {"address": "a\ud800", "target": "https://example.com/", "link": "https://k.example/a"},
+        {"address": "ok", "target": "https://example.com/", "description": "\udcff",
+         "created_at": "2024\ud800", "link": "https://k.example/ok"},
+        {"address": "ok2", "target": "https://example.com/", "description": "\udcff",
+         "link": "https://k.example/ok2"}]}).encode()
+    rows = list(read_links(data, "kutt", reserved=reserved))
+    assert kinds(rows) == [(1, "code"), (1, "date"), (1, "link")]
+    assert_rows_are_reportable(rows)
+    assert isinstance(rows[0], Problem) and rows[0].code == "a\\ud800"
 
 
 # --- Planning -------------------------------------------------------------------------------
