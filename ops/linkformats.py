@@ -348,6 +348,27 @@ def _path_code(url: str) -> str:
 # --- Tables and JSON documents ------------------------------------------------------------
 
 Record = tuple[int, dict[str, Any]]  # the line a record starts on, and its fields
+RecordReader = Callable[[int, dict[str, Any]], Iterable[_Raw | Problem]]
+
+
+class _Unreadable(Exception):
+    """The rest of the file cannot be read as the format named; the Problem says why."""
+
+    def __init__(self, problem: Problem) -> None:
+        super().__init__(problem.message)
+        self.problem = problem
+
+
+def _each(records: Iterable[Record | Problem], read: RecordReader) -> Iterator[_Raw | Problem]:
+    """``read`` applied to each record; the problems of the file passed on as they come."""
+    try:
+        for record in records:
+            if isinstance(record, Problem):
+                yield record
+            else:
+                yield from read(*record)
+    except _Unreadable as stop:
+        yield stop.problem
 
 
 def _csv_records(text: str, delimiter: str = ",") -> Iterator[Record | Problem]:
@@ -377,25 +398,35 @@ def _csv_records(text: str, delimiter: str = ",") -> Iterator[Record | Problem]:
                       "Export it again, or repair it from that line on.")
 
 
+def _require_columns(row: dict[str, Any], needed: Iterable[tuple[str, ...]], source: str) -> None:
+    """_Unreadable unless the header has a column of each group of names in ``needed``."""
+    absent = [" or ".join(names) for names in needed if not any(n in row for n in names)]
+    if absent:
+        raise _Unreadable(Problem(
+            1, "file", f"This is not {source}: it has no {', '.join(absent)} column (its "
+                       f"columns: {', '.join(map(_quoted, row))}).",
+            "Check the --format, and that the file is the export docs/importing.md describes."))
+
+
 _JSON_STRING_OR_OBJECT = re.compile(r'"[^"\\]*(?:\\.[^"\\]*)*"|\{', re.DOTALL)
 
 
-def _json_records(text: str, links_in: Callable[[Any], list[Any] | None],
-                  expected: str) -> Iterator[Record | Problem]:
+def _json_records(text: str, links_in: Callable[[Any], Any], expected: str
+                  ) -> Iterator[Record | Problem]:
     """Each link object of one or more JSON documents (API pages appended to one file).
 
-    ``links_in`` finds the list of link objects in one document, or None when the
-    document is not of the expected shape (``expected`` describes it).
+    ``links_in`` finds the list of link objects in one document; anything but a list
+    means the document is not ``expected``.
     """
     try:
         documents, line_of = _json_documents(text)
     except ValueError as exc:
         yield Problem(getattr(exc, "lineno", 1), "file", f"The file is not valid JSON ({exc}).",
-                      "Save the API's response unchanged, one response after another.")
+                      "Save the API's responses unchanged, one after another.")
         return
     for document in documents:
         links = links_in(document)
-        if links is None:
+        if not isinstance(links, list):
             yield Problem(line_of(document), "file", f"Expected {expected}.",
                           "Check the --format, and that the file holds the API's responses.")
             return
@@ -405,7 +436,7 @@ def _json_records(text: str, links_in: Callable[[Any], list[Any] | None],
             else:
                 yield Problem(line_of(document), "file", f"Expected a link object, found a "
                                                          f"{type(item).__name__}.",
-                              "Save the API's response unchanged.")
+                              "Save the API's responses unchanged.")
 
 
 def _json_documents(text: str) -> tuple[list[Any], Callable[[Any], int]]:
@@ -460,61 +491,42 @@ def _text(value: Any) -> str:
     return "" if value is None else str(value)
 
 
+def _texts(value: Any) -> tuple[str, ...]:
+    """A JSON list as texts; () for anything else."""
+    return tuple(map(_text, value)) if isinstance(value, list) else ()
+
+
 def _dig(value: Any, *keys: str) -> Any:
     for key in keys:
         value = value.get(key) if isinstance(value, dict) else None
     return value
 
 
-def _missing_columns(line: int, row: dict[str, Any], needed: Iterable[tuple[str, ...]],
-                     source: str) -> Problem | None:
-    """A Problem if the header lacks a column of each group of alternatives in ``needed``."""
-    absent = [" or ".join(names) for names in needed if not any(n in row for n in names)]
-    if not absent:
-        return None
-    return Problem(line, "file", f"This is not {source}: it has no {', '.join(absent)} column "
-                                 f"(its columns: {', '.join(map(_quoted, row))}).",
-                   "Check the --format, and that the file is the export docs/importing.md "
-                   "describes.")
-
-
 # --- Our own files --------------------------------------------------------------------------
 
 def _ours_csv(text: str) -> Iterator[_Raw | Problem]:
     """Our CSV export (write_csv): a header row of COLUMNS names, in any order."""
-    return _ours(_csv_records(text))
+    return _each(_csv_records(text), _our_link)
 
 
 def _ours_json(text: str) -> Iterator[_Raw | Problem]:
     """Our JSON export (write_json): a list of objects whose keys are COLUMNS names."""
-    return _ours(_json_records(text, lambda doc: doc if isinstance(doc, list) else None,
-                               "a list of links, as `export --format json` writes"))
+    return _each(_json_records(text, lambda doc: doc,
+                               "a list of links, as `export --format json` writes"), _our_link)
 
 
-def _ours(records: Iterable[Record | Problem]) -> Iterator[_Raw | Problem]:
-    """Rows of our own files. A field this version does not know stops the import: it
-    would be lost (a file from a newer version); a field a row lacks is empty (an older)."""
-    for record in records:
-        if isinstance(record, Problem):
-            yield record
-            continue
-        line, fields = record
-        problem = _unknown_columns(fields, line)
-        if problem:
-            yield problem
-            return
-        texts: dict[str, Any] = {name: _text(value) for name, value in fields.items()}
-        yield _Raw(line, **{"code": "", **texts})
-
-
-def _unknown_columns(row: dict[str, Any], line: int) -> Problem | None:
-    unknown = [name for name in row if name not in COLUMNS]
-    if not unknown:
-        return None
-    return Problem(line, "file", f"Unknown field(s) {', '.join(map(_quoted, unknown))}: this "
-                                 "version of the app cannot keep them.",
-                   "Import with the version that exported the file, or remove those fields "
-                   "if losing them is fine.")
+def _our_link(line: int, fields: dict[str, Any]) -> Iterator[_Raw]:
+    """A field this version does not know stops the import: it would be lost (a file from
+    a newer version). A field a row lacks is empty (a file from an older one)."""
+    unknown = [name for name in fields if name not in COLUMNS]
+    if unknown:
+        raise _Unreadable(Problem(
+            line, "file", f"Unknown field(s) {', '.join(map(_quoted, unknown))}: this version "
+                          "of the app cannot keep them.",
+            "Import with the version that exported the file, or remove those fields if "
+            "losing them is fine."))
+    texts: dict[str, Any] = {name: _text(value) for name, value in fields.items()}
+    yield _Raw(line, **{"code": "", **texts})
 
 
 # --- Shlink ----------------------------------------------------------------------------------
@@ -531,61 +543,44 @@ def _shlink(text: str) -> Iterator[_Raw | Problem]:
     server's offset, domain null on the default domain, meta.validSince/validUntil/maxVisits.
     """
     if _looks_like_json(text):
-        yield from _shlink_json(text)
+        return _each(_json_records(text, lambda doc: _dig(doc, "shortUrls", "data"),
+                                   'Shlink\'s {"shortUrls": {"data": [...]}}'),
+                     _shlink_api_link)
+    return _each(_csv_records(text), _shlink_export_row)
+
+
+def _shlink_export_row(line: int, row: dict[str, str]) -> Iterator[_Raw]:
+    _require_columns(row, [("longurl",), ("shortcode", "shorturl")], "a Shlink export")
+    short_url, code = row.get("shorturl", ""), row.get("shortcode", "")
+    yield _Raw(line, unquote(code) if code else _path_code(short_url), url=row["longurl"],
+               created_at=row.get("createdat", ""), title=row.get("title", ""),
+               tags=tuple(row.get("tags", "").split("|")), visits=row.get("visits", ""),
+               short_url=short_url)
+
+
+def _shlink_api_link(line: int, item: dict[str, Any]) -> Iterator[_Raw | Problem]:
+    code, since = _text(item.get("shortCode")), _text(_dig(item, "meta", "validSince"))
+    if since and _starts_later(since):
+        yield Problem(line, "unsupported", f"{_quoted(code)} starts working only at "
+                                           f"{_quoted(since)} in Shlink; links here work from "
+                                           "their creation.",
+                      "Import the file again after that time.", code)
         return
-    for record in _csv_records(text):
-        if isinstance(record, Problem):
-            yield record
-            continue
-        line, row = record
-        problem = _missing_columns(1, row, [("longurl",), ("shortcode", "shorturl")],
-                                   "a Shlink export")
-        if problem:
-            yield problem
-            return
-        short_url = row.get("shorturl", "")
-        code = row.get("shortcode", "")
-        yield _Raw(line, unquote(code) if code else _path_code(short_url),
-                   url=row["longurl"], created_at=row.get("createdat", ""),
-                   title=row.get("title", ""), tags=tuple(row.get("tags", "").split("|")),
-                   visits=row.get("visits", ""), short_url=short_url)
+    visits = _dig(item, "visitsSummary", "total")
+    yield _Raw(line, code, url=_text(item.get("longUrl")),
+               created_at=_text(item.get("dateCreated")), title=_text(item.get("title")),
+               tags=_texts(item.get("tags")), expires_at=_text(_dig(item, "meta", "validUntil")),
+               max_visits=_text(_dig(item, "meta", "maxVisits")),
+               visits=_text(item.get("visitsCount") if visits is None else visits),
+               short_url=_text(item.get("shortUrl")), default_domain=item.get("domain") is None)
 
 
-def _shlink_json(text: str) -> Iterator[_Raw | Problem]:
-    def links_in(doc: Any) -> list[Any] | None:
-        data = _dig(doc, "shortUrls", "data")
-        return data if isinstance(data, list) else None
-
-    now = datetime.now(timezone.utc)
-    for record in _json_records(text, links_in, 'Shlink\'s {"shortUrls": {"data": [...]}}'):
-        if isinstance(record, Problem):
-            yield record
-            continue
-        line, item = record
-        code, since = _text(item.get("shortCode")), _text(_dig(item, "meta", "validSince"))
-        if since and _starts_later(since, now):
-            yield Problem(line, "unsupported", f"{_quoted(code)} starts working only at "
-                                               f"{_quoted(since)} in Shlink; links here work "
-                                               "from their creation.",
-                          "Import the file again after that time.", code)
-            continue
-        visits = _dig(item, "visitsSummary", "total")
-        tags = item.get("tags")
-        yield _Raw(line, code, url=_text(item.get("longUrl")),
-                   created_at=_text(item.get("dateCreated")), title=_text(item.get("title")),
-                   tags=tuple(map(str, tags)) if isinstance(tags, list) else (),
-                   expires_at=_text(_dig(item, "meta", "validUntil")),
-                   max_visits=_text(_dig(item, "meta", "maxVisits")),
-                   visits=_text(item.get("visitsCount") if visits is None else visits),
-                   short_url=_text(item.get("shortUrl")), default_domain=item.get("domain") is None)
-
-
-def _starts_later(since: str, now: datetime) -> bool:
+def _starts_later(since: str) -> bool:
     try:
         when = datetime.fromisoformat(since)
     except ValueError:
         return True  # an unreadable start: do not let the link work early
-    return when.tzinfo is None or when > now
+    return when.tzinfo is None or when > datetime.now(timezone.utc)
 
 
 # --- YOURLS ----------------------------------------------------------------------------------
@@ -604,43 +599,35 @@ def _yourls(text: str) -> Iterator[_Raw | Problem]:
     yourls_get_stats(): {"links": {"link_1": {"shorturl", "url", "title", "timestamp", ...}}}.
     """
     if _looks_like_json(text):
-        yield from _yourls_api(text)
+        return _each(_json_records(text, _yourls_api_links, "the YOURLS stats API's response"),
+                     _yourls_api_link)
+    header = text.lstrip().partition("\n")[0]
+    delimiter = ";" if header.count(";") > header.count(",") else ","
+    return _each(_csv_records(text, delimiter), _yourls_table_row)
+
+
+def _yourls_table_row(line: int, row: dict[str, str]) -> Iterator[_Raw]:
+    if "source" in row and "target" in row:  # the plugin's
+        yield _Raw(line, row["source"].strip().strip("/"), url=row["target"])
         return
-    first_line = text.lstrip().partition("\n")[0]
-    delimiter = ";" if first_line.count(";") > first_line.count(",") else ","
-    for record in _csv_records(text, delimiter):
-        if isinstance(record, Problem):
-            yield record
-            continue
-        line, row = record
-        if "source" in row and "target" in row:
-            yield _Raw(line, row["source"].strip().strip("/"), url=row["target"])
-            continue
-        problem = _missing_columns(1, row, [("keyword",), ("url",)], "the YOURLS links table")
-        if problem:
-            yield problem
-            return
-        title = row.get("title", "")
-        yield _Raw(line, row["keyword"], url=row["url"], title="" if title == "NULL" else title,
-                   created_at=row.get("timestamp", ""), naive_times_are_utc=True)
+    _require_columns(row, [("keyword",), ("url",)], "the YOURLS links table")
+    title = row.get("title", "")
+    yield _Raw(line, row["keyword"], url=row["url"], title="" if title == "NULL" else title,
+               created_at=row.get("timestamp", ""), naive_times_are_utc=True)
 
 
-def _yourls_api(text: str) -> Iterator[_Raw | Problem]:
-    def links_in(doc: Any) -> list[Any] | None:
-        if not isinstance(doc, dict) or "statusCode" not in doc:
-            return None
-        links = doc.get("links", {})  # absent when there are no links
-        return list(links.values()) if isinstance(links, dict) else None
+def _yourls_api_links(doc: Any) -> Any:
+    if not isinstance(doc, dict) or "statusCode" not in doc:
+        return None
+    links = doc.get("links", {})  # absent when there are no links
+    return list(links.values()) if isinstance(links, dict) else None
 
-    for record in _json_records(text, links_in, "the YOURLS stats API's JSON response"):
-        if isinstance(record, Problem):
-            yield record
-            continue
-        line, item = record
-        short_url = _text(item.get("shorturl"))
-        yield _Raw(line, _path_code(short_url).rpartition("/")[2], url=_text(item.get("url")),
-                   title=_text(item.get("title")), created_at=_text(item.get("timestamp")),
-                   short_url=short_url, naive_times_are_utc=True)
+
+def _yourls_api_link(line: int, item: dict[str, Any]) -> Iterator[_Raw]:
+    short_url = _text(item.get("shorturl"))
+    yield _Raw(line, _path_code(short_url).rpartition("/")[2], url=_text(item.get("url")),
+               title=_text(item.get("title")), created_at=_text(item.get("timestamp")),
+               short_url=short_url, naive_times_are_utc=True)
 
 
 # --- Kutt ------------------------------------------------------------------------------------
@@ -654,33 +641,27 @@ def _kutt(text: str) -> Iterator[_Raw | Problem]:
     on the default domain), password (only whether it has one), banned, and link (the
     short URL). Pages appended to one file, or a list of link objects, both read.
     """
-    def links_in(doc: Any) -> list[Any] | None:
-        if isinstance(doc, list):
-            return doc
-        data = _dig(doc, "data")
-        return data if isinstance(data, list) else None
+    return _each(_json_records(text, lambda doc: doc if isinstance(doc, list)
+                               else _dig(doc, "data"), 'Kutt\'s {"data": [...]} or a list'),
+                 _kutt_link)
 
-    for record in _json_records(text, links_in, 'Kutt\'s {"data": [...]} or a list of links'):
-        if isinstance(record, Problem):
-            yield record
-            continue
-        line, item = record
-        code = _text(item.get("address"))
-        if item.get("password"):
-            yield Problem(line, "unsupported", f"{_quoted(code)} is protected by a password in "
-                                               "Kutt, which Kutt does not export.",
-                          "Left out so that it does not become public; create it here again "
-                          "by hand.", code)
-        elif item.get("banned"):
-            yield Problem(line, "unsupported", f"{_quoted(code)} was banned by the Kutt operator.",
-                          "Left out; import it only if you are sure it is safe.", code)
-        else:
-            yield _Raw(line, code, url=_text(item.get("target")),
-                       title=_text(item.get("description")),
-                       created_at=_text(item.get("created_at")),
-                       expires_at=_text(item.get("expire_in")),
-                       visits=_text(item.get("visit_count")), short_url=_text(item.get("link")),
-                       default_domain=item.get("domain") is None, naive_times_are_utc=True)
+
+def _kutt_link(line: int, item: dict[str, Any]) -> Iterator[_Raw | Problem]:
+    code = _text(item.get("address"))
+    if item.get("password"):
+        yield Problem(line, "unsupported", f"{_quoted(code)} is protected by a password in "
+                                           "Kutt, which Kutt does not export.",
+                      "Left out so that it does not become public; create it here again by "
+                      "hand.", code)
+    elif item.get("banned"):
+        yield Problem(line, "unsupported", f"{_quoted(code)} was banned by the Kutt operator.",
+                      "Left out; import it only if you are sure it is safe.", code)
+    else:
+        yield _Raw(line, code, url=_text(item.get("target")),
+                   title=_text(item.get("description")), created_at=_text(item.get("created_at")),
+                   expires_at=_text(item.get("expire_in")), visits=_text(item.get("visit_count")),
+                   short_url=_text(item.get("link")), default_domain=item.get("domain") is None,
+                   naive_times_are_utc=True)
 
 
 # --- Bitly -----------------------------------------------------------------------------------
@@ -707,47 +688,27 @@ def _bitly(text: str) -> Iterator[_Raw | Problem]:
     that is. Dates without an offset are taken as UTC, as the API gives them.
     """
     if _looks_like_json(text):
-        yield from _bitly_api(text)
-        return
-    columns: dict[str, str] | None = None
-    for record in _csv_records(text):
-        if isinstance(record, Problem):
-            yield record
-            continue
-        line, row = record
-        if columns is None:
-            columns = {key: next((n for n in names if n in row), "")
-                       for key, names in _BITLY_COLUMNS.items()}
-            problem = _missing_columns(1, row, [_BITLY_COLUMNS["short"], _BITLY_COLUMNS["long"]],
-                                       "a Bitly export")
-            if problem:
-                yield problem
-                return
-        cell = {key: row.get(name, "") for key, name in columns.items()}
-        for short in dict.fromkeys(s for s in (cell["short"], cell["custom"]) if s.strip()):
-            yield _Raw(line, _path_code(short.strip()), url=cell["long"], title=cell["title"],
-                       tags=tuple(cell["tags"].split(",")), created_at=cell["created"],
-                       short_url=short.strip(), naive_times_are_utc=True)
+        return _each(_json_records(text, lambda doc: _dig(doc, "links"),
+                                   'Bitly\'s {"links": [...]}'), _bitlink)
+    return _each(_csv_records(text), _bitly_export_row)
 
 
-def _bitly_api(text: str) -> Iterator[_Raw | Problem]:
-    def links_in(doc: Any) -> list[Any] | None:
-        links = _dig(doc, "links")
-        return links if isinstance(links, list) else None
+def _bitlink(line: int, item: dict[str, Any]) -> Iterator[_Raw]:
+    own = _text(item.get("link")) or _text(item.get("id"))
+    for short in dict.fromkeys(s for s in (own, *_texts(item.get("custom_bitlinks"))) if s):
+        yield _Raw(line, _path_code(short), url=_text(item.get("long_url")),
+                   title=_text(item.get("title")), created_at=_text(item.get("created_at")),
+                   tags=_texts(item.get("tags")), short_url=short)
 
-    for record in _json_records(text, links_in, 'Bitly\'s {"links": [...]}'):
-        if isinstance(record, Problem):
-            yield record
-            continue
-        line, item = record
-        custom, tags = item.get("custom_bitlinks"), item.get("tags")
-        own = _text(item.get("link")) or _text(item.get("id"))
-        shorts = [own, *(map(_text, custom) if isinstance(custom, list) else ())]
-        for short in dict.fromkeys(s for s in shorts if s):
-            yield _Raw(line, _path_code(short), url=_text(item.get("long_url")),
-                       title=_text(item.get("title")), created_at=_text(item.get("created_at")),
-                       tags=tuple(map(str, tags)) if isinstance(tags, list) else (),
-                       short_url=short)
+
+def _bitly_export_row(line: int, row: dict[str, str]) -> Iterator[_Raw]:
+    _require_columns(row, [_BITLY_COLUMNS["short"], _BITLY_COLUMNS["long"]], "a Bitly export")
+    cell = {key: next((row[name] for name in names if name in row), "")
+            for key, names in _BITLY_COLUMNS.items()}
+    for short in dict.fromkeys(s.strip() for s in (cell["short"], cell["custom"]) if s.strip()):
+        yield _Raw(line, _path_code(short), url=cell["long"], title=cell["title"],
+                   tags=tuple(cell["tags"].split(",")), created_at=cell["created"],
+                   short_url=short, naive_times_are_utc=True)
 
 
 READERS: dict[str, Reader] = {"csv": _ours_csv, "json": _ours_json, "shlink": _shlink,
