@@ -177,6 +177,7 @@ class EBTarget:
         self.eb_command = eb_command
         self.url_override = url.rstrip("/") if url else None
         self.poll_interval = poll_interval
+        self.application: str | None = None
 
     def _describe(self) -> dict[str, Any]:
         envs = self.eb.describe_environments(
@@ -188,7 +189,10 @@ class EBTarget:
         return env
 
     def _app(self) -> str:
-        return str(self._describe()["ApplicationName"])
+        """The environment's application (read once: it never changes)."""
+        if self.application is None:
+            self.application = str(self._describe()["ApplicationName"])
+        return self.application
 
     def _version(self, label: str) -> dict[str, Any] | None:
         versions = self.eb.describe_application_versions(

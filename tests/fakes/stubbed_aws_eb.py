@@ -18,7 +18,8 @@ The scenario file: {"responses": [{"service": "elasticbeanstalk", "operation":
 "describe_environments", "response": {...}} or {..., "error": {"code": ..., "message":
 ...}}, ...], "log": "calls.json"}; an entry may name the "request_id" its answer carries
 (eb follows an update's events by the request id of its UpdateEnvironment call). On exit the runner writes to "log" every call eb
-made, in order ({"service", "operation", "params"}), and the responses left unused.
+made, in order ({"service", "operation", "params"}), its arguments, and the responses
+left unused.
 """
 from __future__ import annotations
 
@@ -93,7 +94,7 @@ def stubbed(create_client: Any) -> Any:
 def write_log() -> None:
     unused = {name: len(stubber._queue) for name, stubber in STUBBERS.items()}
     with open(SCENARIO["log"], "w") as log:
-        json.dump({"calls": CALLS, "unused_responses": unused,
+        json.dump({"argv": sys.argv[1:], "calls": CALLS, "unused_responses": unused,
                    "virtual_seconds": VIRTUAL["seconds"]}, log, indent=1)
 
 
