@@ -200,7 +200,9 @@ class AWS:
         self.env("Ready", running, server)
         self.env("Ready", running, server)  # the application's name, read once
         self.version(NEW, exists)
-        tags = tagged if tagged is not None else {OLD: "2026-11-27T05:00:00+00:00"}
+        tags: dict[str, str | None] = {OLD: "2026-11-27T05:00:00+00:00"}
+        if tagged is not None:
+            tags = tagged
         self.verified_versions(tags)
         if last_good_configs is not None and any(tags.values()):
             self.bundle_of(OLD, last_good_configs)

@@ -16,10 +16,10 @@ Two things of the machine are replaced, so a 30-minute wait takes no time:
 
 The scenario file: {"responses": [{"service": "elasticbeanstalk", "operation":
 "describe_environments", "response": {...}} or {..., "error": {"code": ..., "message":
-...}}, ...], "log": "calls.json"}; an entry may name the "request_id" its answer carries
-(eb follows an update's events by the request id of its UpdateEnvironment call). On exit the runner writes to "log" every call eb
-made, in order ({"service", "operation", "params"}), its arguments, and the responses
-left unused.
+...}}, ...], "log": "calls.json"}; an entry may name the "request_id" its answer
+carries (eb follows an update's events by the request id of its UpdateEnvironment
+call). On exit the runner writes to "log" every call eb made, in order ({"service",
+"operation", "params"}), its arguments, and the responses left unused.
 """
 from __future__ import annotations
 
@@ -41,8 +41,8 @@ STUBBERS: dict[str, Stubber] = {}
 VIRTUAL = {"seconds": 0.0}
 
 
-def virtual_sleep(seconds: float) -> None:
-    VIRTUAL["seconds"] += seconds
+def virtual_sleep(seconds: Any) -> None:
+    VIRTUAL["seconds"] += float(seconds)
 
 
 def virtual_utcnow() -> datetime:
@@ -81,8 +81,8 @@ def stubbed(create_client: Any) -> Any:
             else:  # eb reads the request id of every answer, as AWS always sends one
                 metadata = {"RequestId": entry.get("request_id", f"request-{number}"),
                             "HTTPStatusCode": 200}
-                stubber.add_response(entry["operation"],
-                                     {"ResponseMetadata": metadata, **revive_dates(entry["response"])})
+                response = {"ResponseMetadata": metadata, **revive_dates(entry["response"])}
+                stubber.add_response(entry["operation"], response)
         # Registered ahead of the Stubber's own handlers, so a call it rejects is logged.
         client.meta.events.register_first("before-parameter-build.*.*", record(service_name))
         stubber.activate()
@@ -103,7 +103,7 @@ def main() -> None:
                       AWS_SESSION_TOKEN="stubbed")
     botocore.session.Session.create_client = stubbed(botocore.session.Session.create_client)
     time.sleep = virtual_sleep
-    importlib.import_module("ebcli.lib.utils").datetime_utcnow = virtual_utcnow
+    setattr(importlib.import_module("ebcli.lib.utils"), "datetime_utcnow", virtual_utcnow)
     atexit.register(write_log)
     sys.argv = ["eb", *sys.argv[2:]]
     importlib.import_module("ebcli.core.ebcore").main()
