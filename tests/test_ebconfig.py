@@ -361,3 +361,25 @@ def test_the_instance_backup_script_prints_the_line_ops_release_reads() -> None:
     assert 'echo "$(stamp) INFO backup: snapshot $dest/$name"' in script
     assert re.search(r'dest="s3://\$BACKUP_BUCKET/\$\{BACKUP_PREFIX:-shortener\}\$\{1:\+/\$1\}"',
                      script)
+
+
+def test_the_documented_version_lifecycle_policy_is_valid_and_prunes_before_the_quota() -> None:
+    """Every push creates an application version; the quota is 1,000. The one-time
+    command in docs/deploying.md must be one the API accepts (checked against botocore's
+    service model) and keep fewer than 1,000."""
+    import botocore.session
+    from botocore.validate import ParamValidator
+
+    guide = (REPO / "docs" / "deploying.md").read_text()
+    match = re.search(r"cat > lifecycle\.json <<EOF\n(.*?)\nEOF\n(aws elasticbeanstalk "
+                      r"update-application-resource-lifecycle [^\n]*\n[^\n]*)", guide, re.S)
+    assert match, "docs/deploying.md has no lifecycle command"
+    assert "--resource-lifecycle-config file://lifecycle.json" in match.group(2)
+    config = json.loads(match.group(1).replace("$ACCOUNT", "123456789012"))
+    model = botocore.session.get_session().get_service_model("elasticbeanstalk")
+    shape = model.operation_model("UpdateApplicationResourceLifecycle").input_shape
+    report = ParamValidator().validate(
+        {"ApplicationName": "shortener", "ResourceLifecycleConfig": config}, shape)
+    assert not report.has_errors(), report.generate_report()
+    rule = config["VersionLifecycleConfig"]["MaxCountRule"]
+    assert rule["Enabled"] is True and 10 <= rule["MaxCount"] < 1000
