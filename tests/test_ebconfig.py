@@ -304,39 +304,39 @@ def fake_mount_commands(tmp_path: Path) -> dict[str, str]:
     return env
 
 
+def run_efs_hook_on_a_mounted_instance(tmp_path: Path, fs_id: str, fstab: str,
+                                       kind: str) -> subprocess.CompletedProcess[str]:
+    """The EFS hook on an instance where {mount} is mounted as `fstab` says; mount,
+    umount and mountpoint are fakes that log to tmp_path/calls."""
+    mount_dir = tmp_path / "efs"
+    get_config = fake_get_config(tmp_path, {"EFS_FILE_SYSTEM_ID": fs_id,
+                                            "EFS_MOUNT_DIR": str(mount_dir),
+                                            "DATA_DIR": f"{mount_dir}/shortener"})
+    (tmp_path / "fstab").write_text(fstab.format(mount=mount_dir))
+    commands = fake_mount_commands(tmp_path)
+    (tmp_path / "mounted").write_text(f"{mount_dir}\n")
+    return run_hook("01_mount_efs.sh", {"GET_CONFIG": str(get_config),
+                                        "FSTAB": str(tmp_path / "fstab"), **commands}, kind)
+
+
 @pytest.mark.parametrize("kind", ["hooks", "confighooks"])
 def test_a_changed_efs_id_is_remounted_by_either_hook(tmp_path: Path, kind: str) -> None:
     new_id, old_id = "fs-0123456789abcdef0", "fs-00000000000000000"
+    done = run_efs_hook_on_a_mounted_instance(
+        tmp_path, new_id, f"UUID=abc / ext4 defaults 0 0\n{old_id}:/ {{mount}} efs _netdev 0 0\n",
+        kind)
     mount_dir = tmp_path / "efs"
-    get_config = fake_get_config(tmp_path, {"EFS_FILE_SYSTEM_ID": new_id,
-                                            "EFS_MOUNT_DIR": str(mount_dir),
-                                            "DATA_DIR": f"{mount_dir}/shortener"})
-    fstab = tmp_path / "fstab"
-    fstab.write_text(f"UUID=abc / ext4 defaults 0 0\n{old_id}:/ {mount_dir} efs _netdev 0 0\n")
-    commands = fake_mount_commands(tmp_path)
-    (tmp_path / "mounted").write_text(f"{mount_dir}\n")
-
-    done = run_hook("01_mount_efs.sh", {"GET_CONFIG": str(get_config), "FSTAB": str(fstab),
-                                        **commands}, kind)
-
     assert done.returncode == 0, done.stderr
     assert f"changed from {old_id} to {new_id}" in done.stdout
-    assert fstab.read_text() == (f"UUID=abc / ext4 defaults 0 0\n"
-                                 f"{new_id}:/ {mount_dir} efs _netdev,tls,noresvport 0 0\n")
+    assert (tmp_path / "fstab").read_text() == (
+        f"UUID=abc / ext4 defaults 0 0\n{new_id}:/ {mount_dir} efs _netdev,tls,noresvport 0 0\n")
     assert (tmp_path / "calls").read_text() == f"umount -l {mount_dir}\nmount {mount_dir}\n"
 
 
 def test_an_unchanged_efs_id_is_left_mounted(tmp_path: Path) -> None:
-    fs_id, mount_dir = "fs-0123456789abcdef0", tmp_path / "efs"
-    get_config = fake_get_config(tmp_path, {"EFS_FILE_SYSTEM_ID": fs_id,
-                                            "EFS_MOUNT_DIR": str(mount_dir),
-                                            "DATA_DIR": f"{mount_dir}/shortener"})
-    fstab = tmp_path / "fstab"
-    fstab.write_text(f"{fs_id}:/ {mount_dir} efs _netdev,tls,noresvport 0 0\n")
-    commands = fake_mount_commands(tmp_path)
-    (tmp_path / "mounted").write_text(f"{mount_dir}\n")
-    done = run_hook("01_mount_efs.sh", {"GET_CONFIG": str(get_config), "FSTAB": str(fstab),
-                                        **commands}, "confighooks")
+    fs_id = "fs-0123456789abcdef0"
+    done = run_efs_hook_on_a_mounted_instance(
+        tmp_path, fs_id, f"{fs_id}:/ {{mount}} efs _netdev,tls,noresvport 0 0\n", "confighooks")
     assert done.returncode == 0, done.stderr
     assert not (tmp_path / "calls").exists()
 

@@ -232,6 +232,18 @@ class AWS:
         self.env("Ready", failed_on, server)
         self.env("Ready", failed_on, server)
 
+    def redeployed_last_good(self, eb: EBCLI, server: GunicornServer,
+                             outcome: str = "ok") -> None:
+        """After NEW failed its verification and stayed live: NEW loses its tag,
+        rollback:wait-ready, rollback:deploy runs `eb deploy --version OLD`, and OLD
+        is verified (when that deploy succeeds)."""
+        self.tag(NEW, verified=False)
+        self.env("Ready", NEW, server)
+        self.env("Ready", NEW, server)
+        eb.queue(deploy_existing(ENV, NEW, outcome))
+        if outcome == "ok":
+            self.verified(OLD, server)
+
     def done(self) -> None:
         for stub in self.stubs:
             stub.assert_no_pending_responses()
@@ -387,13 +399,7 @@ def test_health_going_red_after_the_deploy_triggers_a_redeploy_of_the_last_good(
     aws.env("Ready", NEW, new_server)
     aws.health("Yellow", "Warning")
     aws.health("Red", "Severe", ["100.0 % of the requests are failing with HTTP 5xx."])
-    aws.version(NEW, True)
-    aws.eb_stub.add_response("update_tags_for_resource", {},
-                             {"ResourceArn": ARN + NEW, "TagsToRemove": [VERIFIED_TAG]})
-    aws.env("Ready", NEW, old_server)   # rollback:wait-ready
-    aws.env("Ready", NEW, old_server)   # rollback:deploy sees NEW: eb deploy --version OLD
-    eb.queue(deploy_existing(ENV, NEW))
-    aws.verified(OLD, old_server)
+    aws.redeployed_last_good(eb, old_server)
 
     code, report = release(aws, eb, tmp_path)
 
@@ -414,11 +420,7 @@ def test_a_failing_smoke_test_triggers_a_rollback(
     aws.health("Green", "Ok")
     aws.env("Ready", NEW, broken_create_server)
     aws.env("Ready", NEW, broken_create_server)
-    aws.tag(NEW, verified=False)
-    aws.env("Ready", NEW, old_server)
-    aws.env("Ready", NEW, old_server)
-    eb.queue(deploy_existing(ENV, NEW))
-    aws.verified(OLD, old_server)
+    aws.redeployed_last_good(eb, old_server)
 
     code, report = release(aws, eb, tmp_path)
 
@@ -434,11 +436,7 @@ def test_a_5xx_rate_rising_in_the_watch_window_triggers_a_rollback(
     aws.prepare(old_server)
     eb.queue(deploy_new(ENV, OLD, NEW))
     aws.verified(NEW, new_server, errors=2, second=(60, 400))   # 0.5 %, then 15 %
-    aws.tag(NEW, verified=False)
-    aws.env("Ready", NEW, old_server)
-    aws.env("Ready", NEW, old_server)
-    eb.queue(deploy_existing(ENV, NEW))
-    aws.verified(OLD, old_server)
+    aws.redeployed_last_good(eb, old_server)
 
     code, report = release(aws, eb, tmp_path)
 
@@ -473,11 +471,7 @@ def test_without_traffic_a_watch_that_cannot_reach_the_site_fails_closed(
     eb.queue(deploy_new(ENV, OLD, NEW))
     aws.verified(NEW, new_server, second=(0, 0))
     aws.env("Ready", NEW, closed)
-    aws.tag(NEW, verified=False)
-    aws.env("Ready", NEW, old_server)
-    aws.env("Ready", NEW, old_server)
-    eb.queue(deploy_existing(ENV, NEW))
-    aws.verified(OLD, old_server)
+    aws.redeployed_last_good(eb, old_server)
 
     code, report = release(aws, eb, tmp_path)
 
@@ -495,11 +489,7 @@ def test_an_aws_api_error_during_verification_triggers_a_rollback(
     aws.env("Ready", NEW, new_server)
     aws.eb_stub.add_client_error("describe_environment_health", "Throttling",
                                  "Rate exceeded", 400)
-    aws.tag(NEW, verified=False)
-    aws.env("Ready", NEW, old_server)
-    aws.env("Ready", NEW, old_server)
-    eb.queue(deploy_existing(ENV, NEW))
-    aws.verified(OLD, old_server)
+    aws.redeployed_last_good(eb, old_server)
 
     code, report = release(aws, eb, tmp_path)
 
@@ -746,10 +736,7 @@ def test_a_failed_rollback_is_reported_loudly_with_its_own_exit_code(
     aws.prepare(old_server)
     eb.queue(deploy_new(ENV, OLD, NEW, outcome="fail"))
     aws.env("Ready", NEW, old_server)     # in place, it stayed on NEW
-    aws.tag(NEW, verified=False)
-    aws.env("Ready", NEW, old_server)
-    aws.env("Ready", NEW, old_server)
-    eb.queue(deploy_existing(ENV, NEW, outcome="fail"))
+    aws.redeployed_last_good(eb, old_server, outcome="fail")
 
     code, report = release(aws, eb, tmp_path)
 
