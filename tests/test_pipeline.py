@@ -92,7 +92,7 @@ def test_the_release_uses_the_python_the_platform_branch_names_stated_once() -> 
     assert '--platform "python-$(cat .python-version)"' in init["run"]
     example = (REPO / ".elasticbeanstalk" / "config.yml.example").read_text()
     assert f"Python {version} running on" in example
-    for name in ("deploy.yml", "fix-forward.yml", "release.yml"):
+    for name in ("deploy.yml", "fix-forward.yml", "probe.yml", "release.yml"):
         assert not re.search(r"\b3\.1\d\b", (WORKFLOWS / name).read_text()), name
 
 
