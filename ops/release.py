@@ -681,14 +681,17 @@ EXIT_CODES = {"deployed": EXIT_DEPLOYED, "rolled_back": EXIT_ROLLED_BACK,
               "interfered": EXIT_INTERFERED}
 
 
-def interrupted_alert(report_path: Path, target: Target | None) -> str:
+def interrupted_alert(report_path: Path, target: Target | None) -> str | None:
     """The alert for a job that ended (failed, killed, cancelled) without ops.release
-    telling anyone: what the report got to, and what the environment is doing now."""
+    telling anyone: what the report got to, and what the environment is doing now.
+    None when ops.release finished and its own alert went out."""
     run = os.environ.get("GITHUB_RUN_URL", "(no run URL)")
     try:
         report: dict[str, Any] = json.loads(report_path.read_text())
     except (OSError, ValueError):
         report = {}
+    if report.get("finished_at") and report.get("alert_sent"):
+        return None
     steps = report.get("steps") or [{}]
     where = (f"release {report.get('version')} stopped after step "
              f"{steps[-1].get('name')!r} ({report.get('outcome') or 'unfinished'})"
@@ -829,7 +832,9 @@ def main(argv: list[str] | None = None) -> int:
             target: Target | None = make_target(args, parser)
         except Exception:  # no AWS client at all: still say what the report knows
             target = None
-        send_alert(interrupted_alert(args.report, target))
+        text = interrupted_alert(args.report, target)
+        if text:
+            send_alert(text)
         return EXIT_DEPLOYED
     target = make_target(args, parser)
     label = args.label or os.environ.get("GITHUB_SHA") or git_head()

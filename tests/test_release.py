@@ -799,14 +799,23 @@ def test_an_interrupted_job_alert_names_the_last_step_the_state_and_the_run(
     aws.env("Updating", NEW, old_server)
     aws.health("Grey", "Pending")
 
-    text = interrupted_alert(tmp_path / "report.json", aws.target())
+    text = interrupted_alert(tmp_path / "report.json", aws.target()) or ""
 
     assert f"release {NEW} stopped after step 'deploy' (unfinished)" in text
     assert f"{ENV} is Updating on {NEW}, Grey/Pending" in text
     assert "https://github.com/o/r/actions/runs/7" in text
     no_report = interrupted_alert(tmp_path / "missing.json", None)
-    assert "no release report: the job ended before ops.release started" in no_report
+    assert no_report and "no release report: the job ended before ops.release started" \
+        in no_report
     aws.done()
+
+
+def test_a_release_that_finished_and_alerted_by_itself_is_not_alerted_twice(
+        tmp_path: Path) -> None:
+    (tmp_path / "report.json").write_text(json.dumps(
+        {"version": NEW, "outcome": "rolled_back", "finished_at": "2026-11-27T05:10:00+00:00",
+         "alert_sent": True, "steps": [{"name": "rollback:watch-5xx"}]}))
+    assert interrupted_alert(tmp_path / "report.json", None) is None
 
 
 # --- the command line and the documents agree with the code ---------------------------
