@@ -15,11 +15,12 @@ API calls below are awsebcli's, read from its behaviour, not from our notes:
 from __future__ import annotations
 
 import os
+import subprocess  # nosec B404 - runs the deploy venv's python
 from pathlib import Path
 
 import pytest
 
-from tests.awsebcli import EB_PYTHON, EBCLI, deploy_existing, deploy_new, environment
+from tests.awsebcli import EB_PYTHON, EBCLI, REPO, deploy_existing, deploy_new, environment
 
 ENV = "shortener-prod"
 
@@ -90,3 +91,12 @@ def test_a_deploy_into_an_environment_that_is_busy_exits_4_with_invalid_state(
     done = eb.run("deploy", ENV, "--version", "v2", "--timeout", "1")
     assert done.returncode == 4
     assert "is in an invalid state for this operation. Must be Ready." in done.stdout + done.stderr
+
+
+def test_the_release_job_can_run_ops_release_from_the_deploy_venv() -> None:
+    """release.yml runs `.venv-eb/bin/python -m ops.release`: everything it imports,
+    boto3 for the eb target included, must be in requirements-deploy.txt."""
+    done = subprocess.run(  # nosec B603
+        [str(EB_PYTHON), "-c", "import boto3, ops.release; print(ops.release.EXIT_INTERFERED)"],
+        cwd=REPO, capture_output=True, text=True, timeout=60, check=False)
+    assert (done.returncode, done.stdout) == (0, "5\n"), done.stderr
