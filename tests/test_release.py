@@ -15,7 +15,10 @@ import io
 import json
 import os
 import re
+import signal
+import sys
 import threading
+import time
 import zipfile
 from collections.abc import Iterator
 from datetime import datetime, timezone
@@ -881,3 +884,46 @@ def test_the_local_5xx_count_does_not_blame_the_previous_version_for_its_last_se
     end = datetime(2026, 11, 27, 12, 0, 5, tzinfo=timezone.utc)
     assert target.request_counts(start, end) == (1, 2)
     assert target.request_counts(start.replace(microsecond=0), end) == (2, 3)
+
+
+def test_a_release_killed_with_sigkill_leaves_a_report_of_the_steps_it_finished(
+        tmp_path: Path) -> None:
+    """The real thing: `python -m ops.release` killed -9 in its watch window (as a
+    runner that loses patience does) still leaves a whole, parseable report."""
+    from ops.processes import spawn, stop
+    from ops.targets import LocalTarget
+    from tests.servers import free_port
+    from tests.test_release_rehearsal import copy_app
+
+    environment = LocalTarget(tmp_path / "env", free_port())
+    report_path = tmp_path / "report.json"
+    cmd = [sys.executable, "-m", "ops.release", "--target", "local", "--local-dir",
+           str(environment.root), "--port", str(environment.port), "--source",
+           str(copy_app(tmp_path / "app")), "--label", "v1", "--report", str(report_path),
+           "--allow-unhealthy", "--poll-interval", "0.2", "--watch", "60",
+           "--watch-interval", "30"]
+    env = {**os.environ, "CREATE_RATE_LIMIT": "off", "SECRET_KEY": "k", "ALERT_WEBHOOK_URL": ""}
+    proc = spawn(cmd, cwd=REPO, env=env)
+    try:
+        deadline = time.monotonic() + 120
+        while "smoke" not in report_names(report_path):
+            assert proc.poll() is None and time.monotonic() < deadline, "never reached smoke"
+            time.sleep(0.1)
+        proc.send_signal(signal.SIGKILL)
+        proc.wait(timeout=30)
+    finally:
+        stop(proc)
+        environment.stop()
+
+    report = json.loads(report_path.read_text())
+    assert names(report)[-2:] == ["healthz-version", "smoke"]
+    assert report["outcome"] == "" and report["finished_at"] == ""
+    assert report["started_at"] and report["version"] == "v1"
+
+
+def report_names(path: Path) -> list[str]:
+    """The steps the report lists; it may not exist yet, but is never half-written."""
+    try:
+        return names(json.loads(path.read_text()))
+    except FileNotFoundError:
+        return []
