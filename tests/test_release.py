@@ -633,6 +633,41 @@ def test_a_release_that_changes_option_settings_applies_them_first_then_deploys(
     aws.done()
 
 
+def test_a_configuration_change_is_undone_when_the_release_is_rolled_back(
+        aws: AWS, eb: EBCLI, tmp_path: Path, old_server: GunicornServer,
+        new_server: GunicornServer) -> None:
+    old_configs = dict(REPO_CONFIGS)
+    old_configs["06-app.config"] = old_configs["06-app.config"].replace(
+        'LOCK_TIMEOUT: "5"', 'LOCK_TIMEOUT: "9"')
+    lock = {"Namespace": "aws:elasticbeanstalk:application:environment",
+            "OptionName": "LOCK_TIMEOUT"}
+    aws.prepare(old_server, last_good_configs=old_configs)
+    aws.eb_stub.add_response("update_environment", {}, {
+        "EnvironmentName": ENV, "OptionSettings": [{**lock, "Value": "5"}],
+        "OptionsToRemove": []})
+    aws.env("Ready", OLD, old_server)
+    aws.health("Green", "Ok")
+    eb.queue(deploy_new(ENV, OLD, NEW))
+    aws.env("Ready", NEW, new_server)
+    aws.health("Red", "Severe", ["Following services are not running: web."])
+    aws.tag(NEW, verified=False)
+    aws.eb_stub.add_response("update_environment", {}, {   # rollback:config
+        "EnvironmentName": ENV, "OptionSettings": [{**lock, "Value": "9"}],
+        "OptionsToRemove": []})
+    aws.env("Ready", NEW, old_server)
+    aws.env("Ready", NEW, old_server)
+    aws.env("Ready", NEW, old_server)
+    eb.queue(deploy_existing(ENV, NEW))
+    aws.verified(OLD, old_server)
+
+    code, report = release(aws, eb, tmp_path)
+
+    assert code == EXIT_ROLLED_BACK and report["failed_step"] == "health"
+    restored = next(s for s in report["steps"] if s["name"] == "rollback:config")
+    assert restored["ok"] and restored["detail"] == "1 setting(s) restored, 0 removed"
+    aws.done()
+
+
 def test_a_release_that_changes_resources_under_immutable_is_refused(
         aws: AWS, eb: EBCLI, tmp_path: Path, old_server: GunicornServer) -> None:
     old_configs = {name: text for name, text in REPO_CONFIGS.items()
