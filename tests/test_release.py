@@ -537,6 +537,22 @@ def test_releasing_the_label_that_is_live_only_verifies_it(
     aws.done()
 
 
+def test_fix_forward_of_a_chosen_label_refuses_a_version_that_does_not_exist(
+        aws: AWS, eb: EBCLI, tmp_path: Path, old_server: GunicornServer) -> None:
+    """--existing-only: eb deploy --label would bundle the checkout under that name."""
+    aws.env("Ready", OLD, old_server)
+    aws.health("Red", "Severe")
+    aws.env("Ready", OLD, old_server)
+    aws.env("Ready", OLD, old_server)
+    aws.version(NEW, False)
+
+    code, report = release(aws, eb, tmp_path, allow_unhealthy=True, existing_only=True)
+
+    assert code == EXIT_REFUSED and report["failed_step"] == "check-version"
+    assert "no application version" in report["error"] and eb.argvs == []
+    aws.done()
+
+
 def test_the_rollback_target_is_the_newest_verified_version_not_what_runs(
         aws: AWS, eb: EBCLI, tmp_path: Path, old_server: GunicornServer) -> None:
     """A manual `eb deploy` of OTHER is running: it was never verified, so a failed
