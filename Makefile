@@ -2,11 +2,13 @@
 PYTHON ?= python3.11
 VENV   := .venv
 BIN    := $(VENV)/bin
+# The eb CLI's own environment: its pins clash with the dev tools (requirements-deploy.txt).
+EB_VENV := .venv-eb
 PORT     ?= 8000
 DATA_DIR ?= ./data
 export DATA_DIR
 
-.PHONY: run test lint typecheck security workflows pytest torture bench clean
+.PHONY: run test lint typecheck security workflows pytest torture bench clean eb-venv
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -18,6 +20,13 @@ $(VENV)/.runtime: requirements.txt | $(BIN)/python
 $(VENV)/.dev: requirements-dev.txt requirements.txt | $(BIN)/python
 	$(BIN)/pip install --quiet -r requirements-dev.txt
 	touch $@ $(VENV)/.runtime
+
+$(EB_VENV)/.installed: requirements-deploy.txt
+	$(PYTHON) -m venv $(EB_VENV)
+	$(EB_VENV)/bin/pip install --quiet -r requirements-deploy.txt
+	touch $@
+
+eb-venv: $(EB_VENV)/.installed
 
 run: $(VENV)/.runtime
 	mkdir -p $(DATA_DIR)
@@ -38,7 +47,7 @@ workflows: $(VENV)/.dev
 	$(BIN)/zizmor --offline --min-severity medium .github/workflows
 	$(BIN)/check-jsonschema --builtin-schema vendor.github-workflows .github/workflows/*.yml
 
-pytest: $(VENV)/.dev
+pytest: $(VENV)/.dev $(EB_VENV)/.installed
 	$(BIN)/pytest --ignore=tests/torture
 
 torture: $(VENV)/.dev
@@ -48,4 +57,4 @@ bench: $(VENV)/.dev
 	$(BIN)/python -m bench
 
 clean:
-	rm -rf $(VENV) .mypy_cache .pytest_cache test-output
+	rm -rf $(VENV) $(EB_VENV) .mypy_cache .pytest_cache test-output

@@ -103,22 +103,30 @@ def test_logs_and_health_events_stream_to_cloudwatch_with_retention() -> None:
         assert options[(namespace, "DeleteOnTerminate")] == "false"
 
 
-def test_the_5xx_rate_alarm_mails_a_configurable_address_through_sns() -> None:
+def alarms() -> dict[str, dict[str, Any]]:
+    return {name: r["Properties"] for name, r in all_resources().items()
+            if r["Type"] == "AWS::CloudWatch::Alarm"}
+
+
+def test_every_alarm_mails_one_configurable_address_through_sns() -> None:
     options, resources = all_options(), all_resources()
-    alarms = [r["Properties"] for r in resources.values()
-              if r["Type"] == "AWS::CloudWatch::Alarm"]
-    assert len(alarms) == 1
-    alarm = alarms[0]
-    [topic_ref] = alarm["AlarmActions"]
-    topic = resources[topic_ref["Ref"]]
+    topics = {ref["Ref"] for alarm in alarms().values() for ref in alarm["AlarmActions"]}
+    assert len(alarms()) == 3 and len(topics) == 1
+    topic = resources[topics.pop()]
     assert topic["Type"] == "AWS::SNS::Topic"
     [subscription] = topic["Properties"]["Subscription"]
     assert subscription["Protocol"] == "email"
     email_option = subscription["Endpoint"]["Fn::GetOptionSetting"]["OptionName"]
     assert "@" in options[("aws:elasticbeanstalk:customoption", email_option)]
+    for alarm in alarms().values():
+        assert alarm["OKActions"] == alarm["AlarmActions"]
+
+
+def test_the_5xx_rate_alarm_reads_the_metrics_enhanced_health_publishes() -> None:
+    options = all_options()
+    alarm = alarms()["FiveXXRateAlarm"]
     threshold_option = alarm["Threshold"]["Fn::GetOptionSetting"]["OptionName"]
     assert float(options[("aws:elasticbeanstalk:customoption", threshold_option)]) > 0
-
     queries = {q["Id"]: q for q in alarm["Metrics"]}
     [returned] = [q for q in queries.values() if q["ReturnData"]]
     referenced = set(re.findall(r"[a-z]\w*", returned["Expression"])) - {"IF"}
@@ -131,6 +139,25 @@ def test_the_5xx_rate_alarm_mails_a_configurable_address_through_sns() -> None:
         assert stat["Metric"]["Dimensions"] == [
             {"Name": "EnvironmentName", "Value": {"Ref": "AWSEBEnvironmentName"}}]
         assert stat["Stat"] == "Sum" and stat["Period"] == 60
+
+
+def test_a_full_outage_pages_from_the_load_balancers_own_metrics() -> None:
+    """With no healthy instance, instances publish nothing and the load balancer
+    answers 5xx itself: two alarms on the load balancer's metrics see that."""
+    lb = {"Name": "LoadBalancer",
+          "Value": {"Fn::GetAtt": ["AWSEBV2LoadBalancer", "LoadBalancerFullName"]}}
+    elb_5xx = alarms()["LoadBalancerFiveXXAlarm"]
+    assert (elb_5xx["Namespace"], elb_5xx["MetricName"]) == ("AWS/ApplicationELB",
+                                                             "HTTPCode_ELB_5XX_Count")
+    assert elb_5xx["Dimensions"] == [lb] and elb_5xx["Statistic"] == "Sum"
+    hosts = alarms()["NoHealthyHostAlarm"]
+    assert (hosts["Namespace"], hosts["MetricName"]) == ("AWS/ApplicationELB",
+                                                         "HealthyHostCount")
+    assert hosts["Dimensions"][0] == lb
+    assert hosts["Dimensions"][1]["Value"]["Fn::GetAtt"][0] == "AWSEBV2LoadBalancerTargetGroup"
+    assert (hosts["Statistic"], hosts["ComparisonOperator"], hosts["Threshold"]) == \
+        ("Minimum", "LessThanThreshold", 1)
+    assert hosts["TreatMissingData"] == "breaching", "an outage that reports nothing is OK"
 
 
 def test_the_data_directory_is_on_the_efs_mount() -> None:
@@ -194,8 +221,9 @@ def fake_get_config(tmp_path: Path, settings: dict[str, str]) -> Path:
     return script
 
 
-def run_hook(name: str, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
-    hook = next(PLATFORM.glob(f"hooks/*/{name}"))
+def run_hook(name: str, env: dict[str, str],
+             kind: str = "hooks") -> subprocess.CompletedProcess[str]:
+    hook = next(PLATFORM.glob(f"{kind}/*/{name}"))
     return subprocess.run(["bash", str(hook)], env={"PATH": "/usr/bin:/bin", **env},  # nosec
                           capture_output=True, text=True, timeout=30, check=False)
 
@@ -242,3 +270,116 @@ def test_the_version_hook_rejects_a_label_that_could_break_the_unit_file(
         "SYSTEMD_DROPIN_DIR": str(tmp_path / "web.service.d"), "SYSTEMCTL": "true"})
     assert done.returncode == 1 and "unexpected version label" in done.stderr
     assert not (tmp_path / "web.service.d").exists()
+
+
+def test_a_configuration_deployment_runs_the_same_hooks_as_a_code_deployment() -> None:
+    """eb setenv runs .platform/confighooks, not .platform/hooks: the EFS mount and the
+    nginx cache directory must be there too, byte for byte the same scripts."""
+    twins = sorted(p.relative_to(PLATFORM / "confighooks") for p in
+                   (PLATFORM / "confighooks").rglob("*") if p.is_file())
+    assert {str(t) for t in twins} >= {"prebuild/01_mount_efs.sh",
+                                       "prebuild/00_nginx_cache_dir.sh"}
+    for twin in twins:
+        assert (PLATFORM / "confighooks" / twin).read_bytes() == \
+            (PLATFORM / "hooks" / twin).read_bytes(), twin
+
+
+def fake_mount_commands(tmp_path: Path) -> dict[str, str]:
+    """mount, umount and mountpoint over a file listing what is mounted, logging calls."""
+    state, log = tmp_path / "mounted", tmp_path / "calls"
+    state.touch()
+    scripts = {
+        "MOUNT": f'echo "mount $*" >> {log}; echo "$1" >> {state}',
+        "UMOUNT": f'echo "umount $*" >> {log}; grep -vx "$2" {state} > {state}.n; '
+                  f'mv {state}.n {state}',
+        "MOUNTPOINT": f'grep -qx "$2" {state}',
+        "CHOWN": "true",
+    }
+    env = {}
+    for name, body in scripts.items():
+        script = tmp_path / name.lower()
+        script.write_text(f"#!/bin/bash\n{body}\n")
+        script.chmod(0o755)
+        env[name] = str(script)
+    return env
+
+
+def run_efs_hook_on_a_mounted_instance(tmp_path: Path, fs_id: str, fstab: str,
+                                       kind: str) -> subprocess.CompletedProcess[str]:
+    """The EFS hook on an instance where {mount} is mounted as `fstab` says; mount,
+    umount and mountpoint are fakes that log to tmp_path/calls."""
+    mount_dir = tmp_path / "efs"
+    get_config = fake_get_config(tmp_path, {"EFS_FILE_SYSTEM_ID": fs_id,
+                                            "EFS_MOUNT_DIR": str(mount_dir),
+                                            "DATA_DIR": f"{mount_dir}/shortener"})
+    (tmp_path / "fstab").write_text(fstab.format(mount=mount_dir))
+    commands = fake_mount_commands(tmp_path)
+    (tmp_path / "mounted").write_text(f"{mount_dir}\n")
+    return run_hook("01_mount_efs.sh", {"GET_CONFIG": str(get_config),
+                                        "FSTAB": str(tmp_path / "fstab"), **commands}, kind)
+
+
+@pytest.mark.parametrize("kind", ["hooks", "confighooks"])
+def test_a_changed_efs_id_is_remounted_by_either_hook(tmp_path: Path, kind: str) -> None:
+    new_id, old_id = "fs-0123456789abcdef0", "fs-00000000000000000"
+    done = run_efs_hook_on_a_mounted_instance(
+        tmp_path, new_id, f"UUID=abc / ext4 defaults 0 0\n{old_id}:/ {{mount}} efs _netdev 0 0\n",
+        kind)
+    mount_dir = tmp_path / "efs"
+    assert done.returncode == 0, done.stderr
+    assert f"changed from {old_id} to {new_id}" in done.stdout
+    assert (tmp_path / "fstab").read_text() == (
+        f"UUID=abc / ext4 defaults 0 0\n{new_id}:/ {mount_dir} efs _netdev,tls,noresvport 0 0\n")
+    assert (tmp_path / "calls").read_text() == f"umount -l {mount_dir}\nmount {mount_dir}\n"
+
+
+def test_an_unchanged_efs_id_is_left_mounted(tmp_path: Path) -> None:
+    fs_id = "fs-0123456789abcdef0"
+    done = run_efs_hook_on_a_mounted_instance(
+        tmp_path, fs_id, f"{fs_id}:/ {{mount}} efs _netdev,tls,noresvport 0 0\n", "confighooks")
+    assert done.returncode == 0, done.stderr
+    assert not (tmp_path / "calls").exists()
+
+
+def test_the_saved_configuration_sets_nothing_that_would_shadow_ebextensions() -> None:
+    """`eb create --cfg shortener` skips the EB CLI's recommended values (awsebcli
+    3.27.5 ebcli/objects/requests.py, add_client_defaults); a setting in the saved
+    configuration would itself win over .ebextensions."""
+    saved = load(REPO / ".elasticbeanstalk" / "saved_configs" / "shortener.cfg.yml")
+    assert "OptionSettings" not in saved
+    assert saved["AWSConfigurationTemplateVersion"] == "1.1.0.0"
+    assert "--cfg shortener" in (REPO / "docs" / "deploying.md").read_text()
+
+
+def test_the_instance_backup_script_prints_the_line_ops_release_reads() -> None:
+    from ops.targets import BACKUP_SCRIPT
+
+    files = load(EBEXT / "backup.config")["files"]
+    script = files[BACKUP_SCRIPT]["content"]
+    assert files[BACKUP_SCRIPT]["mode"] == "000755"
+    subprocess.run(["bash", "-n"], input=script, text=True, check=True)  # nosec B603 B607
+    assert 'echo "$(stamp) INFO backup: snapshot $dest/$name"' in script
+    assert re.search(r'dest="s3://\$BACKUP_BUCKET/\$\{BACKUP_PREFIX:-shortener\}\$\{1:\+/\$1\}"',
+                     script)
+
+
+def test_the_documented_version_lifecycle_policy_is_valid_and_prunes_before_the_quota() -> None:
+    """Every push creates an application version; the quota is 1,000. The one-time
+    command in docs/deploying.md must be one the API accepts (checked against botocore's
+    service model) and keep fewer than 1,000."""
+    import botocore.session
+    from botocore.validate import ParamValidator
+
+    guide = (REPO / "docs" / "deploying.md").read_text()
+    match = re.search(r"cat > lifecycle\.json <<EOF\n(.*?)\nEOF\n(aws elasticbeanstalk "
+                      r"update-application-resource-lifecycle [^\n]*\n[^\n]*)", guide, re.S)
+    assert match, "docs/deploying.md has no lifecycle command"
+    assert "--resource-lifecycle-config file://lifecycle.json" in match.group(2)
+    config = json.loads(match.group(1).replace("$ACCOUNT", "123456789012"))
+    model = botocore.session.get_session().get_service_model("elasticbeanstalk")
+    shape = model.operation_model("UpdateApplicationResourceLifecycle").input_shape
+    report = ParamValidator().validate(
+        {"ApplicationName": "shortener", "ResourceLifecycleConfig": config}, shape)
+    assert not report.has_errors(), report.generate_report()
+    rule = config["VersionLifecycleConfig"]["MaxCountRule"]
+    assert rule["Enabled"] is True and 10 <= rule["MaxCount"] < 1000
