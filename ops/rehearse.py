@@ -51,12 +51,13 @@ import threading
 import time
 from collections import Counter
 from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from ops.local import Policy, State, free_port, read_requests, stop_environment
+from ops.local import Policy, State, free_port, percentile, read_requests, stop_environment
 from ops.smoke import CSRF_FIELD, SHORT_URL_FIELD, Response, SmokeFailure, Visitor
 
 LOG = logging.getLogger("ops.rehearse")
@@ -204,7 +205,7 @@ class SteadyClient:
     MIX = ["redirect"] * 16 + ["form"] * 3 + ["api"]
 
     def __init__(self, base_url: str, links: Sequence[tuple[str, str]], rate: float,
-                 max_seconds: float, threads: int = 8) -> None:
+                 max_seconds: float, threads: int = 32) -> None:
         self.base_url, self.rate, self.max_seconds = base_url, rate, max_seconds
         self.links = list(links)       # (code, url) to follow; creates are added
         self.acknowledged: list[tuple[str, str]] = []
@@ -304,17 +305,17 @@ def failure_of(status: int) -> str:
 
 
 def missing_links(base_url: str, links: Sequence[tuple[str, str]]) -> list[str]:
-    """The codes whose GET /<code> does not answer 302 to exactly their URL."""
-    visitor = Visitor(base_url, timeout=10)
-    missing = []
-    for code, url in links:
+    """The codes whose GET /<code> does not answer 302 to exactly their URL (checked 16
+    at a time: a slow version answers each in its own time)."""
+    def missing(link: tuple[str, str]) -> bool:
+        code, url = link
         try:
-            resp = visitor.get(f"/{code}")
+            resp = Visitor(base_url, timeout=10).get(f"/{code}")
         except SmokeFailure:
-            resp = None
-        if resp is None or resp.status != 302 or resp.headers.get("Location") != url:
-            missing.append(code)
-    return missing
+            return True
+        return resp.status != 302 or resp.headers.get("Location") != url
+    with ThreadPoolExecutor(max_workers=16) as pool:
+        return [code for (code, _), lost in zip(links, pool.map(missing, links)) if lost]
 
 
 # --- one case -----------------------------------------------------------------------------
@@ -336,10 +337,11 @@ class CaseResult:
     exposed_seconds: float | None  # a bad version's first request to its last
     still_serving: bool            # the case's version serves when the release is over
     serving_after: str | None
+    p99_new_ms: float | None       # nginx's request time, for the released version
+    p99_others_ms: float | None    # and for the versions that served beside it
     acknowledged: int
     missing_after: int
     snapshot: str | None           # the pre-deploy snapshot the release report names
-    notes: list[str] = field(default_factory=list)
 
 
 class Rehearsal:
@@ -430,7 +432,10 @@ class Rehearsal:
         (self.workdir / f"release-{case.label}.log").write_text(done.stderr)
         self.links += client.acknowledged
         report = json.loads(report_path.read_text()) if report_path.exists() else {}
-        served = self.requests_answered_by(case.label, since=started)
+        log = read_requests(self.root / "logs" / "access.log", started)
+        ports = self.ports_of(case.label, since=started)
+        served = [r for r in log if r.port in ports]
+        others = [r for r in log if r.port is not None and r.port not in ports]
         still_serving = self.serving() == case.label
         return CaseResult(
             case=case.name, label=case.label, what=case.what, exit_code=done.returncode,
@@ -438,27 +443,31 @@ class Rehearsal:
             release_seconds=round(release_seconds, 1), requests=len(client.outcomes),
             failed=sum(client.failures.values()), failures=dict(client.failures),
             new_version_requests=len(served),
-            exposed_seconds=(round(served[-1] - served[0], 2)
+            exposed_seconds=(round(served[-1].at - served[0].at, 2)
                              if served and not still_serving and case.name != "good"
                              else None),
             still_serving=still_serving, serving_after=self.serving(),
+            p99_new_ms=milliseconds(percentile([r.seconds for r in served], 99)),
+            p99_others_ms=milliseconds(percentile([r.seconds for r in others], 99)),
             acknowledged=len(client.acknowledged),
             missing_after=len(missing_links(self.url, self.links)),
             snapshot=report.get("snapshot"))
 
-    def requests_answered_by(self, label: str, since: float) -> list[float]:
-        """When nginx sent requests to the version `label` (any of its instances)."""
+    def ports_of(self, label: str, since: float) -> set[int]:
+        """The ports the version `label` ran on since then (each instance has its own)."""
         events = self.root / "logs" / "events.jsonl"
-        ports = {entry["port"] for entry in map(json.loads, events.read_text().splitlines())
-                 if entry["label"] == label and entry["at"] >= since - 1}
-        return [r.at for r in read_requests(self.root / "logs" / "access.log", since)
-                if r.port in ports]
+        return {entry["port"] for entry in map(json.loads, events.read_text().splitlines())
+                if entry["label"] == label and entry["at"] >= since - 1}
+
+
+def milliseconds(seconds: float | None) -> float | None:
+    return None if seconds is None else round(seconds * 1000, 1)
 
 
 # --- the table ----------------------------------------------------------------------------
 
 COLUMNS = ("case", "exit", "outcome", "requests", "failed (5xx/conn/wrong)", "new version answered",
-           "traffic back after", "serving after", "acked", "missing")
+           "p99 new/old ms", "traffic back after", "serving after", "acked", "missing")
 
 
 def row(result: CaseResult) -> tuple[str, ...]:
@@ -472,7 +481,8 @@ def row(result: CaseResult) -> tuple[str, ...]:
     return (result.case, str(result.exit_code), result.outcome or "-", str(result.requests),
             f"{result.failed} ({f.get('5xx', 0)}/{f.get('connection', 0)}/"
             f"{f.get('wrong answer', 0)})",
-            str(result.new_version_requests), back,
+            str(result.new_version_requests),
+            f"{result.p99_new_ms or '-'}/{result.p99_others_ms or '-'}", back,
             result.serving_after or "-", str(result.acknowledged), str(result.missing_after))
 
 
