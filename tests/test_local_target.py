@@ -276,8 +276,7 @@ def test_requests_in_flight_when_traffic_moves_are_answered(
     after them: a request taking 1 s to the old version outlives the switch."""
     moved = run_scenario(tmp_path, sources, "slow-links", deploy(sources["good"]),
                          code="slow-link")
-    switch = moved.at("v2", "moving all traffic")
-    assert any(sent < switch < answered for sent, answered, _ in moved.follower.answers)
+    assert max(moved.answered_by("v1")) > moved.at("v2", "moving all traffic")
     assert moved.at("v2", "all traffic") < moved.at("v1", "stopped")
     assert moved.follower.failures == []
 
@@ -393,8 +392,8 @@ def test_canary_metrics_compare_the_new_version_with_the_old(
     assert canary.healthy and baseline.healthy
     assert canary.requests >= 3 and baseline.requests > canary.requests
     assert canary.failed == baseline.failed == 0
-    assert canary.p50 is not None and canary.p50 >= 0.3
-    assert baseline.p99 is not None and baseline.p99 < canary.p50
+    assert canary.p50 is not None and baseline.p50 is not None
+    assert canary.p50 >= 0.3 > baseline.p50
 
 
 # --- the process driving a deployment goes away ----------------------------------------
@@ -434,6 +433,12 @@ def test_an_interrupted_release_stops_its_new_version_and_keeps_the_old(
         target.stop()
 
 
+def ops_local(command: str, root: Path) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "ops.local", command,  # nosec B603
+                           "--local-dir", str(root)], cwd=REPO, capture_output=True, text=True,
+                          timeout=120, check=False)
+
+
 @pytest.fixture
 def killed(tmp_path: Path, sources: dict[str, Path]) -> Iterator[tuple[LocalTarget, State]]:
     """A release killed with SIGKILL during its canary: its new version still runs."""
@@ -467,9 +472,10 @@ def test_ops_local_stop_stops_everything_a_release_left_running(
         killed: tuple[LocalTarget, State]) -> None:
     target, orphaned = killed
     assert orphaned.nginx_pid is not None and orphaned.serving and orphaned.canary
-    done = subprocess.run([sys.executable, "-m", "ops.local", "stop",  # nosec B603
-                           "--local-dir", str(target.root)], cwd=REPO, capture_output=True,
-                          text=True, timeout=120, check=False)
+    status = ops_local("status", target.root)
+    assert status.returncode == 0, status.stderr
+    assert "v1: running, HTTP 200" in status.stdout and "v2: running" in status.stdout
+    done = ops_local("stop", target.root)
     assert done.returncode == 0, done.stderr
     assert done.stdout.startswith("stopped: nginx")
     for pid in (orphaned.nginx_pid, orphaned.serving.pid, orphaned.canary.pid):
