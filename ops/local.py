@@ -320,12 +320,18 @@ http {{
             if process.poll() is not None:
                 raise TargetError(f"nginx exited with code {process.returncode}: "
                                   f"{tail(self.logs / 'nginx-error.log')}")
-            with contextlib.suppress(OSError):
-                socket.create_connection(("127.0.0.1", self.port), timeout=1).close()
-                return process.pid
+            if self._pid_file() == process.pid:  # written after it listens; -s reads it
+                with contextlib.suppress(OSError):
+                    socket.create_connection(("127.0.0.1", self.port), timeout=1).close()
+                    return process.pid
             time.sleep(0.05)
         stop(process, NGINX_STOP)
         raise TargetError(f"nginx did not listen on 127.0.0.1:{self.port} within {timeout:g} s")
+
+    def _pid_file(self) -> int | None:
+        with contextlib.suppress(OSError, ValueError):
+            return int((self.prefix / "nginx.pid").read_text())
+        return None
 
     def route(self, pid: int, weights: Mapping[int, int], timeout: float = 60.0) -> None:
         """Reload with new weights; return once the new worker runs and every old worker
