@@ -56,5 +56,11 @@ torture: $(VENV)/.dev
 bench: $(VENV)/.dev
 	$(BIN)/python -m bench
 
+# Release a good version and one bad version of each failure class (A-E) through real
+# nginx under steady traffic; prints the table and writes test-output/rehearsal.json.
+.PHONY: rehearse
+rehearse: $(VENV)/.dev
+	$(BIN)/python -m ops.rehearse
+
 clean:
 	rm -rf $(VENV) $(EB_VENV) .mypy_cache .pytest_cache test-output

@@ -62,8 +62,8 @@ from typing import Any, Callable, TypeVar
 
 from ops import ebsettings
 from ops.alert import send_alert
-from ops.targets import (EBTarget, EnvState, Health, LocalTarget, Target, TargetError,
-                         deploy_limit, run_command)
+from ops.targets import (EBTarget, EnvState, Health, Target, TargetError, deploy_limit,
+                         run_command)
 
 LOG = logging.getLogger("ops.release")
 REPO_ROOT = Path(__file__).resolve().parent.parent
@@ -797,6 +797,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def make_target(args: argparse.Namespace, parser: argparse.ArgumentParser) -> Target:
     if args.target == "local":
+        from ops.local import LocalTarget  # nginx in front of gunicorn, on this machine
         if args.local_dir is None:
             parser.error("--target local needs --local-dir")
         return LocalTarget(args.local_dir, args.port, source=args.source or REPO_ROOT)

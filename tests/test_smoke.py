@@ -1,8 +1,10 @@
-"""ops.smoke against the real app under gunicorn, and against servers that get it wrong."""
+"""ops.smoke against the real app under gunicorn, against copies of it with one route
+broken, and against servers that get it wrong."""
 from __future__ import annotations
 
 import http.server
 import json
+import shutil
 import subprocess  # nosec B404 - runs python -m ops.smoke as the pipeline does
 import sys
 import threading
@@ -13,6 +15,7 @@ from typing import Any
 import pytest
 import requests
 
+from ops.smoke import PROBE_PREFIX, PROBE_TARGETS
 from tests.servers import GunicornServer, free_port, links_on_disk
 
 REPO = Path(__file__).resolve().parent.parent
@@ -121,3 +124,92 @@ def test_smoke_refuses_a_url_that_is_not_http() -> None:
     done = smoke("file:///etc/passwd")
     assert done.returncode == 1
     assert "refusing non-HTTP URL" in done.stdout
+
+
+# --- the full synthetic check --------------------------------------------------------
+
+
+def app_copy(tmp_path: Path, appended: str = "", replace: tuple[str, str] = ("", "")) -> Path:
+    """The app's files in tmp_path/app, with code appended to application.py or one
+    piece of it replaced: a version with one route broken, as a bad commit would."""
+    app = tmp_path / "app"
+    app.mkdir()
+    for name in ("templates", "static"):
+        shutil.copytree(REPO / name, app / name)
+    source = (REPO / "application.py").read_text()
+    old, new = replace
+    assert old in source, f"application.py no longer contains {old!r}"
+    (app / "application.py").write_text(source.replace(old, new) + appended)
+    return app
+
+
+BREAK_THE_FORM = """
+@application.before_request
+def _break_the_form() -> None:
+    from flask import request
+    if request.method == "POST" and request.path == "/your-url":
+        raise RuntimeError("the form's POST is broken")
+"""
+
+
+def test_the_full_check_passes_against_the_real_app(server: GunicornServer) -> None:
+    done = smoke(server.url, "--full")
+    assert done.returncode == 0, done.stdout
+    lines = done.stdout.splitlines()
+    assert all(line.startswith("ok    ") for line in lines[:-1])
+    for expected in ("GET / 200 with a CSRF token", "POST /your-url (url form) 200",
+                     "GET /api 200 lists", "POST /api/links 201", "POST /your-url (file form) 200",
+                     "1024 bytes, identical, as an attachment", "404 page", "404 JSON"):
+        assert any(expected in line for line in lines), expected
+    assert lines[-1].startswith(f"full smoke test passed against {server.url}")
+
+
+def test_the_full_check_leaves_three_tagged_links_and_one_small_file(
+        server: GunicornServer) -> None:
+    assert smoke(server.url, "--full").returncode == 0
+    links = links_on_disk(server.urls_file)
+    assert len(links) == 3
+    assert all(code.startswith(PROBE_PREFIX) for code in links)
+    assert sorted(code.rsplit("-", 1)[1] for code in links) == ["api", "file", "form"]
+    urls = [record["url"] for record in links.values() if "url" in record]
+    assert len(urls) == 2 and all(url.startswith(PROBE_TARGETS) for url in urls)
+    uploads = list((server.data_dir / "uploads").iterdir())
+    assert [path.stat().st_size for path in uploads] == [1024]
+
+
+def test_the_full_check_fails_when_the_form_post_answers_500(tmp_path: Path) -> None:
+    """Class C of docs/deploying.md: /healthz and the API work, the form does not."""
+    with GunicornServer(tmp_path / "data", workers=1,
+                        app_dir=app_copy(tmp_path, appended=BREAK_THE_FORM)) as broken:
+        assert smoke(broken.url).returncode == 0, "the quick check does not post the form"
+        done = smoke(broken.url, "--full")
+    assert done.returncode == 1
+    assert "FAIL  POST /your-url (url form): expected HTTP 200, got 500" in done.stdout
+
+
+def test_the_full_check_fails_when_an_upload_is_served_inline(tmp_path: Path) -> None:
+    """An upload shown in the browser could run script on the site's origin."""
+    app = app_copy(tmp_path, replace=("as_attachment=suffix not in INLINE_IMAGE_TYPES",
+                                      "as_attachment=False"))
+    with GunicornServer(tmp_path / "data", workers=1, app_dir=app) as unsafe:
+        done = smoke(unsafe.url, "--full")
+    assert done.returncode == 1
+    assert "an upload must be an attachment with nosniff" in done.stdout
+
+
+def test_the_full_check_fails_without_the_form_csrf_token(tmp_path: Path) -> None:
+    """A page whose form lost its CSRF field cannot be submitted by any browser."""
+    app = app_copy(tmp_path)
+    home = app / "templates" / "home.html"
+    home.write_text(home.read_text().replace(
+        '<input type="hidden" name="csrf_token" value="{{ csrf_token() }}">', ""))
+    with GunicornServer(tmp_path / "data", workers=1, app_dir=app) as tokenless:
+        done = smoke(tokenless.url, "--full")
+    assert done.returncode == 1
+    assert "FAIL  GET /: the page has no form with a CSRF token" in done.stdout
+
+
+def test_the_full_check_and_the_probe_code_cannot_be_combined() -> None:
+    done = smoke("http://127.0.0.1:1", "--full", "--code", "probe")
+    assert done.returncode == 2
+    assert "not allowed with argument" in done.stderr
