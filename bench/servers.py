@@ -64,9 +64,15 @@ RUNNING: list[Server] = []  # started and not stopped yet
 
 
 def stop_all() -> None:
-    """Stop every server still running, the newest first (nginx before its upstream)."""
+    """Stop every server still running, the newest first (nginx before its upstream), then
+    any other process group started from here: a Ctrl-C that lands while Popen is still
+    starting a server leaves a running server and no Server to stop."""
     while RUNNING:
         RUNNING[-1].stop()
+    table = processes.process_table()
+    for pid in sorted(processes.descendants([os.getpid()], table)):
+        if table[pid].pgrp == pid and not table[pid].zombie:
+            processes.stop(pid)
 
 
 @contextlib.contextmanager

@@ -84,3 +84,20 @@ def test_a_bench_whose_contender_fails_stops_every_server_it_started(tmp_path: P
         assert_all_gone(leaders)
     finally:
         processes.stop(bench)
+
+
+def test_a_server_whose_start_was_interrupted_is_stopped_too(tmp_path: Path) -> None:
+    """Ctrl-C while Popen starts a server: the server runs, but Popen never returned it,
+    so the bench has no Server for it. stopped_at_exit stops it all the same."""
+    script = ("import sys\n"
+              "from bench.servers import stopped_at_exit\n"
+              "from ops.processes import spawn\n"
+              "with stopped_at_exit():\n"
+              "    lost = spawn([sys.executable, '-c', 'import time; time.sleep(300)'])\n"
+              "    print(lost.pid, flush=True)\n"
+              "    raise KeyboardInterrupt\n")
+    done = subprocess.run([sys.executable, "-c", script], cwd=REPO, capture_output=True,  # nosec
+                          text=True, timeout=60, check=False)
+    assert "KeyboardInterrupt" in done.stderr
+    lost = int(done.stdout)
+    assert processes.members(lost) == []
