@@ -69,10 +69,8 @@ def stop_all() -> None:
     starting a server leaves a running server and no Server to stop."""
     while RUNNING:
         RUNNING[-1].stop()
-    table = processes.process_table()
-    for pid in sorted(processes.descendants([os.getpid()], table)):
-        if table[pid].pgrp == pid and not table[pid].zombie:
-            processes.stop(pid)
+    for leader in processes.group_leaders_below(os.getpid()):
+        processes.stop(leader)
 
 
 @contextlib.contextmanager

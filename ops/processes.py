@@ -96,6 +96,14 @@ def descendants(roots: Iterable[int], table: Mapping[int, Process]) -> set[int]:
     return found
 
 
+def group_leaders_below(ancestor: int) -> list[int]:
+    """The live descendants of ancestor that lead a process group: the servers it started
+    with ``spawn`` (or that a library such as Playwright started for it)."""
+    table = process_table()
+    return sorted(pid for pid in descendants([ancestor], table)
+                  if table[pid].pgrp == pid and not table[pid].zombie)
+
+
 def group_members(pgid: int) -> list[int]:
     """The live (not zombie) processes whose process group is pgid."""
     return sorted(p.pid for p in process_table().values() if p.pgrp == pgid and not p.zombie)

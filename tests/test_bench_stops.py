@@ -31,20 +31,13 @@ def start_bench(out: Path, *args: str) -> subprocess.Popen[bytes]:
              "--connections", "2", "--out", str(out), *args], cwd=REPO, stdout=stream)
 
 
-def servers_of(bench: subprocess.Popen[bytes]) -> set[int]:
-    """The servers the bench runs now: group leaders among its descendants."""
-    table = processes.process_table()
-    return {pid for pid in processes.descendants([bench.pid], table)
-            if table[pid].pgrp == pid and not table[pid].zombie}
-
-
 def watch(bench: subprocess.Popen[bytes], until: float) -> set[int]:
     """Every server the bench started until it exited, or until the first one if `until`
     is 0; polled, so a server that came and went within 20 ms may be missed."""
     seen: set[int] = set()
     deadline = time.monotonic() + 240
     while bench.poll() is None and time.monotonic() < deadline:
-        seen |= servers_of(bench)
+        seen.update(processes.group_leaders_below(bench.pid))
         if seen and not until:
             return seen
         time.sleep(0.02)

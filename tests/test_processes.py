@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from ops.processes import Graceful, group_members, members, spawn, stop
+from ops.processes import Graceful, group_leaders_below, group_members, members, spawn, stop
 
 # A leader that exits on SIGTERM, with a child that ignores SIGTERM and SIGQUIT (as an
 # nginx worker outlives a master killed with SIGKILL). The child may leave the leader's
@@ -114,3 +114,13 @@ def test_the_group_is_killed_even_when_a_graceful_step_fails(tmp_path: Path) -> 
         stop(leader, graceful=(Graceful(broken, 10.0),))
     assert members(leader) == []
     assert not alive(child) and not alive(leader)
+
+
+def test_the_servers_a_process_started_are_the_group_leaders_below_it(tmp_path: Path) -> None:
+    leader, child = start_leader_with_stubborn_child(tmp_path)
+    try:
+        assert leader in group_leaders_below(os.getpid())
+        assert child not in group_leaders_below(os.getpid())  # a member, not a server
+    finally:
+        stop(leader, graceful=())
+    assert leader not in group_leaders_below(os.getpid())

@@ -68,22 +68,15 @@ def playwright() -> Iterator[Playwright]:
         manager.stop()
 
 
-def our_group_leaders() -> set[int]:
-    """Processes started from this one (at any depth) that lead a process group."""
-    table = processes.process_table()
-    return {pid for pid in processes.descendants([os.getpid()], table)
-            if table[pid].pgrp == pid and not table[pid].zombie}
-
-
 @pytest.fixture(scope="session")
 def browser(playwright: Playwright) -> Iterator[Browser]:
     """Chromium, which Playwright starts as the leader of a process group of its own
     (with its zygotes, renderers and GPU process in it). Closed at the end, then stopped:
     whatever close() left behind is killed."""
-    before = our_group_leaders()
+    before = set(processes.group_leaders_below(os.getpid()))
     chromium = playwright.chromium.launch(executable_path=CHROMIUM_PATH, headless=True,
                                           args=CHROMIUM_ARGS)
-    started = our_group_leaders() - before
+    started = set(processes.group_leaders_below(os.getpid())) - before
     if len(started) != 1:
         chromium.close()
         pytest.fail(f"expected Chromium to lead one new process group, found {started}")
