@@ -1,5 +1,26 @@
 # The two commands: `make run` and `make test`. Everything else here serves them.
-PYTHON ?= python3.11
+
+# The Python that creates .venv: PYTHON=... if given; else python3.11 (what Elastic
+# Beanstalk runs); else the newest python3.X on PATH with X >= 12; else python3. Shell
+# built-ins only, so any PATH will do. Too old a Python stops at $(BIN)/python below.
+define pick_python
+newest=0; IFS=:; \
+for dir in $$PATH; do for path in "$$dir"/python3.*; do \
+  minor=$${path##*/python3.}; \
+  case $$minor in ""|*[!0-9]*) continue;; esac; [ -x "$$path" ] || continue; \
+  [ "$$minor" = 11 ] && { echo python3.11; exit; }; \
+  [ "$$minor" -gt "$$newest" ] && newest=$$minor; \
+done; done; \
+if [ "$$newest" -ge 12 ]; then echo "python3.$$newest"; \
+elif command -v python3 >/dev/null || [ "$$newest" = 0 ]; then echo python3; \
+else echo "python3.$$newest"; fi
+endef
+PYTHON ?= $(shell $(pick_python))
+PYTHON_NEEDED := 3.11
+python_found = $(or $(shell $(PYTHON) --version 2>/dev/null),no $(PYTHON) on PATH)
+python_ok = $(shell case '$(python_found)' in ('Python 3.1'[1-9]*|'Python 3.'[2-9][0-9]*) \
+                    echo yes;; esac)
+
 VENV   := .venv
 BIN    := $(VENV)/bin
 # The eb CLI's own environment: its pins clash with the dev tools (requirements-deploy.txt).
@@ -11,6 +32,8 @@ export DATA_DIR
 .PHONY: run test lint typecheck security workflows pytest torture bench clean eb-venv
 
 $(BIN)/python:
+	$(if $(python_ok),,$(error Python $(PYTHON_NEEDED) or newer is needed, found \
+	    $(python_found) ($(PYTHON)): install one, or name it with make PYTHON=/path/to/python3))
 	$(PYTHON) -m venv $(VENV)
 
 $(VENV)/.runtime: requirements.txt | $(BIN)/python

@@ -19,6 +19,8 @@ Every value can be overridden with GUNICORN_* environment variables.
 import multiprocessing
 import os
 
+from gunicorn.http import wsgi  # type: ignore[import-untyped]
+
 bind = os.environ.get("GUNICORN_BIND", f"127.0.0.1:{os.environ.get('PORT', '8000')}")
 workers = int(os.environ.get("GUNICORN_WORKERS", str(max(2, multiprocessing.cpu_count() + 1))))
 worker_class = os.environ.get("GUNICORN_WORKER_CLASS", "gthread")
@@ -45,3 +47,16 @@ errorlog = "-"
 # off, so nothing can manage the server through a socket in $HOME, and several servers on
 # one machine (the tests) do not fight over the same socket path.
 control_socket_disable = True
+
+# Do not advertise the server software. gunicorn writes "Server: gunicorn" into every
+# response and has no setting to leave it out (benoitc/gunicorn#825, closed); its
+# Response builds that line in default_headers(), so the line is dropped there.
+_gunicorn_default_headers = wsgi.Response.default_headers
+
+
+def _default_headers_without_server(response: object) -> list[str]:
+    headers: list[str] = _gunicorn_default_headers(response)
+    return [line for line in headers if not line.lower().startswith("server:")]
+
+
+wsgi.Response.default_headers = _default_headers_without_server

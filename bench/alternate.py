@@ -88,4 +88,5 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    with servers.stopped_at_exit():
+        raise SystemExit(main())

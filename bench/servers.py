@@ -1,19 +1,25 @@
 """Start and stop the servers under test: gunicorn for each WSGI contender, and nginx.
 
 Every server listens on 127.0.0.1 only, on a port the OS reports free, logs into the run's
-temporary directory, and is stopped with SIGTERM (SIGKILL after a grace period).
+temporary directory, and is started and stopped with ops.processes: in a process group of
+its own, stopped gracefully (gunicorn: TERM; nginx: QUIT, then TERM), then the whole group
+killed. ``stop_all`` stops whatever is still running, however the run ends.
 """
+import contextlib
 import getpass
 import http.client
 import os
 import signal
 import socket
-# starts gunicorn and nginx with argument lists
 import subprocess  # nosec B404
 import sys
 import time
+from collections.abc import Iterator, Sequence
+from types import FrameType
 from dataclasses import dataclass, field
 from pathlib import Path
+
+from ops import processes
 
 HOST = "127.0.0.1"
 REPO = Path(__file__).resolve().parent.parent
@@ -33,25 +39,61 @@ class Server:
     port: int
     log: Path
     started_at: float = field(default_factory=time.monotonic)
+    graceful: Sequence[processes.Graceful] = processes.TERM
+
+    def __post_init__(self) -> None:
+        RUNNING.append(self)
 
     @property
     def base_url(self) -> str:
         return f"http://{HOST}:{self.port}"
 
     def stop(self) -> None:
-        """SIGTERM, wait up to 10 s, then SIGKILL."""
-        if self.process.poll() is None:
-            self.process.send_signal(signal.SIGTERM)
-            try:
-                self.process.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait(timeout=10)
+        """Stop gracefully, then kill whatever is left; return when nothing of it runs."""
+        processes.stop(self.process, self.graceful)
+        if self in RUNNING:
+            RUNNING.remove(self)
 
     def log_tail(self) -> str:
         """The last lines of the server's log, for error messages."""
         text = self.log.read_text(errors="replace") if self.log.exists() else ""
         return "\n".join(text.splitlines()[-15:])
+
+
+RUNNING: list[Server] = []  # started and not stopped yet
+
+
+def stop_all() -> None:
+    """Stop every server still running, the newest first (nginx before its upstream), then
+    any other process group started from here: a Ctrl-C that lands while Popen is still
+    starting a server leaves a running server and no Server to stop."""
+    while RUNNING:
+        RUNNING[-1].stop()
+    for leader in processes.group_leaders_below(os.getpid()):
+        processes.stop(leader)
+
+
+@contextlib.contextmanager
+def stopped_at_exit() -> Iterator[None]:
+    """However the run inside ends (done, failed, Ctrl-C, SIGTERM or SIGHUP), stop every
+    server it started. Further signals are ignored while they stop, which is bounded."""
+    def terminate(signum: int, frame: FrameType | None) -> None:
+        raise SystemExit(128 + signum)
+
+    ending = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
+    previous = {sig: signal.getsignal(sig) for sig in ending}
+    signal.signal(signal.SIGTERM, terminate)
+    signal.signal(signal.SIGHUP, terminate)
+    try:
+        yield
+    finally:
+        for sig in ending:
+            signal.signal(sig, signal.SIG_IGN)
+        try:
+            stop_all()
+        finally:
+            for sig, handler in previous.items():
+                signal.signal(sig, handler)
 
 
 def free_port() -> int:
@@ -76,9 +118,7 @@ def start_gunicorn(name: str, target: str, workers: int, cwd: Path, log: Path,
     ]
     environment = {**os.environ, "PYTHONPATH": str(REPO), **(env or {})}
     with log.open("ab") as out:
-        # fixed interpreter, no shell
-        process = subprocess.Popen(  # nosec B603
-            command, cwd=cwd, env=environment, stdout=out, stderr=subprocess.STDOUT)
+        process = processes.spawn(command, cwd=cwd, env=environment, stdout=out)
     return Server(name, process, port, log)
 
 
@@ -101,6 +141,7 @@ error_log {workdir}/error.log warn;
 events {{ worker_connections 1024; }}
 http {{
     access_log off;
+    server_tokens off;
     client_body_temp_path {workdir}/client_body;
     proxy_temp_path {workdir}/proxy;
     fastcgi_temp_path {workdir}/fastcgi;
@@ -115,11 +156,9 @@ http {{
 """)
     log = workdir / "stdout.log"
     with log.open("ab") as out:
-        # fixed executable, no shell
-        process = subprocess.Popen(  # nosec B603
-            [str(NGINX), "-p", str(workdir), "-c", str(config)],
-            stdout=out, stderr=subprocess.STDOUT)
-    return Server(name, process, port, workdir / "error.log")
+        process = processes.spawn([str(NGINX), "-p", str(workdir), "-c", str(config)],
+                                  stdout=out)
+    return Server(name, process, port, workdir / "error.log", graceful=processes.NGINX)
 
 
 def wait_until_listening(server: Server, timeout: float) -> float:

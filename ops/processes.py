@@ -7,9 +7,13 @@ is not enough: nginx's and gunicorn's workers are re-parented to init and keep r
 holding memory and sockets.
 
 ``stop`` asks politely first, in the way the server documents (``Graceful`` steps: a
-signal to the leader, or a command such as ``pg_ctl stop -m fast``), waits for the whole
-group to exit, then sends SIGKILL to every member left, and returns only when no member
-of the group is alive. Linux only: members are found in /proc.
+signal to the leader, or a command such as ``pg_ctl stop -m fast``), waits for every
+member to exit, then sends SIGKILL to every member left, and returns only when none is
+alive. A member is a process of the leader's process group or session, or a descendant
+of one (a child that left with ``setsid`` while its parent still runs). A process that
+double-forked away from a parent that has already exited cannot be traced to the
+server and is not a member; the test suite's leak check (tests/leakcheck.py) catches
+those. Linux only: processes are found in /proc.
 """
 from __future__ import annotations
 
@@ -18,14 +22,14 @@ import os
 import signal
 import subprocess  # nosec B404: callers pass argument lists, never a shell
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any
 
 # What ``stop`` does before SIGKILL: a signal for the group's leader, or a function to
 # call (it should return once the server has been asked to stop); then up to `wait`
-# seconds for the whole group to exit.
+# seconds for every member to exit.
 
 
 @dataclass(frozen=True)
@@ -38,6 +42,7 @@ TERM = (Graceful(signal.SIGTERM, 15.0),)  # gunicorn, Redis, Chromium
 NGINX = (Graceful(signal.SIGQUIT, 10.0), Graceful(signal.SIGTERM, 5.0))
 
 File = int | IO[Any] | None
+POLL_S = 0.02
 
 
 def spawn(cmd: Sequence[str], *, cwd: Path | str | None = None,
@@ -49,76 +54,150 @@ def spawn(cmd: Sequence[str], *, cwd: Path | str | None = None,
         stdout=stdout, stderr=stderr, start_new_session=True)
 
 
-def group_members(pgid: int) -> list[int]:
-    """The live (not zombie) processes whose process group is pgid."""
-    members = []
+@dataclass(frozen=True)
+class Process:
+    """One process, as /proc/<pid>/stat describes it."""
+
+    pid: int
+    ppid: int
+    pgrp: int
+    session: int
+    started: int  # clock ticks after boot: tells a process from a later one with its pid
+    zombie: bool  # exited, waiting for its parent to collect its status
+
+
+def process_table() -> dict[int, Process]:
+    """Every process on the machine, by pid."""
+    table = {}
     for stat in Path("/proc").glob("[0-9]*/stat"):
         try:
-            state_and_rest = stat.read_text().rsplit(")", 1)[1].split()
+            fields = stat.read_text().rsplit(")", 1)[1].split()
         except (OSError, IndexError):
             continue  # the process exited while we looked
-        state, pgrp = state_and_rest[0], int(state_and_rest[2])
-        if pgrp == pgid and state not in ("Z", "X"):
-            members.append(int(stat.parent.name))
-    return members
+        pid = int(stat.parent.name)
+        table[pid] = Process(pid=pid, ppid=int(fields[1]), pgrp=int(fields[2]),
+                             session=int(fields[3]), started=int(fields[19]),
+                             zombie=fields[0] in ("Z", "X"))
+    return table
+
+
+def descendants(roots: Iterable[int], table: Mapping[int, Process]) -> set[int]:
+    """The children of roots, their children, and so on (roots excluded)."""
+    children: dict[int, list[int]] = {}
+    for process in table.values():
+        children.setdefault(process.ppid, []).append(process.pid)
+    found: set[int] = set()
+    todo = list(roots)
+    while todo:
+        for child in children.get(todo.pop(), []):
+            if child not in found:
+                found.add(child)
+                todo.append(child)
+    return found
+
+
+def group_leaders_below(ancestor: int) -> list[int]:
+    """The live descendants of ancestor that lead a process group: the servers it started
+    with ``spawn`` (or that a library such as Playwright started for it)."""
+    table = process_table()
+    return sorted(pid for pid in descendants([ancestor], table)
+                  if table[pid].pgrp == pid and not table[pid].zombie)
+
+
+def group_members(pgid: int) -> list[int]:
+    """The live (not zombie) processes whose process group is pgid."""
+    return sorted(p.pid for p in process_table().values() if p.pgrp == pgid and not p.zombie)
+
+
+def members(leader: int, table: Mapping[int, Process] | None = None) -> list[int]:
+    """The live processes of the server started as leader: its process group, its
+    session, and the descendants of both."""
+    table = process_table() if table is None else table
+    own = {p.pid for p in table.values() if leader in (p.pgrp, p.session)}
+    return sorted(pid for pid in own | descendants(own, table) if not table[pid].zombie)
 
 
 def stop(process: subprocess.Popen[bytes] | int, graceful: Sequence[Graceful] = TERM,
          kill_wait: float = 10.0) -> None:
-    """Stop a group started by ``spawn`` (a Popen, or the leader's pid): each graceful
+    """Stop a server started by ``spawn`` (a Popen, or the leader's pid): each graceful
     step in turn, then SIGKILL to every member; return once none is alive.
 
-    Raises RuntimeError if members survive SIGKILL for kill_wait seconds (a process in
-    uninterruptible sleep), naming them, rather than pretending they are gone.
+    SIGKILL follows even when a graceful step raises. Raises RuntimeError if members
+    survive SIGKILL for kill_wait seconds (a process in uninterruptible sleep), naming
+    them, rather than pretending they are gone.
     """
-    pid = process if isinstance(process, int) else process.pid
-    popen = None if isinstance(process, int) else process
-    for step in graceful:
-        if not _alive(pid, popen) and not group_members(pid):
-            break
-        if isinstance(step.action, signal.Signals):
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(pid, step.action)
-        else:
-            step.action()
-        if _wait_gone(pid, popen, step.wait):
-            return
-    with contextlib.suppress(ProcessLookupError):
-        os.killpg(pid, signal.SIGKILL)
-    if not _wait_gone(pid, popen, kill_wait):
-        raise RuntimeError(f"process group {pid} survived SIGKILL: {group_members(pid)}")
-
-
-def _wait_gone(pid: int, popen: subprocess.Popen[bytes] | None, timeout: float) -> bool:
-    """Wait until the leader has exited (reaped, when it is our child) and no member of
-    its group is left; True when that happened within timeout."""
-    deadline = time.monotonic() + timeout
-    while True:
-        if not _alive(pid, popen) and not group_members(pid):
-            return True
-        if time.monotonic() >= deadline:
-            return False
-        time.sleep(0.02)
-
-
-def _alive(pid: int, popen: subprocess.Popen[bytes] | None) -> bool:
-    if popen is not None:
-        return popen.poll() is None
-    with contextlib.suppress(ChildProcessError):
-        done, _ = os.waitpid(pid, os.WNOHANG)  # our own child: reap it
-        if done == pid:
-            return False
+    server = _Server(process)
     try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
+        for step in graceful:
+            if server.gone():
+                return
+            if isinstance(step.action, signal.Signals):
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(server.pid, step.action)
+            else:
+                step.action()
+            if server.wait_gone(step.wait):
+                return
+    finally:
+        server.kill(kill_wait)
+
+
+class _Server:
+    """A server being stopped: its leader, and every member seen since the stop began
+    (a member whose parent exits first is re-parented and would no longer be found)."""
+
+    def __init__(self, process: subprocess.Popen[bytes] | int) -> None:
+        self.pid = process if isinstance(process, int) else process.pid
+        self.popen = None if isinstance(process, int) else process
+        self.seen: dict[int, int] = {}  # pid: start time
+        self.alive()
+
+    def alive(self) -> list[int]:
+        """The members alive now, the leader included."""
+        table = process_table()
+        for pid in members(self.pid, table):
+            self.seen[pid] = table[pid].started
+        self._reap(table)
+        alive = [pid for pid, started in self.seen.items()
+                 if pid in table and table[pid].started == started and not table[pid].zombie]
+        if self.popen is not None and self.popen.poll() is None and self.pid not in alive:
+            alive.append(self.pid)
+        return sorted(alive)
+
+    def _reap(self, table: Mapping[int, Process]) -> None:
+        """Collect members that died as our children (re-parented to us, a child
+        subreaper, or the leader itself), so that none lingers as a zombie. A Popen
+        leader is left to its Popen."""
+        for pid in self.seen:
+            process = table.get(pid)
+            if process and process.zombie and process.ppid == os.getpid() \
+                    and not (self.popen and pid == self.pid):
+                with contextlib.suppress(ChildProcessError):
+                    os.waitpid(pid, os.WNOHANG)
+        if self.popen is not None:
+            self.popen.poll()
+
+    def gone(self) -> bool:
+        return not self.alive()
+
+    def wait_gone(self, timeout: float) -> bool:
+        """Wait until no member is alive; True when that happened within timeout."""
+        deadline = time.monotonic() + timeout
+        while not self.gone():
+            if time.monotonic() >= deadline:
+                return False
+            time.sleep(POLL_S)
         return True
-    return not _is_zombie(pid)
 
-
-def _is_zombie(pid: int) -> bool:
-    try:
-        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] == "Z"
-    except (OSError, IndexError):
-        return False
+    def kill(self, timeout: float) -> None:
+        """SIGKILL every member until none is left (a member may fork while we kill)."""
+        deadline = time.monotonic() + timeout
+        while alive := self.alive():
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(self.pid, signal.SIGKILL)
+            for pid in alive:
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(pid, signal.SIGKILL)
+            if time.monotonic() >= deadline:
+                raise RuntimeError(f"process group {self.pid} survived SIGKILL: {alive}")
+            time.sleep(POLL_S)

@@ -15,6 +15,7 @@ from werkzeug.test import TestResponse
 from application import create_app
 from tests.servers import GunicornServer
 
+pytest_plugins = ["tests.leakcheck"]  # the run fails if it leaves a process running
 PostForm = Callable[..., TestResponse]
 
 

@@ -1,20 +1,35 @@
-"""Real gunicorn on a free loopback port, for tests that need real processes and HTTP."""
+"""Real gunicorn on a free loopback port, for tests that need real processes and HTTP.
+
+Every server a test starts is started with ops.processes.spawn and stopped with
+ops.processes.stop, so that none outlives its test (tests/leakcheck.py checks).
+"""
 from __future__ import annotations
 
 import json
 import os
-import signal
 import socket
 import subprocess  # nosec B404: tests start the real server
 import sys
 import time
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
+import pytest
 import requests
 
+from ops import processes
+
 REPO = Path(__file__).resolve().parent.parent
+
+
+def unavailable(server: str, reason: str) -> NoReturn:
+    """Skip a test whose server (nginx, redis, ...) this machine lacks, or fail it when the
+    run requires that server (REQUIRE_NGINX=1 and the like: .ci/run sets them)."""
+    variable = f"REQUIRE_{server.upper()}"
+    if os.environ.get(variable) == "1":
+        pytest.fail(f"{variable}=1 but {reason}", pytrace=False)
+    pytest.skip(reason)
 
 
 def links_on_disk(urls_file: Path) -> dict[str, Any]:
@@ -66,14 +81,14 @@ class GunicornServer:
                "CREATE_RATE_LIMIT": "off", "GUNICORN_ACCESSLOG": "", **self.extra_env}
         started = time.monotonic()
         with open(self.log_path, "ab") as log:
-            self.process = subprocess.Popen(  # nosec B603
+            self.process = processes.spawn(
                 [*self.launcher, sys.executable, "-m", "gunicorn",
                  "--config", str(REPO / "gunicorn.conf.py"), "--bind", f"127.0.0.1:{self.port}",
                  "--workers", str(self.workers), "application:application"],
-                cwd=self.app_dir, env=env, stdout=log, stderr=subprocess.STDOUT,
-                start_new_session=True)
+                cwd=self.app_dir, env=env, stdout=log)
         while time.monotonic() - started < timeout:
             if self.process.poll() is not None:
+                self.kill()  # a worker it forked may still run
                 raise RuntimeError(
                     f"gunicorn exited with {self.process.returncode}:\n{self.log()}")
             try:
@@ -93,15 +108,8 @@ class GunicornServer:
 
     def worker_pids(self) -> list[int]:
         """The worker processes of the running master, from /proc."""
-        pids = []
-        for stat in Path("/proc").glob("[0-9]*/stat"):
-            try:
-                fields = stat.read_text().rsplit(")", 1)[1].split()
-            except OSError:
-                continue
-            if int(fields[1]) == self.pid:
-                pids.append(int(stat.parent.name))
-        return pids
+        return sorted(p.pid for p in processes.process_table().values()
+                      if p.ppid == self.pid and not p.zombie)
 
     def wait_for_workers(self, count: int | None = None, timeout: float = 30.0) -> list[int]:
         deadline = time.monotonic() + timeout
@@ -113,24 +121,15 @@ class GunicornServer:
         raise RuntimeError(f"only {len(self.worker_pids())} workers after {timeout} s")
 
     def stop(self) -> None:
-        """Graceful stop (SIGTERM), then SIGKILL if it lingers."""
-        if self.process is None or self.process.poll() is not None:
-            return
-        self.process.send_signal(signal.SIGTERM)
-        try:
-            self.process.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            self.kill()
+        """Graceful stop (SIGTERM: requests in flight finish), then SIGKILL to whatever is
+        left of the server; returns when no process of it is alive."""
+        if self.process is not None:
+            processes.stop(self.process)
 
     def kill(self) -> None:
         """kill -9 of the master and every worker at once, as a crash would."""
-        if self.process is None:
-            return
-        try:
-            os.killpg(self.process.pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
-        self.process.wait(timeout=15)
+        if self.process is not None:
+            processes.stop(self.process, graceful=())
 
     def log(self) -> str:
         return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""

@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import os
-import signal
 import stat
 import subprocess  # nosec B404
 import time
@@ -12,6 +11,7 @@ import pytest
 import requests
 
 from application import create_app
+from ops import processes
 from tests.servers import REPO, free_port
 
 
@@ -61,8 +61,7 @@ def test_make_run_serves_a_working_site(tmp_path: Path) -> None:
     env = {**os.environ, "PORT": str(port), "DATA_DIR": str(tmp_path / "data")}
     env.pop("SECRET_KEY", None)
     with open(tmp_path / "make-run.log", "wb") as log:
-        make = subprocess.Popen(["make", "run"], cwd=REPO, env=env, stdout=log,  # nosec
-                                stderr=subprocess.STDOUT, start_new_session=True)
+        make = processes.spawn(["make", "run"], cwd=REPO, env=env, stdout=log)
     base = f"http://127.0.0.1:{port}"
     try:
         deadline = time.monotonic() + 120  # a fresh machine installs requirements first
@@ -84,8 +83,7 @@ def test_make_run_serves_a_working_site(tmp_path: Path) -> None:
         assert (tmp_path / "data" / "urls.json").exists()
         assert "Shorten" in requests.get(base, timeout=5).text
     finally:
-        os.killpg(make.pid, signal.SIGTERM)
-        make.wait(timeout=30)
+        processes.stop(make)
 
 
 @pytest.mark.parametrize("hops, forwarded_for, client", [

@@ -63,11 +63,12 @@ def route_decorator_slip(source: str) -> str:
 
 
 def make_copy(target: Path, slip: str | None) -> Path:
-    """Copy the app, its templates/static, config and the gate's tests; make the slip."""
+    """Copy the app, its templates/static, config, the gate's tests and the ops package
+    they start servers with; make the slip."""
     target.mkdir(parents=True)
     for name in ("application.py", "gunicorn.conf.py", "pyproject.toml"):
         shutil.copy2(ROOT / name, target / name)
-    for name in ("templates", "static"):
+    for name in ("templates", "static", "ops"):
         shutil.copytree(ROOT / name, target / name)
     shutil.copytree(ROOT / "tests", target / "tests",
                     ignore=shutil.ignore_patterns("torture", "fixtures", "__pycache__"))

@@ -72,10 +72,13 @@ def test_ops_release_runs_only_in_the_shared_release_job() -> None:
                                       "fix-forward.yml:production"}
 
 
-def test_ci_runs_the_whole_suite_with_browsers() -> None:
+def test_ci_runs_the_whole_suite_with_browsers_on_every_supported_python() -> None:
     ci = workflow("ci.yml")
     assert {"pull_request", "push", "workflow_call"} <= set(ci["on"])
     test = ci["jobs"]["test"]
+    assert test["strategy"]["matrix"]["python"] == ["3.11", "3.12", "3.13"]
+    [setup] = uses(test, "actions/setup-python")
+    assert setup["with"]["python-version"] == "${{ matrix.python }}"
     [run] = [s for s in steps(test) if s.get("run") == "bash .ci/run"]
     assert run["env"]["REQUIRE_BROWSER"] == "1"
     [upload] = uses(test, "actions/upload-artifact")

@@ -7,14 +7,21 @@ import sys
 import time
 from pathlib import Path
 
-from ops.processes import Graceful, group_members, spawn, stop
+import pytest
+
+from ops.processes import Graceful, group_leaders_below, group_members, members, spawn, stop
 
 # A leader that exits on SIGTERM, with a child that ignores SIGTERM and SIGQUIT (as an
-# nginx worker outlives a master killed with SIGKILL).
+# nginx worker outlives a master killed with SIGKILL). The child may leave the leader's
+# process group first (argv[2]: "stay", "setpgid" or "setsid").
 LEADER = """
 import os, signal, sys, time
 child = os.fork()
 if child == 0:
+    if sys.argv[2] == "setpgid":
+        os.setpgid(0, 0)
+    elif sys.argv[2] == "setsid":
+        os.setsid()
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
     signal.signal(signal.SIGQUIT, signal.SIG_IGN)
     while True:
@@ -25,9 +32,9 @@ while True:
 """
 
 
-def start_leader_with_stubborn_child(tmp_path: Path) -> tuple[int, int]:
+def start_leader_with_stubborn_child(tmp_path: Path, child: str = "stay") -> tuple[int, int]:
     pid_file = tmp_path / "child.pid"
-    leader = spawn([sys.executable, "-c", LEADER, str(pid_file)])
+    leader = spawn([sys.executable, "-c", LEADER, str(pid_file), child])
     deadline = time.monotonic() + 10
     while not (pid_file.exists() and pid_file.read_text()):
         assert time.monotonic() < deadline, "the leader never forked its child"
@@ -85,3 +92,35 @@ def test_a_graceful_step_may_be_a_command_and_stop_returns_once_it_worked(
     stop(proc, graceful=(Graceful(ask, 10.0),))
     assert calls and proc.returncode == -signal.SIGTERM
     assert time.monotonic() - started < 5  # returned when the group was gone, not at 10 s
+
+
+@pytest.mark.parametrize("escape", ["setpgid", "setsid"])
+def test_stop_kills_a_child_that_left_the_group_even_after_its_parent_exited(
+        tmp_path: Path, escape: str) -> None:
+    leader, child = start_leader_with_stubborn_child(tmp_path, escape)
+    assert os.getpgid(child) != leader
+    assert members(leader) == sorted([leader, child])
+    stop(leader, graceful=(Graceful(signal.SIGTERM, 0.5),))  # the leader exits, the child not
+    assert not alive(child)
+
+
+def test_the_group_is_killed_even_when_a_graceful_step_fails(tmp_path: Path) -> None:
+    leader, child = start_leader_with_stubborn_child(tmp_path)
+
+    def broken() -> None:
+        raise OSError("the stop command is missing")
+
+    with pytest.raises(OSError, match="stop command"):
+        stop(leader, graceful=(Graceful(broken, 10.0),))
+    assert members(leader) == []
+    assert not alive(child) and not alive(leader)
+
+
+def test_the_servers_a_process_started_are_the_group_leaders_below_it(tmp_path: Path) -> None:
+    leader, child = start_leader_with_stubborn_child(tmp_path)
+    try:
+        assert leader in group_leaders_below(os.getpid())
+        assert child not in group_leaders_below(os.getpid())  # a member, not a server
+    finally:
+        stop(leader, graceful=())
+    assert leader not in group_leaders_below(os.getpid())

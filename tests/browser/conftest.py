@@ -2,7 +2,9 @@
 gunicorn on loopback, and a small target site on loopback that records its visitors.
 
 Without a browser the tests skip and say why; with REQUIRE_BROWSER=1 (CI) they fail.
-Playwright cannot download its own browser here, so it launches CHROMIUM_PATH.
+Playwright cannot download its own browser here, so it launches CHROMIUM_PATH. Chromium
+is stopped like every other server (ops.processes.stop), so none of its processes
+outlives the run.
 """
 from __future__ import annotations
 
@@ -16,7 +18,8 @@ from typing import Any
 
 import pytest
 
-from tests.servers import REPO, GunicornServer
+from ops import processes
+from tests.servers import REPO, GunicornServer, unavailable
 
 CHROMIUM_PATH = os.environ.get("CHROMIUM_PATH", "/usr/bin/chromium")
 CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
@@ -43,13 +46,6 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
             item.add_marker(pytest.mark.browser)
 
 
-def skip_or_fail(reason: str) -> None:
-    """Skip with the reason, or fail when the run promised a browser (REQUIRE_BROWSER=1)."""
-    if os.environ.get("REQUIRE_BROWSER") == "1":
-        pytest.fail(f"REQUIRE_BROWSER=1 but {reason}", pytrace=False)
-    pytest.skip(reason)
-
-
 def browser_missing() -> str | None:
     if PLAYWRIGHT_MISSING:
         return PLAYWRIGHT_MISSING
@@ -64,25 +60,39 @@ def browser_missing() -> str | None:
 def playwright() -> Iterator[Playwright]:
     reason = browser_missing()
     if reason:
-        skip_or_fail(reason)
+        unavailable("browser", reason)
     manager = sync_playwright().start()
-    yield manager
-    manager.stop()
+    try:
+        yield manager
+    finally:
+        manager.stop()
 
 
 @pytest.fixture(scope="session")
 def browser(playwright: Playwright) -> Iterator[Browser]:
+    """Chromium, which Playwright starts as the leader of a process group of its own
+    (with its zygotes, renderers and GPU process in it). Closed at the end, then stopped:
+    whatever close() left behind is killed."""
+    before = set(processes.group_leaders_below(os.getpid()))
     chromium = playwright.chromium.launch(executable_path=CHROMIUM_PATH, headless=True,
                                           args=CHROMIUM_ARGS)
-    yield chromium
-    chromium.close()
+    started = set(processes.group_leaders_below(os.getpid())) - before
+    if len(started) != 1:
+        chromium.close()
+        pytest.fail(f"expected Chromium to lead one new process group, found {started}")
+    [leader] = started
+    try:
+        yield chromium
+    finally:
+        processes.stop(leader, graceful=(processes.Graceful(chromium.close, 15.0),))
 
 
 @pytest.fixture(scope="session")
 def axe_source() -> str:
     """axe-core from node_modules (`npm ci`), pinned in package-lock.json."""
     if not AXE_PATH.exists():
-        skip_or_fail(f"{AXE_PATH.relative_to(REPO)} is missing; run `npm ci` at the repo root")
+        unavailable("browser", f"{AXE_PATH.relative_to(REPO)} is missing; run `npm ci` at the "
+                    "repo root")
     return AXE_PATH.read_text(encoding="utf-8")
 
 

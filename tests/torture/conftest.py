@@ -19,7 +19,8 @@ from typing import Any
 import pytest
 import requests
 
-from tests.servers import REPO, free_port
+from ops import processes
+from tests.servers import REPO, free_port, unavailable
 
 FIGURES = REPO / "test-output" / "torture-figures.json"
 Record = Callable[[str, Any], None]
@@ -68,14 +69,14 @@ def small_fs() -> Iterator[Path]:
 
 @pytest.fixture
 def redis_url() -> Iterator[str]:
-    """A real, throwaway Redis on a free loopback port (skipped where it is not installed)."""
+    """A real, throwaway Redis on a free loopback port (skipped where it is not installed,
+    unless REQUIRE_REDIS=1)."""
     binary = shutil.which("redis-server") or "/usr/bin/redis-server"
     if not Path(binary).exists():
-        pytest.skip("redis-server is not installed (.ci/run installs it)")
+        unavailable("redis", "redis-server is not installed (.ci/run installs it)")
     port = free_port()
-    proc = subprocess.Popen([binary, "--port", str(port), "--bind", "127.0.0.1",  # nosec
-                             "--save", "", "--appendonly", "no"],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    proc = processes.spawn([binary, "--port", str(port), "--bind", "127.0.0.1",
+                            "--save", "", "--appendonly", "no"])
     try:
         deadline = time.monotonic() + 10
         while time.monotonic() < deadline:
@@ -90,8 +91,7 @@ def redis_url() -> Iterator[str]:
             pytest.fail("redis-server did not answer PING within 10 s")
         yield f"redis://127.0.0.1:{port}"
     finally:
-        proc.kill()
-        proc.wait(timeout=10)
+        processes.stop(proc)
 
 
 def create(base_url: str, url: str, code: str | None = None,

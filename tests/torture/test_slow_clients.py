@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import shutil
 import socket
-import subprocess  # nosec B404: nginx is a real process
 import threading
 import time
 from collections.abc import Iterator
@@ -20,7 +19,8 @@ from pathlib import Path
 import pytest
 import requests
 
-from tests.servers import GunicornServer, free_port
+from ops import processes
+from tests.servers import GunicornServer, free_port, unavailable
 from tests.torture.conftest import Record, create, resolve
 
 SLOW_HEADER_CLIENTS = 8
@@ -90,6 +90,7 @@ error_log {dir}/error.log;
 events {{ worker_connections 1024; }}
 http {{
     access_log off;
+    server_tokens off;
     client_body_temp_path {dir}/body;
     proxy_temp_path {dir}/proxy;
     fastcgi_temp_path {dir}/fastcgi;
@@ -115,24 +116,31 @@ http {{
     def __init__(self, directory: Path, upstream: int) -> None:
         binary = shutil.which("nginx") or "/usr/sbin/nginx"
         if not Path(binary).exists():
-            pytest.skip("nginx is not installed (.ci/run can apt-get install nginx)")
+            unavailable("nginx", "nginx is not installed (.ci/run installs nginx-light)")
         directory.mkdir(parents=True, exist_ok=True)
         self.port = free_port()
         config = directory / "nginx.conf"
         config.write_text(self.CONFIG.format(dir=directory, port=self.port, upstream=upstream))
-        self.process = subprocess.Popen([binary, "-c", str(config)],  # nosec B603
-                                        stderr=subprocess.DEVNULL)
+        log = directory / "stderr.log"
+        with log.open("ab") as stderr:
+            self.process = processes.spawn([binary, "-c", str(config)], stderr=stderr)
         deadline = time.monotonic() + 10
         while time.monotonic() < deadline:
             with suppress(OSError), socket.create_connection(("127.0.0.1", self.port), 1):
                 return
             time.sleep(0.05)
         self.stop()
-        pytest.fail("nginx did not listen within 10 s")
+        pytest.fail(f"nginx did not listen within 10 s: {log.read_text(errors='replace')}")
+
+    def __enter__(self) -> Nginx:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.stop()
 
     def stop(self) -> None:
-        self.process.kill()
-        self.process.wait(timeout=10)
+        """Master and worker alike: QUIT (finish what is in flight), TERM, then KILL."""
+        processes.stop(self.process, graceful=processes.NGINX)
 
 
 class Front:
@@ -199,14 +207,9 @@ def test_idle_slow_and_abandoning_clients_do_not_starve_others(
 def test_behind_nginx_silent_and_slow_clients_do_not_starve_others(
         tmp_path: Path, record_figure: Record) -> None:
     """With nginx in front, as on Elastic Beanstalk, the whole barrage at once."""
-    server = GunicornServer(tmp_path / "data", workers=3)
-    server.start()
-    nginx = Nginx(tmp_path / "nginx", server.port)
-    try:
+    with GunicornServer(tmp_path / "data", workers=3) as server, \
+            Nginx(tmp_path / "nginx", server.port) as nginx:
         kept_alive, latencies = barrage(Front(nginx.port), tricklers=SLOW_HEADER_CLIENTS,
                                         silent=SILENT)
-    finally:
-        nginx.stop()
-        server.stop()
     assert kept_alive == IDLE_KEEPALIVE
     record_latencies(record_figure, latencies)

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import requests
 
+from ops import processes
 from tests.servers import GunicornServer
 from tests.torture.conftest import Record, create, resolve
 
@@ -29,8 +30,8 @@ def test_a_stuck_lock_holder_gets_503_after_a_bounded_wait(tmp_path: Path,
     holder = None
     try:
         first = create(server.url, "https://example.com/before-the-lock").json()
-        holder = subprocess.Popen([sys.executable, "-c", HOLDER,  # nosec B603
-                                   str(server.urls_file) + ".lock"], stdout=subprocess.PIPE)
+        holder = processes.spawn([sys.executable, "-c", HOLDER, str(server.urls_file) + ".lock"],
+                                 stdout=subprocess.PIPE)
         assert holder.stdout is not None and holder.stdout.readline() == b"locked\n"
         waits = []
         for n in range(3):
@@ -42,14 +43,12 @@ def test_a_stuck_lock_holder_gets_503_after_a_bounded_wait(tmp_path: Path,
         started = time.monotonic()
         assert resolve(server.url, first["code"]) == first["url"]
         redirect_s = time.monotonic() - started
-        holder.kill()
-        holder.wait(timeout=10)
+        processes.stop(holder, graceful=())  # kill -9: the lock goes with the process
         assert create(server.url, "https://example.com/after-the-lock").status_code == 201
         assert requests.get(f"{server.url}/healthz", timeout=10).status_code == 200
     finally:
-        if holder and holder.poll() is None:
-            holder.kill()
-            holder.wait(timeout=10)
+        if holder:
+            processes.stop(holder, graceful=())
         server.stop()
     assert max(waits) < 10 * LOCK_TIMEOUT_S + 5, "a create waited far past LOCK_TIMEOUT"
     record_figure("lock_timeout_s", LOCK_TIMEOUT_S)

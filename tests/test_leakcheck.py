@@ -1,0 +1,108 @@
+"""The leak check (tests/leakcheck.py) fails a run that leaves a process running, and only
+such a run: each case runs pytest on a small test file of its own, in a subprocess."""
+from __future__ import annotations
+
+import os
+import subprocess  # nosec B404: runs pytest, and processes to leak
+import sys
+import textwrap
+import uuid
+from pathlib import Path
+
+from ops.processes import spawn, stop
+from tests.leakcheck import left_running, running
+from tests.servers import REPO
+
+SLEEPER = "import sys, time; time.sleep(300)"
+
+
+def run_pytest(tmp_path: Path, test_source: str) -> subprocess.CompletedProcess[str]:
+    """pytest with the leak check on one test file, in tmp_path, like a CI run."""
+    (tmp_path / "test_case.py").write_text(textwrap.dedent(test_source))
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    return subprocess.run(  # nosec B603
+        [sys.executable, "-m", "pytest", "-p", "tests.leakcheck", "-p", "no:cacheprovider",
+         "-q", "test_case.py"], cwd=tmp_path, env=env, capture_output=True, text=True,
+        timeout=120, check=False)
+
+
+def processes_with(marker: str) -> list[int]:
+    """Live processes whose command line holds marker."""
+    found = []
+    for cmdline in Path("/proc").glob("[0-9]*/cmdline"):
+        try:
+            if marker.encode() in cmdline.read_bytes() and \
+                    "Z" not in (cmdline.parent / "stat").read_text().rsplit(")", 1)[1][:3]:
+                found.append(int(cmdline.parent.name))
+        except OSError:
+            continue
+    return found
+
+
+def test_a_run_that_leaks_a_process_fails_and_names_it(tmp_path: Path) -> None:
+    marker = f"leaked-{uuid.uuid4().hex}"
+    done = run_pytest(tmp_path, f"""
+        import subprocess, sys
+
+        def test_forgets_its_server():
+            subprocess.Popen([sys.executable, "-c", {SLEEPER!r}, "{marker}"])
+    """)
+    assert done.returncode == 1, done.stdout + done.stderr
+    assert "1 passed" in done.stdout
+    assert "processes left running" in done.stdout
+    assert marker in done.stdout and "(killed)" in done.stdout
+    assert processes_with(marker) == []  # and the check stopped it
+
+
+def test_a_daemon_that_double_forked_away_is_still_traced_to_the_run(tmp_path: Path) -> None:
+    """The parent exits at once and the daemon works in /, outside every directory of the
+    run: only its ancestry (pytest is the child subreaper) ties it to the run."""
+    marker = f"daemon-{uuid.uuid4().hex}"
+    done = run_pytest(tmp_path, f"""
+        import subprocess, sys
+
+        def test_starts_a_daemon():
+            subprocess.run(["setsid", "--fork", sys.executable, "-c", {SLEEPER!r},
+                            "{marker}"], cwd="/", check=True)
+    """)
+    assert done.returncode == 1, done.stdout + done.stderr
+    assert f"in /: {sys.executable}" in done.stdout and marker in done.stdout
+    assert processes_with(marker) == []
+
+
+def test_a_run_that_stops_what_it_starts_passes(tmp_path: Path) -> None:
+    done = run_pytest(tmp_path, f"""
+        import sys
+        from ops.processes import spawn, stop
+
+        def test_stops_its_server():
+            server = spawn([sys.executable, "-c", {SLEEPER!r}])
+            stop(server)
+    """)
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "left running" not in done.stdout
+
+
+def test_a_process_that_was_running_before_the_run_is_not_blamed(tmp_path: Path) -> None:
+    """Say a developer's `make run`, in the checkout, while the suite runs."""
+    marker = f"before-{uuid.uuid4().hex}"
+    developers = spawn([sys.executable, "-c", SLEEPER, marker], cwd=REPO)
+    try:
+        done = run_pytest(tmp_path, "def test_nothing():\n    pass\n")
+        assert done.returncode == 0, done.stdout + done.stderr
+        assert processes_with(marker) == [developers.pid]
+    finally:
+        stop(developers)
+
+
+def test_a_new_process_working_in_the_runs_directory_counts_as_the_runs(
+        tmp_path: Path) -> None:
+    before = running()
+    stray = spawn([sys.executable, "-c", SLEEPER], cwd=tmp_path)
+    try:
+        no_ancestor = -1  # no process descends from it: only the directory can tell
+        found = left_running(before, no_ancestor, [tmp_path])
+        assert [(leftover.pid, leftover.descends) for leftover in found] == [(stray.pid, False)]
+        assert left_running(before, no_ancestor, [tmp_path / "elsewhere"]) == []
+    finally:
+        stop(stray)
