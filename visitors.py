@@ -30,7 +30,7 @@ from ua_parser.regex import Resolver
 
 PROBE_AGENT = "shortener-probe/"  # ops.smoke sends "shortener-probe/1 (+ops.smoke)"
 MAX_USER_AGENT = 512  # characters kept; real User-Agents stay under 400
-CACHE_SIZE = 4096  # User-Agents whose description is kept (about 3 MB per process)
+CACHE_SIZE = 4096  # User-Agents whose description is kept; docs/visits.md: its memory
 DIRECT = "direct"  # the referrer of a visit that names no usable referring host
 REFERRER_SCHEMES = frozenset({"http", "https", "android-app"})  # android-app://com.slack/
 
@@ -94,16 +94,15 @@ def classify(hit: Hit) -> Visit:
 def describe(user_agent: str) -> Visit:
     """What a User-Agent alone says: a bot, or a person's browser, OS and device.
 
-    Uncached (``classify`` caches it). A bot is whatever the crawler list matches, what
-    the parser itself calls a spider, or a string in which the parser finds neither an
-    operating system nor a device: every browser names one, HTTP libraries do not."""
+    Uncached (``classify`` caches it). A bot is what the parser itself calls a spider, a
+    string in which the parser finds neither an operating system nor a device (every
+    browser names one; HTTP libraries do not), or whatever the crawler list matches. The
+    list is asked last: it is by far the slowest step (docs/visits.md)."""
     agent = user_agent[:MAX_USER_AGENT]
-    if not agent.strip() or _crawlers().is_crawler(agent):
-        return BOT
     parsed = _parser()(agent, Domain.ALL)
     os = parsed.os.family if parsed.os else None
     device = parsed.device.family if parsed.device else None
-    if device == "Spider" or (os is None and device is None):
+    if device == "Spider" or (os is None and device is None) or on_crawler_list(agent):
         return BOT
     return Visit("person", parsed.user_agent.family if parsed.user_agent else "Other",
                  os or "Other", device_type(agent, os, device or "Other"))
@@ -111,6 +110,12 @@ def describe(user_agent: str) -> Visit:
 
 _described = lru_cache(maxsize=CACHE_SIZE)(describe)
 cache_info = _described.cache_info
+cache_clear = _described.cache_clear
+
+
+def on_crawler_list(user_agent: str) -> bool:
+    """Whether Crawler-Detect's list (the crawlerdetect package) matches the string."""
+    return bool(_crawler_list().is_crawler(user_agent))
 
 
 def device_type(user_agent: str, os: str | None, device: str) -> Device:
@@ -166,10 +171,14 @@ def asks_privacy(dnt: str | None, sec_gpc: str | None) -> bool:
 
 @cache
 def _parser() -> Resolver:
-    """ua-parser with its Rust engine (ua-parser-rs), built on first use: 0.2 s."""
+    """ua-parser with its Rust engine (ua-parser-rs), built on first use, not at import."""
     return Resolver(load_lazy_builtins())
 
 
+class _CrawlerList(CrawlerDetect):  # type: ignore[misc]
+    CACHE_SIZE = 0  # describe() is cached whole: no second cache of User-Agents
+
+
 @cache
-def _crawlers() -> CrawlerDetect:
-    return CrawlerDetect()
+def _crawler_list() -> _CrawlerList:
+    return _CrawlerList()

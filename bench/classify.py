@@ -1,0 +1,176 @@
+"""What classifying visits costs: per redirect, per new User-Agent, and with the cache.
+
+Usage: python -m bench.classify [--requests 50000] [--repeat 3] [--seed 14]
+
+Builds a mix of requests from the real User-Agents in
+tests/fixtures/visitors/user_agents.json: 85 % people, whose browsers come in eight
+recent versions each and follow a Zipf-like popularity, with 3 % of people in in-app
+browsers whose build numbers make their User-Agent unique; 15 % bots; half the
+requests with a referrer; 10 % with DNT or Sec-GPC. Then, side by side in one run, the
+steps taking turns, it times (best of --repeat):
+
+- ``hit()`` per request: the only part on the redirect's path;
+- each library alone, and ``visitors.describe()``, on every distinct User-Agent once,
+  every cache empty: what a flush pays for a User-Agent it has not seen;
+- ``visitors.classify()`` over the whole mix, from an empty cache, as flushes call it.
+
+It prints a table and the ratios between them; docs/visits.md records a run. It is not
+part of ``make test`` or ``python -m bench``.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import random
+import re
+import time
+import tracemalloc
+from collections.abc import Callable, Iterable, Sequence
+from pathlib import Path
+from typing import TypeVar
+
+from ua_parser import BasicResolver, Domain, load_builtins, load_lazy_builtins
+from ua_parser.regex import Resolver as RustResolver
+
+import visitors
+
+FIXTURE = (Path(__file__).resolve().parent.parent / "tests" / "fixtures" / "visitors"
+           / "user_agents.json")
+VERSION = re.compile(r"\b(Chrome|CriOS|Firefox|FxiOS|Version|Edg|EdgA|EdgiOS|"
+                     r"SamsungBrowser|OPR)/(\d+)")
+REFERRERS = ["https://t.co/Ab12Cd", "https://www.google.com/", "https://l.facebook.com/l.php?u=x",
+             "https://www.linkedin.com/feed/", "android-app://com.slack/",
+             "https://news.example/2026/11/29/story?utm_source=newsletter&id=8812",
+             "https://lm.facebook.com/", "https://www.reddit.com/r/example/comments/1/x/"]
+T = TypeVar("T")
+
+
+def versions(agent: str, count: int = 8) -> list[str]:
+    """The same browser at its `count` latest major versions."""
+    return [VERSION.sub(lambda m: f"{m[1]}/{int(m[2]) - back}", agent) for back in range(count)]
+
+
+def zipf(items: Sequence[T], rng: random.Random, k: int) -> list[T]:
+    """k draws from items in a random order of popularity, weight 1/rank."""
+    ranked = rng.sample(list(items), len(items))
+    return rng.choices(ranked, weights=[1 / rank for rank in range(1, len(ranked) + 1)], k=k)
+
+
+def mix(requests: int, seed: int) -> list[dict[str, str]]:
+    """Request headers as a redirect sees them; see the module's docstring."""
+    rng = random.Random(seed)
+    rows = json.loads(FIXTURE.read_text())
+    people = [variant for row in rows if row["kind"] == "person"
+              for variant in versions(row["user_agent"])]
+    in_app = [row["user_agent"] for row in rows if "in-app" in row["name"]]
+    bots = [row["user_agent"] for row in rows if row["kind"] == "bot"]
+    n_bots = requests * 15 // 100
+    n_unique = (requests - n_bots) * 3 // 100
+    agents = (zipf(people, rng, requests - n_bots - n_unique) + zipf(bots, rng, n_bots)
+              + [f"{rng.choice(in_app)} build/{rng.getrandbits(40):x}"
+                 for _ in range(n_unique)])
+    rng.shuffle(agents)
+    headers = []
+    for agent in agents:
+        request = {"User-Agent": agent}
+        if rng.random() < 0.5:
+            request["Referer"] = rng.choice(REFERRERS)
+        if rng.random() < 0.1:
+            request[rng.choice(["DNT", "Sec-GPC"])] = "1"
+        headers.append(request)
+    return headers
+
+
+def best_rates(steps: dict[str, Callable[[], int]], repeat: int) -> dict[str, float]:
+    """Items per second of each step's fastest run (a step returns how many items it did).
+    The steps take turns, so that a busy machine slows them alike."""
+    best = dict.fromkeys(steps, 0.0)
+    for _ in range(repeat):
+        for name, work in steps.items():
+            started = time.perf_counter()
+            done = work()
+            best[name] = max(best[name], done / (time.perf_counter() - started))
+    return best
+
+
+def each(function: Callable[[str], object], agents: Iterable[str]) -> Callable[[], int]:
+    def work() -> int:
+        count = 0
+        for agent in agents:
+            function(agent)
+            count += 1
+        return count
+    return work
+
+
+HIT = "hit(): what the redirect records"
+CRAWLERS = "crawlerdetect alone"
+PURE = "ua-parser, pure Python engine"
+RUST = "ua-parser, Rust engine (ua-parser-rs)"
+COLD = "describe(): a new User-Agent, cold"
+CACHED = "classify() over the mix, LRU cache"
+
+
+def full_cache_mib() -> float:
+    """MiB held by a full cache of distinct, realistic User-Agents."""
+    rows = json.loads(FIXTURE.read_text())
+    visitors.cache_clear()
+    tracemalloc.start()
+    before = tracemalloc.get_traced_memory()[0]
+    for n in range(visitors.CACHE_SIZE):
+        agent = f"{rows[n % len(rows)]['user_agent']} build/{n}"  # as a request brings it
+        visitors.classify(visitors.Hit("GET", agent, visitors.DIRECT, False))
+    held = tracemalloc.get_traced_memory()[0] - before
+    tracemalloc.stop()
+    return held / 2**20
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m bench.classify", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--requests", type=int, default=50_000)
+    parser.add_argument("--repeat", type=int, default=3)
+    parser.add_argument("--seed", type=int, default=14)
+    args = parser.parse_args(argv)
+
+    requests = mix(args.requests, args.seed)
+    hits = [visitors.hit("GET", request) for request in requests]
+    distinct = sorted({one.user_agent for one in hits})
+    pure = BasicResolver(load_builtins())
+    rust = RustResolver(load_lazy_builtins())
+    visitors.describe("Mozilla/5.0 (warm-up) Gecko/20100101 Firefox/1.0")  # builds both
+
+    def record() -> int:
+        for request in requests:
+            visitors.hit("GET", request)
+        return len(requests)
+
+    def count_visits() -> int:
+        visitors.cache_clear()
+        for one in hits:
+            visitors.classify(one)
+        return len(hits)
+
+    rates = best_rates({
+        HIT: record,
+        CRAWLERS: each(visitors.on_crawler_list, distinct),
+        PURE: each(lambda agent: pure(agent, Domain.ALL), distinct),
+        RUST: each(lambda agent: rust(agent, Domain.ALL), distinct),
+        COLD: each(visitors.describe, distinct),
+        CACHED: count_visits,
+    }, args.repeat)
+    info = visitors.cache_info()
+    print(f"mix: {len(requests):,} requests, {len(distinct):,} distinct User-Agents; "
+          f"cache of {info.maxsize:,}: {info.hits / (info.hits + info.misses):.1%} hits; "
+          f"full, it holds {full_cache_mib():.1f} MiB (the strings are kept too)\n")
+    print("| step | per second | µs each |\n| --- | ---: | ---: |")
+    for name, rate in rates.items():
+        print(f"| {name} | {rate:,.0f} | {1e6 / rate:,.1f} |")
+    print(f"\nRust engine ÷ pure Python engine: {rates[RUST] / rates[PURE]:.1f}×")
+    print(f"classify() with the cache ÷ describe() cold: {rates[CACHED] / rates[COLD]:.0f}×")
+    print(f"hit() ÷ describe() cold: {rates[HIT] / rates[COLD]:.0f}×")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
