@@ -25,8 +25,7 @@ from typing import Literal, Protocol
 from urllib.parse import urlsplit
 
 from crawlerdetect import CrawlerDetect  # type: ignore[import-untyped]
-from ua_parser import Domain, load_lazy_builtins
-from ua_parser.regex import Resolver
+from ua_parser import BasicResolver, Domain, load_lazy_builtins
 
 PROBE_AGENT = "shortener-probe/"  # ops.smoke sends "shortener-probe/1 (+ops.smoke)"
 MAX_USER_AGENT = 512  # characters kept; real User-Agents stay under 400
@@ -94,15 +93,16 @@ def classify(hit: Hit) -> Visit:
 def describe(user_agent: str) -> Visit:
     """What a User-Agent alone says: a bot, or a person's browser, OS and device.
 
-    Uncached (``classify`` caches it). A bot is what the parser itself calls a spider, a
-    string in which the parser finds neither an operating system nor a device (every
-    browser names one; HTTP libraries do not), or whatever the crawler list matches. The
-    list is asked last: it is by far the slowest step (docs/visits.md)."""
+    Uncached (``classify`` caches it). A bot is whatever the crawler list matches, what
+    the parser itself calls a spider, or a string in which the parser finds neither an
+    operating system nor a device: every browser names one, HTTP libraries do not."""
     agent = user_agent[:MAX_USER_AGENT]
+    if on_crawler_list(agent):  # first: the parser is slowest on what it cannot match
+        return BOT
     parsed = _parser()(agent, Domain.ALL)
     os = parsed.os.family if parsed.os else None
     device = parsed.device.family if parsed.device else None
-    if device == "Spider" or (os is None and device is None) or on_crawler_list(agent):
+    if device == "Spider" or (os is None and device is None):
         return BOT
     return Visit("person", parsed.user_agent.family if parsed.user_agent else "Other",
                  os or "Other", device_type(agent, os, device or "Other"))
@@ -170,9 +170,11 @@ def asks_privacy(dnt: str | None, sec_gpc: str | None) -> bool:
 
 
 @cache
-def _parser() -> Resolver:
-    """ua-parser with its Rust engine (ua-parser-rs), built on first use, not at import."""
-    return Resolver(load_lazy_builtins())
+def _parser() -> BasicResolver:
+    """ua-parser's pure-Python engine, each pattern compiled when first needed. Its Rust
+    engine (ua-parser-rs) gives the same answers here, faster, for far more memory per
+    process: docs/visits.md weighs the two."""
+    return BasicResolver(load_lazy_builtins())
 
 
 class _CrawlerList(CrawlerDetect):  # type: ignore[misc]

@@ -11,7 +11,9 @@ steps taking turns, it times (best of --repeat):
 
 - ``hit()`` per request: the only part on the redirect's path;
 - each library alone, and ``visitors.describe()``, on every distinct User-Agent once,
-  every cache empty: what a flush pays for a User-Agent it has not seen;
+  every cache empty: what a flush pays for a User-Agent it has not seen; with
+  ua-parser's optional Rust engine beside its pure-Python one when ua-parser-rs is
+  installed (``pip install ua-parser-rs==0.1.5``), and the memory each engine adds;
 - ``visitors.classify()`` over the whole mix, from an empty cache (a new worker's first
   flushes), then again with the cache warm (every flush after).
 
@@ -30,8 +32,8 @@ from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 from typing import TypeVar
 
-from ua_parser import BasicResolver, Domain, load_builtins, load_lazy_builtins
-from ua_parser.regex import Resolver as RustResolver
+import ua_parser
+from ua_parser import BasicResolver, Domain, Resolver, load_lazy_builtins
 
 import visitors
 
@@ -106,11 +108,26 @@ def each(function: Callable[[str], object], agents: Iterable[str]) -> Callable[[
 
 HIT = "hit(): what the redirect records"
 CRAWLERS = "crawlerdetect alone"
-PURE = "ua-parser, pure Python engine"
-RUST = "ua-parser, Rust engine (ua-parser-rs)"
-COLD = "describe(): a new User-Agent, cold"
+PURE = "ua-parser alone, pure-Python engine (the one used)"
+RUST = "ua-parser alone, Rust engine (ua-parser-rs)"
+PERSON = "describe(): a person's new User-Agent"
+BOT = "describe(): a bot's new User-Agent"
 CACHED = "classify() over the mix, from an empty cache"
 WARM = "classify() over the mix again, cache warm"
+
+
+def rss_mib() -> float:
+    with open("/proc/self/statm") as statm:
+        return int(statm.read().split()[1]) * 4096 / 2**20
+
+
+def engine(make: Callable[[], Resolver], agents: Sequence[str]) -> tuple[Resolver, float]:
+    """A ua-parser engine, and the MiB of memory it added once it had read every agent."""
+    before = rss_mib()
+    resolver = make()
+    for agent in agents:
+        resolver(agent, Domain.ALL)
+    return resolver, rss_mib() - before
 
 
 def full_cache_mib() -> float:
@@ -138,9 +155,16 @@ def main(argv: list[str] | None = None) -> int:
     requests = mix(args.requests, args.seed)
     hits = [visitors.hit("GET", request) for request in requests]
     distinct = sorted({one.user_agent for one in hits})
-    pure = BasicResolver(load_builtins())
-    rust = RustResolver(load_lazy_builtins())
-    visitors.describe("Mozilla/5.0 (warm-up) Gecko/20100101 Firefox/1.0")  # builds both
+    bots = {row["user_agent"] for row in json.loads(FIXTURE.read_text())
+            if row["kind"] == "bot"}
+    people = [agent for agent in distinct if agent not in bots]
+    pure, pure_mib = engine(lambda: BasicResolver(load_lazy_builtins()), distinct)
+    engines = {PURE: (pure, pure_mib)}
+    if ua_parser.RegexResolver:
+        rust_engine = ua_parser.RegexResolver
+        engines[RUST] = engine(lambda: rust_engine(load_lazy_builtins()), distinct)
+    for agent in distinct:  # every lazily compiled pattern, before anything is timed
+        visitors.describe(agent)
 
     def record() -> int:
         for request in requests:
@@ -156,28 +180,41 @@ def main(argv: list[str] | None = None) -> int:
         visitors.cache_clear()
         return count_visits()
 
+    def parse_with(resolver: Resolver) -> Callable[[], int]:
+        return each(lambda agent: resolver(agent, Domain.ALL), distinct)
+
     rates = best_rates({
         HIT: record,
         CRAWLERS: each(visitors.on_crawler_list, distinct),
-        PURE: each(lambda agent: pure(agent, Domain.ALL), distinct),
-        RUST: each(lambda agent: rust(agent, Domain.ALL), distinct),
-        COLD: each(visitors.describe, distinct),
+        **{name: parse_with(resolver) for name, (resolver, _) in engines.items()},
+        PERSON: each(visitors.describe, people),
+        BOT: each(visitors.describe, sorted(bots & set(distinct))),
         CACHED: count_from_empty_cache,
         WARM: count_visits,  # right after CACHED filled the cache
     }, args.repeat)
     visitors.cache_clear()
     count_visits()
     info = visitors.cache_info()
-    print(f"mix: {len(requests):,} requests, {len(distinct):,} distinct User-Agents; "
-          f"cache of {info.maxsize:,}: {info.hits / (info.hits + info.misses):.1%} hits; "
-          f"full, it holds {full_cache_mib():.1f} MiB (the strings are kept too)\n")
+    print(f"mix: {len(requests):,} requests, {len(distinct):,} distinct User-Agents "
+          f"({len(people):,} people's); cache of {info.maxsize:,}: "
+          f"{info.hits / (info.hits + info.misses):.1%} hits; a full cache holds "
+          f"{full_cache_mib():.1f} MiB (with its User-Agent strings)\n")
     print("| step | per second | µs each |\n| --- | ---: | ---: |")
     for name, rate in rates.items():
         print(f"| {name} | {rate:,.0f} | {1e6 / rate:,.1f} |")
-    print(f"\nRust engine ÷ pure Python engine: {rates[RUST] / rates[PURE]:.1f}×")
-    print(f"classify() from an empty cache ÷ describe() cold: {rates[CACHED] / rates[COLD]:.0f}×")
-    print(f"classify() with a warm cache ÷ describe() cold: {rates[WARM] / rates[COLD]:.0f}×")
-    print(f"hit() ÷ describe() cold: {rates[HIT] / rates[COLD]:.0f}×")
+    print()
+    for name, (_, mib) in engines.items():
+        print(f"memory added by {name.removeprefix('ua-parser alone, ')}: {mib:.1f} MiB")
+    if RUST in rates:
+        print(f"Rust engine ÷ pure-Python engine: {rates[RUST] / rates[PURE]:.1f}× the speed, "
+              f"{engines[RUST][1] / pure_mib:.1f}× the memory")
+    else:
+        print("(pip install ua-parser-rs==0.1.5 to compare ua-parser's Rust engine)")
+    print(f"classify() from an empty cache ÷ describe() of a person, cold: "
+          f"{rates[CACHED] / rates[PERSON]:.0f}×")
+    print(f"classify() with a warm cache ÷ describe() of a person, cold: "
+          f"{rates[WARM] / rates[PERSON]:.0f}×")
+    print(f"hit() ÷ describe() of a person, cold: {rates[HIT] / rates[PERSON]:.0f}×")
     return 0
 
 
