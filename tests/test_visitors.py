@@ -14,6 +14,7 @@ from typing import Any
 
 import pytest
 from hypothesis import given, settings, strategies as st
+from werkzeug.datastructures import Headers
 
 import visitors
 from visitors import BOT, DIRECT, IGNORED, MAX_USER_AGENT, PRIVATE, Hit, Visit, classify, hit
@@ -57,6 +58,13 @@ def test_the_fixture_has_every_fetcher_the_issue_names_as_a_bot(who: str) -> Non
 def test_the_fixture_has_the_browsers_and_devices_people_use(who: str, device: str) -> None:
     assert any(row["kind"] == "person" and row["device"] == device
                for row in AGENTS if who in row["name"])
+
+
+def test_a_requests_own_headers_work_whatever_case_the_client_sent() -> None:
+    """The app passes Werkzeug's headers, which look names up in any case."""
+    headers = Headers([("user-agent", CHROME), ("REFERER", "https://news.example/"),
+                       ("dnt", "1")])
+    assert hit("GET", headers) == Hit("GET", CHROME, "news.example", True)
 
 
 def test_a_head_request_is_not_counted() -> None:
