@@ -49,12 +49,14 @@ def test_the_fixture_has_every_fetcher_the_issue_names_as_a_bot(who: str) -> Non
     assert any(row["kind"] == "bot" for row in AGENTS if who in row["name"])
 
 
-@pytest.mark.parametrize("who, device", [("Chrome on", "desktop"), ("Firefox on", "desktop"),
-                                         ("Safari on", "desktop"), ("Edge on", "desktop"),
-                                         ("on iPhone", "mobile"), ("on an Android phone",
-                                                                   "mobile"),
-                                         ("iPad", "tablet"), ("Galaxy Tab", "tablet"),
-                                         ("Samsung Internet", "mobile")])
+PEOPLE_THE_ISSUE_NAMES = [("Chrome on", "desktop"), ("Firefox on", "desktop"),
+                          ("Safari on", "desktop"), ("Edge on", "desktop"),
+                          ("on iPhone", "mobile"), ("on an Android phone", "mobile"),
+                          ("iPad", "tablet"), ("Galaxy Tab", "tablet"),
+                          ("Samsung Internet", "mobile")]
+
+
+@pytest.mark.parametrize("who, device", PEOPLE_THE_ISSUE_NAMES)
 def test_the_fixture_has_the_browsers_and_devices_people_use(who: str, device: str) -> None:
     assert any(row["kind"] == "person" and row["device"] == device
                for row in AGENTS if who in row["name"])
