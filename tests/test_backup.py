@@ -19,7 +19,8 @@ import requests
 from flask import Flask
 from flask.testing import FlaskClient
 
-from application import LinkStore, create_app
+from application import create_app
+from linkstore.jsonfile import FileStore
 from ops import backup
 from tests.conftest import PostForm
 from tests.servers import GunicornServer
@@ -209,7 +210,7 @@ def test_snapshot_waits_for_the_apps_lock(app: Flask, client: FlaskClient,
     """The app's own LinkStore lock keeps a snapshot out, so it cannot copy a write midway."""
     create_links(client, 1)
     live = live_of(app)
-    with LinkStore(live.urls_file, lock_timeout=1.0).locked():
+    with FileStore(live.urls_file, lock_timeout=1.0).locked():
         held = subprocess.run(
             [sys.executable, "-m", "ops.backup", "snapshot", str(tmp_path / "snapshots"),
              "--lock-timeout", "0.3", *store_args(live)],

@@ -41,7 +41,7 @@ def copy_app(dest: Path) -> Path:
     (git HEAD), as `eb deploy` would bundle it: work in progress is not released."""
     dest.mkdir(parents=True)
     archive = subprocess.run(  # nosec B603 B607
-        ["git", "archive", "HEAD", "application.py", "templates", "static"],
+        ["git", "archive", "HEAD", "application.py", "linkstore", "templates", "static"],
         cwd=REPO, capture_output=True, check=True).stdout
     with tarfile.open(fileobj=io.BytesIO(archive)) as tar:
         tar.extractall(dest, filter="data")
@@ -50,7 +50,7 @@ def copy_app(dest: Path) -> Path:
 
 
 def break_like_the_incident(source: Path) -> None:
-    app = source / "application.py"
+    app = source / "linkstore" / "jsonfile.py"  # where the app reads its links file
     text = app.read_text()
     assert "json.load(" in text, "the app no longer reads its store with json.load"
     app.write_text(text.replace("json.load(", "json.loads("))
