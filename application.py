@@ -371,16 +371,15 @@ def follow(code: str) -> ResponseReturnValue:
         raise NotFound()
     if link.url is not None:
         return redirect(link.url)
-    return send_upload(link)
+    return send_upload(link.file or "", link.name)
 
 
-def send_upload(link: Link) -> Response:
+def send_upload(stored_name: str, name: str | None) -> Response:
     """An uploaded file: as a download, unless it is an image type that cannot run script."""
-    assert link.file is not None
-    suffix = Path(link.file).suffix.lower()
-    response = send_from_directory(current_app.config["UPLOAD_DIR"], link.file,
+    suffix = Path(stored_name).suffix.lower()
+    response = send_from_directory(current_app.config["UPLOAD_DIR"], stored_name,
                                    as_attachment=suffix not in INLINE_IMAGE_TYPES,
-                                   download_name=link.name or link.file,
+                                   download_name=name or stored_name,
                                    mimetype=INLINE_IMAGE_TYPES.get(suffix,
                                                                    "application/octet-stream"))
     response.headers["Content-Security-Policy"] = "default-src 'none'; sandbox"

@@ -47,7 +47,11 @@ Connection = psycopg.Connection[tuple[Any, ...]]
 
 MIGRATIONS = Path(__file__).with_name("migrations")
 MIGRATION_LOCK = 0x6C696E6B73  # any constant: one advisory lock for every migrating process
-COLUMNS = "code, url, file, name, created_at, extra"
+SELECT_ONE = "SELECT code, url, file, name, created_at, extra FROM links WHERE code = %s"
+SELECT_ALL = "SELECT code, url, file, name, created_at, extra FROM links ORDER BY code"
+INSERT_ONE = ("INSERT INTO links (code, url, file, name, created_at, extra) "
+              "VALUES (%s, %s, %s, %s, %s, %s) ON CONFLICT (code) DO NOTHING")
+COPY_IN = "COPY incoming (code, url, file, name, created_at, extra) FROM STDIN"
 FAIL_FAST_SECONDS = 1.0
 IMPORT_BATCH = 10_000
 CHANGES_KEPT = "1 day"
@@ -100,8 +104,7 @@ class PostgresStore:
         if not storable(code):
             return None  # PostgreSQL text cannot hold it, so no link has it
         polls = self._polls
-        row = self._call(lambda conn: conn.execute(
-            f"SELECT {COLUMNS} FROM links WHERE code = %s", (code,)).fetchone(), retry=True)
+        row = self._call(lambda conn: conn.execute(SELECT_ONE, (code,)).fetchone(), retry=True)
         if row is None:
             return None
         link = to_link(row)
@@ -110,9 +113,7 @@ class PostgresStore:
 
     def add(self, link: Link) -> None:
         def insert(conn: Connection) -> int:
-            return conn.execute(
-                f"INSERT INTO links ({COLUMNS}) VALUES (%s, %s, %s, %s, %s, %s) "
-                "ON CONFLICT (code) DO NOTHING", to_row(link)).rowcount
+            return conn.execute(INSERT_ONE, to_row(link)).rowcount
         # Not retried: a connection lost during the INSERT may have committed it.
         if self._call(insert, retry=False) == 0:
             raise CodeTaken(link.code)
@@ -142,7 +143,7 @@ class PostgresStore:
             with self._connection() as conn, conn.transaction(), \
                     conn.cursor(name="links_in_code_order") as cursor:
                 cursor.itersize = 5_000
-                cursor.execute(f"SELECT {COLUMNS} FROM links ORDER BY code")
+                cursor.execute(SELECT_ALL)
                 yield from (to_link(row) for row in cursor)
         except psycopg.Error as exc:
             raise self._unavailable(exc) from exc
@@ -189,12 +190,11 @@ class PostgresStore:
         since = self._since
 
         def read(conn: Connection) -> tuple[int, list[str]]:
-            row = conn.execute(
+            [(horizon, codes)] = conn.execute(
                 "SELECT pg_snapshot_xmin(pg_current_snapshot())::text, ARRAY("
                 " SELECT DISTINCT code FROM link_changes WHERE xid >= %s::text::xid8"
-                " LIMIT %s)", (str(since or 0), self.cache_size + 1)).fetchone()
-            assert row is not None
-            return int(row[0]), ([] if since is None else list(row[1]))
+                " LIMIT %s)", (str(since or 0), self.cache_size + 1)).fetchall()
+            return int(horizon), ([] if since is None else list(codes))
         horizon, codes = self._call(read, retry=True)
         with self._cache_lock:
             if len(codes) > self.cache_size:
@@ -325,7 +325,7 @@ def import_batch(conn: Connection, batch: list[Link]) -> int:
     with conn.transaction():
         conn.execute("CREATE TEMP TABLE incoming (LIKE links INCLUDING DEFAULTS) "
                      "ON COMMIT DROP")
-        with conn.cursor().copy(f"COPY incoming ({COLUMNS}) FROM STDIN") as copy:
+        with conn.cursor().copy(COPY_IN) as copy:
             for link in batch:
                 copy.write_row(to_row(link))
         differing = conn.execute(

@@ -24,7 +24,7 @@ from werkzeug.test import TestResponse
 
 from application import checked_url, create_app
 from linkstore.jsonfile import shape_problem
-from tests.conftest import csrf_token
+from tests.helpers import csrf_token
 
 # FUZZ_EXAMPLES=2000 for a deeper run than make test's bounded one.
 FUZZ = settings(max_examples=int(os.environ.get("FUZZ_EXAMPLES", "120")), deadline=None,
