@@ -103,7 +103,7 @@ def parse_args(argv: Sequence[str] | None) -> Settings:
         parser.error("--duration 1-60, --connections 1-256, --workers 1-16")
     return Settings(
         sizes=sizes, duration=duration, connections=args.connections, workers=args.workers,
-        out=args.out, app_dir=args.app_dir.resolve(), creates=3 if args.quick else 20,
+        out=args.out, app_dir=args.app_dir.resolve(), creates=3 if args.quick else 100,
         create_budget_s=5.0 if args.quick else 30.0, streak=4 * args.workers,
         startup_timeout_s=120.0, postgres=postgres.available() and not args.no_postgres)
 
