@@ -242,12 +242,14 @@ class PostgresStore:
         goodbye makes its socket readable, which costs a poll to see instead of a failed
         statement (and, for a create, a 503) per dead connection.
         """
-        for _ in range(self.pool.max_size + 1):
+        for _ in range(self.pool.max_size):
             conn = self.pool.getconn()
             if not closed_by_server(conn):
                 break
             conn.close()
             self.pool.putconn(conn)  # the pool discards it and connects a new one
+        else:
+            conn = self.pool.getconn()  # every pooled one was dead: this one is new
         try:
             yield conn
         finally:
