@@ -71,6 +71,7 @@ class PostgresStore:
         self._cache: dict[str, Link] = {}
         self._cache_lock = threading.Lock()
         self._polls = 0  # completed polls of the change log; see _remember()
+        self._poll_lock = threading.Lock()  # one poll at a time: each starts where the last did
         self._since: int | None = None  # the change log is read from this transaction id
         self._schema_lock = threading.Lock()
         self._schema_ready = False
@@ -103,6 +104,8 @@ class PostgresStore:
             return link
         if not storable(code):
             return None  # PostgreSQL text cannot hold it, so no link has it
+        if self._since is None:
+            self._poll_changes()  # where the change log starts, before any link is cached
         polls = self._polls
         row = self._call(lambda conn: conn.execute(SELECT_ONE, (code,)).fetchone(), retry=True)
         if row is None:
@@ -187,22 +190,17 @@ class PostgresStore:
         that commits late is read by a later poll. A change may be read twice; an
         eviction of a code that is not cached costs nothing.
         """
-        since = self._since
-
-        def read(conn: Connection) -> tuple[int, list[str]]:
-            [(horizon, codes)] = conn.execute(
-                "SELECT pg_snapshot_xmin(pg_current_snapshot())::text, ARRAY("
-                " SELECT DISTINCT code FROM link_changes WHERE xid >= %s::text::xid8"
-                " LIMIT %s)", (str(since or 0), self.cache_size + 1)).fetchall()
-            return int(horizon), ([] if since is None else list(codes))
-        horizon, codes = self._call(read, retry=True)
-        with self._cache_lock:
-            if len(codes) > self.cache_size:
-                self._cache.clear()
-            for code in codes:
-                self._cache.pop(code, None)
-            self._since = horizon
-            self._polls += 1
+        with self._poll_lock:
+            since = self._since
+            horizon, codes = self._call(lambda conn: read_changes(conn, since,
+                                                                  self.cache_size), retry=True)
+            with self._cache_lock:
+                if len(codes) > self.cache_size:
+                    self._cache.clear()
+                for code in codes:
+                    self._cache.pop(code, None)
+                self._since = horizon
+                self._polls += 1
 
     # --- connections, errors, schema -----------------------------------------------------
 
@@ -320,6 +318,16 @@ def migrate(conn: Connection) -> list[str]:
                          (version, path.name))
         applied.append(path.name)
     return applied
+
+
+def read_changes(conn: Connection, since: int | None, limit: int) -> tuple[int, list[str]]:
+    """The horizon the next read starts from, and the codes changed since `since` (none
+    on the first read: nothing is cached before it)."""
+    [(horizon, codes)] = conn.execute(
+        "SELECT pg_snapshot_xmin(pg_current_snapshot())::text, ARRAY("
+        " SELECT DISTINCT code FROM link_changes WHERE xid >= %s::text::xid8 LIMIT %s)",
+        (str(since or 0), limit + 1)).fetchall()
+    return int(horizon), ([] if since is None else list(codes))
 
 
 def import_batch(conn: Connection, batch: list[Link]) -> int:

@@ -40,14 +40,20 @@ def get(base: str, path: str) -> requests.Response:
     return requests.get(f"{base}{path}", allow_redirects=False, timeout=30)
 
 
-def warm(server: GunicornServer, code: str) -> None:
-    """Have every worker serve code once (so each has it cached): rounds of simultaneous
-    requests, more than there are workers, several times over."""
+def warm(server: GunicornServer, access_log: Path, code: str) -> None:
+    """Have every worker serve code (so each has it cached), as its access log shows: on
+    a loaded machine one worker can take a whole round of simultaneous requests."""
+    def served_by() -> set[str]:
+        lines = access_log.read_text().splitlines() if access_log.exists() else []
+        return {pid for pid, path, status in (line.split() for line in lines)
+                if path == f"/{code}" and status == "302"}
     with ThreadPoolExecutor(max_workers=server.workers * 3) as pool:
-        for _ in range(10):
+        deadline = time.monotonic() + 30
+        while len(served_by()) < server.workers and time.monotonic() < deadline:
             statuses = list(pool.map(lambda _: get(server.url, f"/{code}").status_code,
                                      range(server.workers * 3)))
             assert statuses == [302] * len(statuses)
+    assert len(served_by()) == server.workers, "not every worker served the link"
 
 
 def every_worker_answers(server: GunicornServer, path: str, status: int) -> bool:
@@ -91,9 +97,11 @@ def test_postgresql_killed_during_creates_loses_no_acknowledged_link(
             elif status == 503:
                 time.sleep(0.05)
 
-    with app_server(tmp_path, database_url) as server:
+    access_log = tmp_path / "access.log"
+    with app_server(tmp_path, database_url, GUNICORN_CMD_ARGS=(
+            f"--access-logfile {access_log} --access-logformat '%(p)s %(U)s %(s)s'")) as server:
         assert create(requests.Session(), server.url, "hot") == 201
-        warm(server, "hot")
+        warm(server, access_log, "hot")
         threads = [threading.Thread(target=client, args=(n,)) for n in range(4)]
         for thread in threads:
             thread.start()
@@ -108,22 +116,24 @@ def test_postgresql_killed_during_creates_loses_no_acknowledged_link(
             health = get(server.url, "/healthz")
             assert health.status_code == 503 and "database" in health.json()["checks"]["store"]
             postgres.start()
-            back_at = time.monotonic()
+            recovered = eventually(lambda: every_worker_answers(server, "/healthz", 200),
+                                   timeout=60)
             eventually(lambda: len(acknowledged) > down_at + 20, timeout=60)
-            recovered = time.monotonic() - back_at
         finally:
             done.set()
             for thread in threads:
                 thread.join(timeout=60)
         print(f"\n{len(acknowledged)} acknowledged, {statuses[503]} answered 503 while down; "
-              f"creates again {recovered:.1f} s after the database was back")
+              f"every worker healthy {recovered:.1f} s after the database was back")
         assert recovered < RECONNECT_BOUND
         assert set(statuses) <= {201, 503}, statuses
         assert set(acknowledged) <= stored_codes(database_url)
+        # A worker may still be replacing a dead connection for a moment (a 503), but
+        # within the bound every acknowledged link redirects to where it should.
         for code in acknowledged[::25] + acknowledged[-3:]:
-            response = get(server.url, f"/{code}")
-            assert (response.status_code, response.headers.get("Location")) == (
-                302, f"https://example.com/{code}"), response.text[-500:]
+            eventually(lambda: get(server.url, f"/{code}").status_code == 302,
+                       timeout=RECONNECT_BOUND)
+            assert get(server.url, f"/{code}").headers["Location"] == f"https://example.com/{code}"
 
 
 def test_an_unreachable_database_at_startup_is_a_503_not_a_crash_loop(tmp_path: Path) -> None:
