@@ -15,7 +15,7 @@ worker, and within what bound, is each backend's business; docs/database.md stat
 from __future__ import annotations
 
 from collections.abc import Iterable, Iterator, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
 from urllib.parse import unquote, urlsplit
@@ -49,7 +49,7 @@ class Link:
     file: str | None = None
     name: str | None = None  # an upload's own file name, used as the download name
     created_at: str | None = None  # ISO 8601 text, kept exactly as it was written
-    extra: Mapping[str, str] = field(default_factory=dict)  # other fields, kept as they are
+    extra: Mapping[str, str] | None = None  # other fields of a links file, kept as they are
 
     def record(self) -> dict[str, str]:
         """The link as the JSON file holds it: the original app's ``{"url": ...}`` or
@@ -57,15 +57,15 @@ class Link:
         fields = {"url": self.url, "file": self.file, "name": self.name,
                   "created_at": self.created_at}
         return {key: value for key, value in fields.items() if value is not None} | dict(
-            self.extra)
+            self.extra or {})
 
     @classmethod
     def from_record(cls, code: str, record: Mapping[str, str]) -> Link:
         """The link a JSON record describes (already checked by ``shape_problem``)."""
         known = ("url", "file", "name", "created_at")
+        extra = {key: value for key, value in record.items() if key not in known}
         return cls(code, record.get("url"), record.get("file"), record.get("name"),
-                   record.get("created_at"),
-                   {key: value for key, value in record.items() if key not in known})
+                   record.get("created_at"), extra or None)
 
 
 class LinkStore(Protocol):

@@ -353,12 +353,13 @@ def import_batch(conn: Connection, batch: list[Link]) -> int:
 
 
 def to_row(link: Link) -> tuple[Any, ...]:
-    return (link.code, link.url, link.file, link.name, link.created_at, Jsonb(dict(link.extra)))
+    return (link.code, link.url, link.file, link.name, link.created_at,
+            Jsonb(dict(link.extra or {})))
 
 
 def to_link(row: tuple[Any, ...]) -> Link:
     code, url, file, name, created_at, extra = row
-    return Link(code, url, file, name, created_at, extra)
+    return Link(code, url, file, name, created_at, extra or None)
 
 
 def storable(code: str) -> bool:
