@@ -50,6 +50,7 @@ class AppFigures:
     mixed_create_p50_ms: float
     mixed_create_p99_ms: float
     mixed_create_failures: int
+    contender: str = "this app"
 
 
 @dataclass
@@ -90,14 +91,15 @@ def redirect_table(rows: list[Row]) -> str:
 def app_table(figures: list[AppFigures]) -> str:
     """Markdown table of start-up, create, visibility and mixed-load figures for this app."""
     lines = [
-        "| links | start-up s | create p50 / p99 ms | visible on all workers ms (p50 / max) "
+        "| contender | links | start-up s | create p50 / p99 ms "
+        "| visible on all workers ms (p50 / max) "
         "| pure p99 ms | mixed redirects/s | mixed p99 ms | mixed / pure p99 "
         "| creates in mixed run (p50 / p99 ms) |",
-        "|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for f in figures:
         lines.append(
-            f"| {f.links:,} | {fmt(f.startup_s, 2)} "
+            f"| {f.contender} | {f.links:,} | {fmt(f.startup_s, 2)} "
             f"| {fmt(f.create_p50_ms)} / {fmt(f.create_p99_ms)} "
             f"| {fmt(f.visible_p50_ms)} / {fmt(f.visible_max_ms)} | {fmt(f.pure_p99_ms, 2)} "
             f"| {fmt(f.mixed_rps, 0)} | {fmt(f.mixed_p99_ms, 2)} | {fmt(f.mixed_vs_pure_p99, 2)} "

@@ -1,11 +1,13 @@
-"""Measure redirects side by side: this app, the original app, Flask, bare WSGI and nginx.
+"""Measure redirects side by side: this app on the JSON file and on PostgreSQL, the
+original app, Flask, bare WSGI and nginx.
 
 Usage: python -m bench [--sizes 1000,10000] [--duration 10] [--connections 16]
-       [--workers 2] [--out bench/results] [--quick] [--app-dir DIR]
+       [--workers 2] [--out bench/results] [--quick] [--app-dir DIR] [--no-postgres]
 
 Everything runs on 127.0.0.1 in one temporary directory, each contender under the same
-gunicorn settings, driven by wrk. Prints Markdown tables and writes results.json,
-results.md and redirects.png into --out. See docs/performance.md.
+gunicorn settings, driven by wrk; PostgreSQL is a throwaway server in that directory.
+Prints Markdown tables and writes results.json, results.md and redirects.png into --out.
+See docs/performance.md.
 """
 import argparse
 import datetime
@@ -21,13 +23,16 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from bench import probe, report, servers
-from bench.data import Link, write_links
+from bench import postgres, probe, report, servers
+from bench.data import Link, random_links, sample_of, write_links
 from bench.loadgen import Load, LoadError, run_wrk, wrk_path
 from bench.report import AppFigures, Results, Row
+from ops.pgserver import PostgresServer, ServerUnavailable
 
-FULL_SIZES = [1_000, 10_000, 100_000, 1_000_000]
+FULL_SIZES = [1_000, 10_000, 100_000, 1_000_000, 10_000_000]
 QUICK_SIZES = [1_000]
+FILE_MAX = 2_000_000  # above this only PostgreSQL is measured: a file of 1.5 GB and more
+RANDOM_CODES = 100_000  # distinct codes for the cache-miss run
 NGINX_RETURN = "location / { return 302 https://example.com/; }"
 PROXY = """
     location / {
@@ -61,13 +66,15 @@ class Settings:
     create_budget_s: float
     streak: int
     startup_timeout_s: float
+    postgres: bool
 
 
 def parse_args(argv: Sequence[str] | None) -> Settings:
     parser = argparse.ArgumentParser(
         prog="python -m bench", description=__doc__.split("\n\n")[0] if __doc__ else None)
-    parser.add_argument("--sizes", help="comma-separated link counts "
-                        "(default 1000,10000,100000,1000000; with --quick 1000)")
+    parser.add_argument("--sizes", help="comma-separated link counts (default "
+                        "1000,10000,100000,1000000,10000000; with --quick 1000); the JSON "
+                        "file is measured up to 2,000,000, PostgreSQL at every size")
     parser.add_argument("--duration", type=float, help="seconds per wrk run, 1-60 "
                         "(default 10; with --quick 2)")
     parser.add_argument("--connections", type=int, default=16,
@@ -82,20 +89,23 @@ def parse_args(argv: Sequence[str] | None) -> Settings:
     parser.add_argument("--app-dir", type=Path, default=servers.REPO,
                         help="directory holding the application.py to measure "
                         "(default: this repository; point it at a copy to try a change)")
+    parser.add_argument("--no-postgres", action="store_true",
+                        help="leave out the PostgreSQL contender (it runs whenever "
+                        "PostgreSQL's binaries are installed)")
     args = parser.parse_args(argv)
     sizes = [int(s) for s in args.sizes.split(",")] if args.sizes else (
         QUICK_SIZES if args.quick else FULL_SIZES)
     duration = args.duration if args.duration is not None else (2.0 if args.quick else 10.0)
-    if not all(1 <= s <= 2_000_000 for s in sizes):
-        parser.error("--sizes must each be between 1 and 2,000,000")
+    if not all(1 <= s <= 10_000_000 for s in sizes):
+        parser.error("--sizes must each be between 1 and 10,000,000")
     if not 1 <= duration <= 60 or not 1 <= args.connections <= 256 \
             or not 1 <= args.workers <= 16:
         parser.error("--duration 1-60, --connections 1-256, --workers 1-16")
     return Settings(
         sizes=sizes, duration=duration, connections=args.connections, workers=args.workers,
-        out=args.out, app_dir=args.app_dir.resolve(), creates=3 if args.quick else 20,
+        out=args.out, app_dir=args.app_dir.resolve(), creates=3 if args.quick else 100,
         create_budget_s=5.0 if args.quick else 30.0, streak=4 * args.workers,
-        startup_timeout_s=120.0)
+        startup_timeout_s=120.0, postgres=postgres.available() and not args.no_postgres)
 
 
 def percentile(values: Sequence[float], q: float) -> float:
@@ -111,14 +121,17 @@ def app_version(app_dir: Path) -> str:
     """Which application.py was measured: its commit, and whether it differs from it."""
     try:
         head = subprocess.run(  # nosec B603 B607
-            ["git", "-C", str(app_dir), "log", "-1", "--format=%h", "--", "application.py"],
+            ["git", "-C", str(app_dir), "log", "-1", "--format=%h", "--", "application.py",
+             "linkstore"],
             capture_output=True, text=True, timeout=10, check=True).stdout.strip()
         dirty = subprocess.run(  # nosec B603 B607
-            ["git", "-C", str(app_dir), "status", "--porcelain", "--", "application.py"],
+            ["git", "-C", str(app_dir), "status", "--porcelain", "--", "application.py",
+             "linkstore"],
             capture_output=True, text=True, timeout=10, check=True).stdout.strip()
     except (OSError, subprocess.SubprocessError):
-        return f"{app_dir}/application.py (not in git)"
-    return f"application.py at {head or 'no commit'}{' with uncommitted changes' if dirty else ''}"
+        return f"{app_dir}/application.py and linkstore/ (not in git)"
+    return (f"application.py and linkstore/ at {head or 'no commit'}"
+            f"{' with uncommitted changes' if dirty else ''}")
 
 
 def load1() -> float:
@@ -159,8 +172,9 @@ def rebase_on_floor(rows: list[Row]) -> None:
 class Bench:
     """One benchmark run: a temporary directory, the settings, and the results so far."""
 
-    def __init__(self, settings: Settings, tmp: Path) -> None:
-        self.s, self.tmp = settings, tmp
+    def __init__(self, settings: Settings, tmp: Path,
+                 database: PostgresServer | None) -> None:
+        self.s, self.tmp, self.database = settings, tmp, database
         self.results = Results(
             settings={"sizes": settings.sizes, "duration": settings.duration,
                       "connections": settings.connections, "workers": settings.workers,
@@ -169,6 +183,7 @@ class Bench:
             machine={"cpus": os.cpu_count(), "python": platform.python_version(),
                      "platform": platform.platform(), "wrk": wrk_path(),
                      "nginx": str(servers.NGINX) if servers.nginx_available() else None,
+                     "postgresql": str(database.bin) if database else None,
                      "app": app_version(settings.app_dir),
                      "load_before": [round(x, 2) for x in os.getloadavg()],
                      "load_after": None,
@@ -228,26 +243,49 @@ class Bench:
     def size(self, count: int) -> None:
         """Every contender that stores links, at `count` links."""
         base = self.tmp / f"links-{count}"
-        self.log(f"writing {count:,} links")
-        sample = write_links(base / "app" / "urls.json", count)
-        (base / "original").mkdir()
-        os.link(base / "app" / "urls.json", base / "original" / "urls.json")
+        base.mkdir()
+        sample = sample_of(count)
         paths = base / "paths.txt"
         paths.write_text("".join(f"/{link.code}\n" for link in sample))
 
         first = len(self.results.rows)
         floor_rps = self.floor(count, paths)
-        self.app(count, base / "app", sample, paths, floor_rps)
-        server = self.gunicorn("original app", "bench.contenders.original:app",
-                               base / "original")
-        self.measure(server, count, paths, floor_rps,
-                     lambda: probe.check_redirects(server.port, sample[:3]))
-        if count == max(self.s.sizes):
-            self.as_deployed(count, base / "app", sample, paths, floor_rps)
-            self.behind_nginx(count, base / "app", sample, paths, floor_rps)
+        if count <= FILE_MAX:
+            self.log(f"writing {count:,} links")
+            write_links(base / "app" / "urls.json", count)
+            (base / "original").mkdir()
+            os.link(base / "app" / "urls.json", base / "original" / "urls.json")
+            self.app("this app", count, self.app_env(base / "app"), sample, paths, floor_rps)
+            server = self.gunicorn("original app", "bench.contenders.original:app",
+                                   base / "original")
+            self.measure(server, count, paths, floor_rps,
+                         lambda: probe.check_redirects(server.port, sample[:3]))
+            if count == max(size for size in self.s.sizes if size <= FILE_MAX):
+                self.as_deployed(count, base / "app", sample, paths, floor_rps)
+                self.behind_nginx(count, base / "app", sample, paths, floor_rps)
+        if self.database is not None:
+            self.on_postgres(self.database, count, base, sample, paths, floor_rps)
         self.floor(count, paths)
         rebase_on_floor(self.results.rows[first:])
         shutil.rmtree(base)
+
+    def on_postgres(self, database: PostgresServer, count: int, base: Path,
+                    sample: list[Link], paths: Path, floor_rps: float) -> None:
+        """This app on PostgreSQL: the hot set, then uniformly random codes (mostly cache
+        misses), creates and the mixed run. The database is dropped afterwards."""
+        self.log(f"loading {count:,} links into PostgreSQL")
+        url, seconds = postgres.load(database, count)
+        self.results.notes.append(f"PostgreSQL: {count:,} links loaded with COPY in "
+                                  f"{seconds:.1f} s")
+        random_paths = base / "random-paths.txt"
+        random_paths.write_text("".join(f"/{link.code}\n"
+                                        for link in random_links(count, RANDOM_CODES)))
+        env = self.app_env(base / "postgres") | {"DATABASE_URL": url}
+        try:
+            self.app("this app on PostgreSQL", count, env, sample, paths, floor_rps,
+                     random_paths)
+        finally:
+            database.drop_database(f"links_{count}")
 
     def as_deployed(self, count: int, data_dir: Path, sample: list[Link], paths: Path,
                     floor_rps: float) -> None:
@@ -302,23 +340,23 @@ class Bench:
         probe.create(proxy.port, url, code)
         probe.until_served_everywhere(proxy.port, Link(code, url), self.s.streak, 30)
 
-    def app(self, count: int, data_dir: Path, sample: list[Link], paths: Path,
-            floor_rps: float) -> None:
-        """This app: start-up, redirects, memory, creates, visibility, the mixed run."""
-        env = self.app_env(data_dir)
-        server = self.gunicorn("this app", "application:application", self.tmp, env)
+    def app(self, name: str, count: int, env: dict[str, str], sample: list[Link],
+            paths: Path, floor_rps: float, random_paths: Path | None = None) -> None:
+        """This app on one store: start-up, redirects, memory, creates, visibility, the
+        mixed run. With random_paths (PostgreSQL), the hot set is served once before it
+        is measured, and uniformly random codes are measured as well."""
+        server = self.gunicorn(name, "application:application", self.tmp, env)
         try:
             probe.until_served_everywhere(server.port, sample[0], self.s.streak,
                                           self.s.startup_timeout_s)
             startup = time.monotonic() - server.started_at
             probe.check_redirects(server.port, sample[:50])
-            load_avg = load1()
-            pure = self.load(server, paths)
-            memory = worker_memory(server)
-            self.results.rows.append(
-                make_row("this app", count, pure, floor_rps, memory, load_avg))
-            self.log(f"this app @ {count:,}: {pure.rps:,.0f}/s p99 {pure.p99_ms} ms "
-                     f"rss {memory[0]} MiB, start-up {startup:.2f} s")
+            if random_paths is not None:
+                run_wrk(server.base_url, paths, 2, self.s.connections)  # fill the caches
+            pure = self.load_row(name, server, count, paths, floor_rps)
+            if random_paths is not None:
+                self.load_row(f"{name}, random codes", server, count, random_paths,
+                              floor_rps)
             creates, visible, misses = self.creates(server)
             with probe.CreateTicker(server.port, 1.0, int(self.s.duration) + 5) as ticker:
                 mixed = self.load(server, paths)
@@ -336,9 +374,21 @@ class Bench:
             mixed_creates=len(ticker.seconds),
             mixed_create_p50_ms=round(percentile(ticker.seconds, 50) * 1000, 2),
             mixed_create_p99_ms=round(percentile(ticker.seconds, 99) * 1000, 2),
-            mixed_create_failures=len(ticker.failures)))
-        self.log(f"this app @ {count:,}: mixed {mixed.rps:,.0f}/s p99 {mixed.p99_ms} ms, "
-                 f"{len(ticker.seconds)} creates, {len(ticker.failures)} failed")
+            mixed_create_failures=len(ticker.failures), contender=name))
+        self.log(f"{name} @ {count:,}: start-up {startup:.2f} s, mixed {mixed.rps:,.0f}/s "
+                 f"p99 {mixed.p99_ms} ms, {len(ticker.seconds)} creates, "
+                 f"{len(ticker.failures)} failed")
+
+    def load_row(self, name: str, server: servers.Server, count: int, paths: Path,
+                 floor_rps: float) -> Load:
+        """One wrk run against a server that keeps running; its row, with memory after."""
+        load_avg = load1()
+        result = self.load(server, paths)
+        row = make_row(name, count, result, floor_rps, worker_memory(server), load_avg)
+        self.results.rows.append(row)
+        self.log(f"{name} @ {count:,}: {row.rps:,.0f}/s p99 {row.p99_ms} ms "
+                 f"rss {row.rss_mib} MiB")
+        return result
 
     def creates(self, server: servers.Server) -> tuple[list[float], list[float], int]:
         """Create links one at a time; after each, time until every worker serves it."""
@@ -374,29 +424,58 @@ class Bench:
         rebase_on_floor(self.results.rows[first:])
 
 
+def target(measured: float | None, limit: float, at_least: bool) -> dict[str, object]:
+    """One target judged on a measured figure (None: not measured in this run)."""
+    met = None if measured is None else (measured >= limit if at_least else measured <= limit)
+    return {"target": f"{'>=' if at_least else '<='} {limit:g}", "measured": measured,
+            "met": met}
+
+
 def targets(results: Results) -> dict[str, dict[str, object]]:
-    """The issue's three targets, judged on this run's own ratios (None: not measured)."""
-    app_rows = {r.links: r for r in results.rows if r.contender == "this app"}
-    figures = {f.links: f for f in results.app}
-    big = app_rows.get(1_000_000)
-    mixed = figures.get(100_000)
-    return {
-        "redirects/s at 1,000,000 links vs Flask floor": {
-            "target": ">= 0.9", "measured": big.vs_floor if big else None,
-            "met": big.vs_floor >= 0.9 if big else None},
-        "mixed-run p99 / pure p99 at 100,000 links": {
-            "target": "<= 2", "measured": mixed.mixed_vs_pure_p99 if mixed else None,
-            "met": mixed.mixed_vs_pure_p99 <= 2 if mixed else None},
-        "RSS per worker at 1,000,000 links (MiB)": {
-            "target": "< 400", "measured": big.rss_mib if big else None,
-            "met": big.rss_mib < 400 if big and big.rss_mib is not None else None},
+    """The performance issues' targets, judged on this run's own figures."""
+    def row(contender: str, links: int) -> Row | None:
+        return next((r for r in results.rows
+                     if r.contender == contender and r.links == links), None)
+
+    def figures(contender: str, links: int) -> AppFigures | None:
+        return next((f for f in results.app
+                     if f.contender == contender and f.links == links), None)
+
+    file_big, file_mixed = row("this app", 1_000_000), figures("this app", 100_000)
+    judged = {
+        "file: redirects/s at 1,000,000 links vs Flask floor": target(
+            file_big.vs_floor if file_big else None, 0.9, True),
+        "file: mixed-run p99 / pure p99 at 100,000 links": target(
+            file_mixed.mixed_vs_pure_p99 if file_mixed else None, 2, False),
+        "file: RSS per worker at 1,000,000 links (MiB)": target(
+            file_big.rss_mib if file_big else None, 400, False),
     }
+    pg = "this app on PostgreSQL"
+    for links in (1_000_000, 10_000_000):
+        hot, app = row(pg, links), figures(pg, links)
+        judged |= {
+            f"PostgreSQL: hot-set redirects/s at {links:,} links vs Flask floor": target(
+                hot.vs_floor if hot else None, 1.0, True),
+            f"PostgreSQL: create p99 at {links:,} links (ms)": target(
+                app.create_p99_ms if app else None, 10, False),
+            f"PostgreSQL: mixed-run p99 / pure p99 at {links:,} links": target(
+                app.mixed_vs_pure_p99 if app else None, 1.5, False),
+        }
+    memory = [r.rss_mib for r in results.rows if r.contender.startswith(pg)
+              and r.links == 10_000_000 and r.rss_mib is not None]
+    judged["PostgreSQL: RSS per worker at 10,000,000 links (MiB)"] = target(
+        max(memory) if memory else None, 80, False)
+    return judged
 
 
 def run(settings: Settings) -> Results:
     tmp = Path(tempfile.mkdtemp(prefix="bench-"))
+    database = postgres.start() if settings.postgres else None
     try:
-        bench = Bench(settings, tmp)
+        bench = Bench(settings, tmp, database)
+        if database is None:
+            bench.results.notes.append("PostgreSQL is not installed or --no-postgres: "
+                                       "no PostgreSQL rows")
         sample_paths = tmp / "paths.txt"
         sample_paths.write_text("".join(f"/{Link(str(i), '').code}\n" for i in range(1000)))
         for count in settings.sizes:
@@ -406,6 +485,8 @@ def run(settings: Settings) -> Results:
         bench.results.targets = targets(bench.results)
         return bench.results
     finally:
+        if database is not None:
+            database.close()
         shutil.rmtree(tmp, ignore_errors=True)
 
 
@@ -414,7 +495,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         wrk_path()
         results = run(settings)
-    except (LoadError, servers.ServerError, probe.ProbeError) as error:
+    except (LoadError, servers.ServerError, probe.ProbeError, ServerUnavailable) as error:
         print(f"bench: {error}", file=sys.stderr)
         return 1
     settings.out.mkdir(parents=True, exist_ok=True)

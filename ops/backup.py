@@ -2,25 +2,26 @@
 
 A snapshot is a directory (local, or under ``s3://bucket/prefix``) named by its UTC time:
 
-    20261127T051200123456Z/urls.json        the link file, copied under the store's lock
+    20261127T051200123456Z/urls.json        every link, in the app's JSON file format
     20261127T051200123456Z/uploads/<name>   every uploaded file
     20261127T051200123456Z/manifest.json    counts, sizes and SHA-256 of every file
 
 The manifest is written last, so a snapshot without one is incomplete and is ignored.
 Only the newest ``--keep`` complete snapshots are kept.
 
-The link file is read under the app's lock (an exclusive ``flock`` on
-``<URLS_FILE>.lock``, the protocol every writer of the store follows), so the copy is
-one the app wrote whole, never a half-written one. Uploads are copied afterwards: the
-app writes a file before it adds the link to it, so every file a copied link needs is
-already there.
+With the JSON file backend, the links file is read under the store's own lock (the
+``flock`` protocol of ``linkstore.jsonfile``, imported from there), so the copy is one
+the app wrote whole. With PostgreSQL (``DATABASE_URL`` or ``--database-url``) the links
+are read in code order in one transaction, a consistent view, and written in the same
+JSON format, so any snapshot restores into either backend. Uploads are copied
+afterwards: the app writes a file before it adds the link to it.
 
-The lock protocol is implemented here rather than imported: importing application.py
-builds the app, which creates directories and a secret key, and a backup job must not.
-
-``restore`` replaces the link file atomically under the same lock, keeps the file it
+``restore`` to the file replaces it atomically under the lock, keeps the file it
 replaces beside it (``urls.json.replaced-<time>``), brings back missing uploads, and
 refuses, unless ``--force``, to replace a live file that holds links the snapshot lacks.
+``restore`` to PostgreSQL adds the snapshot's links the database lacks and never
+overwrites or deletes one; rolling a database back in time is what RDS's own
+point-in-time restore is for (docs/database.md).
 
 Exit status: 0 done, 1 the snapshot is invalid or the action was refused or failed,
 2 bad arguments.
@@ -30,22 +31,25 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import fcntl
 import hashlib
 import json
 import os
 import shutil
 import socket
-import stat
 import sys
 import tempfile
-import time
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any, Iterator, Protocol, Sequence
+from typing import Any, Protocol, Sequence
 
+from linkstore import Link, StoreUnavailable, open_url, redacted
+from linkstore.jsonfile import FileStore, dump_links, exclusive_lock, write_atomically
+from linkstore.jsonfile import parse_links as parse_links_file
 from ops.error_hunt import parse_since
+from ops.store import CopyError
+from ops.store import copy as store_copy
 
 MANIFEST = "manifest.json"
 LINKS = "urls.json"
@@ -68,6 +72,7 @@ class Live:
     urls_file: Path
     upload_dir: Path
     lock_timeout: float
+    database_url: str = ""  # set: the links are in PostgreSQL, not in urls_file
 
     @property
     def lock_path(self) -> Path:
@@ -75,88 +80,47 @@ class Live:
 
     @classmethod
     def from_env(cls, urls_file: str | None, upload_dir: str | None,
-                 lock_timeout: float) -> Live:
+                 lock_timeout: float, database_url: str | None = None) -> Live:
         data_dir = Path(os.environ.get("DATA_DIR", "./data"))
         return cls(
             Path(urls_file or os.environ.get("URLS_FILE", str(data_dir / LINKS))),
             Path(upload_dir or os.environ.get("UPLOAD_DIR", str(data_dir / UPLOADS))),
             lock_timeout,
+            database_url if database_url is not None else os.environ.get("DATABASE_URL", ""),
         )
 
 
 @contextlib.contextmanager
 def store_lock(live: Live) -> Iterator[None]:
-    """Hold the app's exclusive lock on the link store (see the module docstring)."""
+    """Hold the app's exclusive lock on the links file (see the module docstring)."""
     live.lock_path.parent.mkdir(parents=True, exist_ok=True)
-    created = not live.lock_path.exists()
-    with open(live.lock_path, "a") as lock_file:
-        if created:  # the app must be able to open it for appending, too
-            adopt_owner(live.lock_path, live.lock_path.parent)
-        deadline = time.monotonic() + live.lock_timeout
-        while True:
-            try:
-                fcntl.flock(lock_file, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                break
-            except BlockingIOError:
-                if time.monotonic() > deadline:
-                    raise BackupError(
-                        f"{live.lock_path} stayed locked for {live.lock_timeout:g} s; the app "
-                        "may be stuck writing. Try again, or raise --lock-timeout.") from None
-                time.sleep(0.01)
-        try:
+    try:
+        with exclusive_lock(live.lock_path, live.lock_timeout):
             yield
-        finally:
-            fcntl.flock(lock_file, fcntl.LOCK_UN)
+    except StoreUnavailable as error:
+        if "locked by another process" not in str(error):
+            raise BackupError(str(error)) from None
+        raise BackupError(
+            f"{live.lock_path} stayed locked for {live.lock_timeout:g} s; the app "
+            "may be stuck writing. Try again, or raise --lock-timeout.") from None
 
 
-def parse_links(data: bytes, what: str) -> dict[str, dict[str, Any]]:
-    """The link file's content as a dict of records, or BackupError saying what is wrong."""
+def parse_links(data: bytes, what: str) -> dict[str, dict[str, str]]:
+    """A links file's records, or BackupError saying what is wrong (the app's own check)."""
     try:
-        links = json.loads(data)
-    except (UnicodeDecodeError, json.JSONDecodeError) as error:
-        raise BackupError(f"{what} is not valid JSON: {error}") from None
-    if not isinstance(links, dict) or not all(isinstance(r, dict) for r in links.values()):
-        raise BackupError(f"{what} is not a JSON object of link records")
-    return links
+        return parse_links_file(data, what)
+    except StoreUnavailable as error:
+        raise BackupError(str(error)) from None
 
 
-def write_atomically(path: Path, source: Path | bytes) -> None:
-    """Temp file in the same directory, fsync, rename over path, fsync the directory.
-
-    The new file keeps the mode and owner of the one it replaces (a new one: the owner of
-    its directory), so a restore run as root leaves files the app can still read.
-    """
+def put_atomically(path: Path, source: Path | bytes) -> None:
+    """Write path whole or not at all (linkstore's write_atomically), from bytes or a file."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.tmp-")
-    try:
-        with os.fdopen(fd, "wb") as out:
-            if isinstance(source, bytes):
-                out.write(source)
-            else:
-                with open(source, "rb") as src:
-                    shutil.copyfileobj(src, out, CHUNK)
-            out.flush()
-            os.fsync(out.fileno())
-        if path.exists():
-            os.chmod(tmp, stat.S_IMODE(path.stat().st_mode))
-        adopt_owner(Path(tmp), path if path.exists() else path.parent)
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
-        raise
-    directory = os.open(path.parent, os.O_RDONLY)
-    try:
-        os.fsync(directory)
-    finally:
-        os.close(directory)
-
-
-def adopt_owner(path: Path, like: Path) -> None:
-    """Run as root (cron, sudo), give a file the owner of `like`; otherwise nothing to do."""
-    if os.geteuid() == 0:
-        owner = like.stat()
-        os.chown(path, owner.st_uid, owner.st_gid)
+    if isinstance(source, bytes):
+        write_atomically(path, [source])
+        return
+    with open(source, "rb") as src:
+        write_atomically(path, iter(lambda: src.read(CHUNK), b""))
 
 
 def sha256_file(path: Path) -> str:
@@ -197,10 +161,10 @@ class LocalDestination:
         return self.building.get(name, self.root / name) / rest
 
     def put_bytes(self, key: str, data: bytes) -> None:
-        write_atomically(self.path(key), data)
+        put_atomically(self.path(key), data)
 
     def put_file(self, key: str, path: Path) -> None:
-        write_atomically(self.path(key), path)
+        put_atomically(self.path(key), path)
 
     def get_bytes(self, key: str) -> bytes:
         return self.path(key).read_bytes()
@@ -308,26 +272,55 @@ def snapshot_name(now: datetime) -> str:
     return now.strftime("%Y%m%dT%H%M%S%fZ")
 
 
-def read_links_locked(live: Live) -> tuple[bytes, bool]:
-    """The link file's bytes, read under the store's lock; (b"{}", False) if absent."""
+def copy_live_links(live: Live, target: Path) -> tuple[dict[str, Any], int, int]:
+    """Write every live link to target in the links file format; return where they came
+    from, how many there are, and how many of them are uploaded files."""
+    if live.database_url:
+        store = open_url(live.database_url, timeout=60.0)
+        counted = Counted()
+        try:
+            write_atomically(target, dump_links(counted.links(store.links())))
+        except StoreUnavailable as error:
+            raise BackupError(str(error)) from None
+        finally:
+            store.close()
+        return {"database": redacted(live.database_url)}, counted.links_seen, counted.files
     with store_lock(live):
         try:
-            return live.urls_file.read_bytes(), True
+            data, present = live.urls_file.read_bytes(), True
         except FileNotFoundError:
-            return b"{}", False
+            data, present = b"{}", False
+    links = parse_links(data, f"the live link file {live.urls_file}")
+    put_atomically(target, data)
+    source = {"urls_file": str(live.urls_file), "urls_file_present": present}
+    return source, len(links), sum(1 for record in links.values() if "file" in record)
+
+
+class Counted:
+    """Counts the links (and file links) that pass through it."""
+
+    def __init__(self) -> None:
+        self.links_seen = self.files = 0
+
+    def links(self, links: Iterable[Link]) -> Iterator[Link]:
+        for link in links:
+            self.links_seen += 1
+            self.files += link.file is not None
+            yield link
 
 
 def take_snapshot(live: Live, place: Destination, keep: int,
                   now: datetime | None = None) -> dict[str, Any]:
     """Copy the store to place, write the manifest, prune to `keep`; return the manifest."""
     started = now or datetime.now(timezone.utc)
-    data, present = read_links_locked(live)
-    links = parse_links(data, f"the live link file {live.urls_file}")
     name = snapshot_name(started)
-    place.begin(name)
-    files: dict[str, dict[str, Any]] = {
-        LINKS: {"size": len(data), "sha256": hashlib.sha256(data).hexdigest()}}
-    place.put_bytes(f"{name}/{LINKS}", data)
+    with tempfile.TemporaryDirectory(prefix="snapshot-") as scratch:
+        links_copy = Path(scratch) / LINKS
+        source, count, file_links = copy_live_links(live, links_copy)
+        place.begin(name)
+        files: dict[str, dict[str, Any]] = {
+            LINKS: {"size": links_copy.stat().st_size, "sha256": sha256_file(links_copy)}}
+        place.put_file(f"{name}/{LINKS}", links_copy)
     uploads = sorted(p for p in live.upload_dir.iterdir() if p.is_file()
                      and not p.name.startswith(".")) if live.upload_dir.is_dir() else []
     for upload in uploads:
@@ -339,10 +332,9 @@ def take_snapshot(live: Live, place: Destination, keep: int,
         "name": name,
         "created_at": started.isoformat(),
         "host": socket.gethostname(),
-        "source": {"urls_file": str(live.urls_file), "upload_dir": str(live.upload_dir),
-                   "urls_file_present": present},
-        "links": len(links),
-        "file_links": sum(1 for record in links.values() if "file" in record),
+        "source": {**source, "upload_dir": str(live.upload_dir)},
+        "links": count,
+        "file_links": file_links,
         "uploads": len(uploads),
         "bytes": sum(int(entry["size"]) for entry in files.values()),
         "files": files,
@@ -423,12 +415,32 @@ def restore(live: Live, place: Destination, name: str, force: bool,
         snapshot_bytes = (scratch / LINKS).read_bytes()
         wanted = parse_links(snapshot_bytes, "the snapshot")
         manifest = load_manifest(place, name)
+        if live.database_url and force:
+            raise BackupError("--force applies to the links file only: a restore into "
+                              "PostgreSQL never overwrites or deletes a link (for a database "
+                              "rolled back in time, use RDS point-in-time restore)")
         restored_uploads = restore_uploads(live, manifest, scratch)
+        done: dict[str, Any] = {"snapshot": f"{place.url}/{name}", "links": len(wanted),
+                                "uploads_restored": restored_uploads}
+        if live.database_url:
+            return done | {"links_added": add_to_database(live, scratch / LINKS)}
         with store_lock(live):
             kept = replace_links(live, snapshot_bytes, wanted, force,
                                  now or datetime.now(timezone.utc))
-    return {"snapshot": f"{place.url}/{name}", "links": len(wanted),
-            "uploads_restored": restored_uploads, "replaced_file_kept_as": kept}
+    return done | {"replaced_file_kept_as": kept}
+
+
+def add_to_database(live: Live, links_file: Path) -> int:
+    """Copy the snapshot's links into PostgreSQL with ``ops.store``'s checked copy: only
+    what the database lacks is added, and a differing link stops it before any write."""
+    snapshot = FileStore(links_file)
+    database = open_url(live.database_url, timeout=60.0)
+    try:
+        return store_copy(snapshot, database).added
+    except (CopyError, StoreUnavailable) as error:
+        raise BackupError(f"not restored into {redacted(live.database_url)}: {error}") from None
+    finally:
+        database.close()
 
 
 def restore_uploads(live: Live, manifest: dict[str, Any], scratch: Path) -> int:
@@ -439,7 +451,7 @@ def restore_uploads(live: Live, manifest: dict[str, Any], scratch: Path) -> int:
             continue
         target = live.upload_dir / key.removeprefix(f"{UPLOADS}/")
         if not target.exists():
-            write_atomically(target, scratch / key.replace("/", "__"))
+            put_atomically(target, scratch / key.replace("/", "__"))
             count += 1
     return count
 
@@ -466,9 +478,9 @@ def replace_links(live: Live, data: bytes, wanted: dict[str, Any], force: bool,
     if current is not None:
         kept_path = live.urls_file.with_name(
             f"{live.urls_file.name}.replaced-{snapshot_name(now)}")
-        write_atomically(kept_path, current)
+        put_atomically(kept_path, current)
         kept = str(kept_path)
-    write_atomically(live.urls_file, data)
+    put_atomically(live.urls_file, data)
     return kept
 
 
@@ -487,9 +499,10 @@ def default_destination() -> str | None:
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="python -m ops.backup",
-        description="Snapshot, verify, list and restore the link store (urls.json and "
-                    "uploads). DEST is a directory or s3://bucket/prefix; by default "
-                    "$BACKUP_DEST, else s3://$BACKUP_BUCKET/$BACKUP_PREFIX.",
+        description="Snapshot, verify, list and restore the link store (the links, from "
+                    "urls.json or PostgreSQL, and the uploads). DEST is a directory or "
+                    "s3://bucket/prefix; by default $BACKUP_DEST, else "
+                    "s3://$BACKUP_BUCKET/$BACKUP_PREFIX.",
         epilog="Exit status: 0 done, 1 invalid snapshot or refused/failed action, 2 bad "
                "arguments. Example: python -m ops.backup restore s3://my-bucket/shortener",
     )
@@ -502,6 +515,9 @@ def build_parser() -> argparse.ArgumentParser:
                                                   "$UPLOAD_DIR, else $DATA_DIR/uploads)")
         command.add_argument("--lock-timeout", type=float, default=30.0, metavar="SECONDS",
                              help="how long to wait for the store's lock (default 30)")
+        command.add_argument("--database-url", metavar="URL",
+                             help="the links are in this PostgreSQL database, not in the "
+                                  "file (default $DATABASE_URL; '' for the file)")
 
     snap = sub.add_parser("snapshot", help="copy the store (under its lock) to DEST")
     snap.add_argument("dest", nargs="?", default=default_destination(), metavar="DEST",
@@ -537,7 +553,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     if args.command == "snapshot":
         if args.keep < 1:
             raise BackupError("--keep must be at least 1")
-        live = Live.from_env(args.urls_file, args.upload_dir, args.lock_timeout)
+        live = Live.from_env(args.urls_file, args.upload_dir, args.lock_timeout,
+                             args.database_url)
         return take_snapshot(live, destination(args.dest), args.keep)
     if args.command == "list":
         place = destination(args.dest)
@@ -555,7 +572,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         if problems:
             raise BackupError(f"{place.url}/{name} failed verification: " + "; ".join(problems))
         return {"snapshot": f"{place.url}/{name}", "ok": True}
-    live = Live.from_env(args.urls_file, args.upload_dir, args.lock_timeout)
+    live = Live.from_env(args.urls_file, args.upload_dir, args.lock_timeout,
+                         args.database_url)
     return restore(live, place, name, args.force)
 
 

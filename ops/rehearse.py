@@ -100,9 +100,10 @@ def committed_tree(dest: Path) -> Path:
 
 
 def replace(tree: Path, old: str, new: str, case: str) -> None:
-    """Replace old with new in the app's own modules (top-level *.py) of tree."""
+    """Replace old with new in the app's own modules (top-level *.py and the store
+    package) of tree."""
     changed = 0
-    for module in sorted(tree.glob("*.py")):
+    for module in sorted([*tree.glob("*.py"), *tree.glob("linkstore/*.py")]):
         text = module.read_text()
         changed += text.count(old)
         module.write_text(text.replace(old, new))

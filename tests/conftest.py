@@ -1,8 +1,10 @@
 """Fixtures in the style of Flask's tutorial: an app over a temporary data directory,
-its test client, and the same app under real gunicorn."""
+its test client, the same app under real gunicorn, and the link store on each backend
+(the JSON file, and a real PostgreSQL server the tests start themselves)."""
 from __future__ import annotations
 
-import re
+import itertools
+import os
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -13,10 +15,14 @@ from flask.testing import FlaskClient
 from werkzeug.test import TestResponse
 
 from application import create_app
+from linkstore import LinkStore, open_url
+from ops.pgserver import PostgresServer, ServerUnavailable
+from tests.helpers import PostForm, csrf_token
 from tests.servers import GunicornServer
 
 pytest_plugins = ["tests.leakcheck"]  # the run fails if it leaves a process running
-PostForm = Callable[..., TestResponse]
+BACKENDS = ["file", "postgresql"]
+_databases = itertools.count()
 
 
 @pytest.fixture
@@ -35,12 +41,6 @@ def client(app: Flask) -> FlaskClient:
     return app.test_client()
 
 
-def csrf_token(client: FlaskClient) -> str:
-    match = re.search(r'name="csrf_token" value="([^"]+)"', client.get("/").text)
-    assert match, "the home page has no CSRF token"
-    return match.group(1)
-
-
 @pytest.fixture
 def post_form(client: FlaskClient) -> PostForm:
     """POST /your-url as a browser would: with the page's CSRF token."""
@@ -55,3 +55,57 @@ def server(tmp_path: Path) -> Iterator[GunicornServer]:
     """The app under real gunicorn with 3 workers on a free loopback port."""
     with GunicornServer(tmp_path / "data", workers=3) as srv:
         yield srv
+
+
+# --- PostgreSQL ------------------------------------------------------------------------
+
+@pytest.fixture(scope="session")
+def postgres() -> Iterator[PostgresServer]:
+    """One real PostgreSQL server for the whole run (ops/pgserver.py).
+
+    Skipped where PostgreSQL is not installed, except with REQUIRE_POSTGRES=1 (CI),
+    where a missing server fails the tests that need it.
+    """
+    try:
+        server = PostgresServer()
+    except ServerUnavailable as exc:
+        if os.environ.get("REQUIRE_POSTGRES") == "1":
+            pytest.fail(f"REQUIRE_POSTGRES=1, but {exc}")
+        pytest.skip(str(exc))
+    with server:
+        yield server
+
+
+@pytest.fixture
+def database_url(postgres: PostgresServer) -> Iterator[str]:
+    """A new, empty database for one test; dropped afterwards."""
+    name = f"test_{os.getpid()}_{next(_databases)}"
+    yield postgres.create_database(name)
+    postgres.drop_database(name)
+
+
+@pytest.fixture(params=BACKENDS)
+def location(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    """Where a store keeps its links: a links file, or a new PostgreSQL database."""
+    if request.param == "file":
+        return (tmp_path / "urls.json").as_uri()
+    return str(request.getfixturevalue("database_url"))
+
+
+@pytest.fixture
+def open_store(location: str) -> Iterator[Callable[[], LinkStore]]:
+    """Open another store on the same links, as another worker or server would."""
+    opened: list[LinkStore] = []
+
+    def another() -> LinkStore:
+        opened.append(open_url(location, timeout=5.0))
+        return opened[-1]
+    yield another
+    for store in opened:
+        store.close()
+
+
+@pytest.fixture
+def store(open_store: Callable[[], LinkStore]) -> LinkStore:
+    """The link store on each backend in turn: the contract suite runs on both."""
+    return open_store()

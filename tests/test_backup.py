@@ -19,9 +19,10 @@ import requests
 from flask import Flask
 from flask.testing import FlaskClient
 
-from application import LinkStore, create_app
+from application import create_app
+from linkstore.jsonfile import FileStore
 from ops import backup
-from tests.conftest import PostForm
+from tests.helpers import PostForm
 from tests.servers import GunicornServer
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -209,7 +210,7 @@ def test_snapshot_waits_for_the_apps_lock(app: Flask, client: FlaskClient,
     """The app's own LinkStore lock keeps a snapshot out, so it cannot copy a write midway."""
     create_links(client, 1)
     live = live_of(app)
-    with LinkStore(live.urls_file, lock_timeout=1.0).locked():
+    with FileStore(live.urls_file, lock_timeout=1.0).locked():
         held = subprocess.run(
             [sys.executable, "-m", "ops.backup", "snapshot", str(tmp_path / "snapshots"),
              "--lock-timeout", "0.3", *store_args(live)],
@@ -323,3 +324,59 @@ def test_a_snapshot_during_a_create_storm_loses_nothing_acknowledged_before_it(
     assert set(snapshot_links) <= set(live_links)
     assert set(acked) <= set(live_links)
     assert backup.main(["verify", str(dest / name)]) == 0
+
+
+# ---- the snapshot's shape is the app's own check ------------------------------------
+
+@pytest.mark.parametrize("content", ['{"a": {"url": 5}}', '{"a": {}}', '{"a": "https://x/"}'])
+def test_a_snapshot_the_app_would_refuse_does_not_verify(
+        app: Flask, client: FlaskClient, tmp_path: Path, content: str) -> None:
+    create_links(client, 1)
+    dest = tmp_path / "snapshots"
+    manifest = backup.take_snapshot(live_of(app), backup.LocalDestination(dest), keep=5)
+    links = dest / manifest["name"] / "urls.json"
+    links.write_text(content)
+    manifest["files"]["urls.json"] = {"size": links.stat().st_size,
+                                      "sha256": backup.sha256_file(links)}
+    (dest / manifest["name"] / "manifest.json").write_text(json.dumps(manifest))
+    problems = backup.verify(backup.LocalDestination(dest), manifest["name"], tmp_path)
+    assert any("wrong shape" in problem for problem in problems), problems
+
+
+# ---- PostgreSQL: a snapshot in the app's JSON format, restored into a database ------
+
+def postgres_app(data_dir: Path, database_url: str) -> Flask:
+    return create_app({"DATA_DIR": data_dir, "TESTING": True, "SECRET_KEY": "test-secret",
+                       "CREATE_RATE_LIMIT": "off", "DATABASE_URL": database_url})
+
+
+def test_a_postgresql_snapshot_restores_into_an_empty_database(
+        tmp_path: Path, postgres: Any, database_url: str) -> None:
+    app = postgres_app(tmp_path / "data", database_url)
+    client = app.test_client()
+    links = create_links(client, 4)
+    app.extensions["link_store"].close()
+    live = backup.Live(tmp_path / "data" / "urls.json", tmp_path / "data" / "uploads", 5.0,
+                       database_url)
+    dest = tmp_path / "snapshots"
+    manifest = backup.take_snapshot(live, backup.LocalDestination(dest), keep=3)
+    assert manifest["links"] == 4 and manifest["source"]["database"].endswith(
+        database_url.rsplit("@", 1)[1])
+    assert postgres.password not in json.dumps(manifest)
+    assert backup.main(["verify", str(dest)]) == 0
+    snapshot = json.loads((dest / manifest["name"] / "urls.json").read_text())
+    assert {code: record["url"] for code, record in snapshot.items()} == links
+
+    fresh = postgres.create_database("restored_from_snapshot")
+    try:
+        assert backup.main(["restore", str(dest), "--database-url", fresh,
+                            "--upload-dir", str(tmp_path / "data" / "uploads")]) == 0
+        restored = postgres_app(tmp_path / "data", fresh)
+        try:
+            for code, url in links.items():
+                assert restored.test_client().get(f"/{code}").headers["Location"] == url
+        finally:
+            restored.extensions["link_store"].close()
+        assert backup.main(["restore", str(dest), "--force", "--database-url", fresh]) == 1
+    finally:
+        postgres.drop_database("restored_from_snapshot")

@@ -4,13 +4,14 @@ from __future__ import annotations
 import os
 import stat
 import subprocess  # nosec B404
+import sys
 import time
 from pathlib import Path
 
 import pytest
 import requests
 
-from application import create_app
+from application import ConfigError, create_app
 from ops import processes
 from tests.servers import REPO, free_port
 
@@ -111,3 +112,43 @@ def test_the_client_address_comes_from_the_trusted_proxies_only(
                                 client, "192.0.2.99")},
                             environ_base={"REMOTE_ADDR": "127.0.0.1"})
     assert other.status_code == (429 if client == "127.0.0.1" else 201)
+
+
+def test_a_secret_that_cannot_be_written_leaves_no_temporary_file(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("SECRET_KEY", raising=False)
+
+    def full_disk(fd: int) -> None:
+        raise OSError(28, "No space left on device")
+    monkeypatch.setattr(os, "fsync", full_disk)
+    app = create_app({"DATA_DIR": tmp_path})
+    assert len(str(app.secret_key)) >= 64  # a key for this process, and an ERROR line
+    assert [p.name for p in tmp_path.iterdir() if "secret" in p.name] == []
+
+
+@pytest.mark.parametrize("setting, value, message", [
+    ("DATABASE_URL", "mysql://u:hunter2@db/links", "DATABASE_URL must be a PostgreSQL URL"),
+    ("DATABASE_URL", "file:///var/app/urls.json", "DATABASE_URL must be a PostgreSQL URL"),
+    ("MAX_UPLOAD_MB", "ten", "MAX_UPLOAD_MB must be a number, not 'ten'"),
+])
+def test_a_setting_that_cannot_be_used_stops_the_app_with_a_message(
+        tmp_path: Path, setting: str, value: str, message: str) -> None:
+    with pytest.raises(ConfigError, match=message) as error:
+        create_app({"DATA_DIR": tmp_path, "SECRET_KEY": "t", setting: value})
+    assert "hunter2" not in str(error.value)
+
+
+def test_gunicorn_stops_with_one_line_when_database_url_is_wrong(tmp_path: Path) -> None:
+    env = {**os.environ, "DATA_DIR": str(tmp_path), "SECRET_KEY": "t",
+           "DATABASE_URL": "mysql://u:hunter2@db/links"}
+    result = subprocess.run(  # nosec B603
+        [sys.executable, "-m", "gunicorn", "--config", str(REPO / "gunicorn.conf.py"),
+         "--bind", f"127.0.0.1:{free_port()}", "--workers", "2", "application:application"],
+        cwd=REPO, env=env, capture_output=True, text=True, timeout=120, check=False)
+    assert result.returncode != 0
+    assert "cannot start: DATABASE_URL must be a PostgreSQL URL" in result.stderr
+    assert "hunter2" not in result.stderr
+    # No traceback through the app. (When two workers fail to boot at once, gunicorn's
+    # own master may print one of its HaltServer: that is gunicorn's, not ours.)
+    assert "application.py" not in result.stderr and "ConfigError" not in result.stderr
+    assert "Worker failed to boot" in result.stderr

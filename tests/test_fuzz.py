@@ -22,8 +22,9 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from werkzeug.test import TestResponse
 
-from application import checked_url, create_app, shape_problem
-from tests.conftest import csrf_token
+from application import checked_url, create_app
+from linkstore.jsonfile import shape_problem
+from tests.helpers import csrf_token
 
 # FUZZ_EXAMPLES=2000 for a deeper run than make test's bounded one.
 FUZZ = settings(max_examples=int(os.environ.get("FUZZ_EXAMPLES", "120")), deadline=None,
@@ -213,7 +214,10 @@ def test_random_multipart_bodies_never_fail(app: Flask, client: FlaskClient, bod
 @FUZZ
 @given(path=st.one_of(st.text(max_size=200), huge_text))
 def test_any_path_is_answered_without_5xx(client: FlaskClient, path: str) -> None:
-    for target in (f"/{quote(path, safe='')}", f"/{quote(path)}", f"/api/links/{quote(path)}"):
+    # The test client reads a target starting with "//" as a host name ("//." fails in
+    # its IDNA encoder before any request is made); "%2F" covers a leading slash.
+    for target in (f"/{quote(path, safe='')}", f"/{quote(path).lstrip('/')}",
+                   f"/api/links/{quote(path)}"):
         assert_sane(client.get(target))
 
 

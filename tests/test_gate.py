@@ -2,10 +2,10 @@
 
 Version 2 of the original app shipped `json.loads(urls_file)` where `json.load` was
 meant (13 minutes down), and also misspelt a route decorator. Each slip is made again
-here, in a copy of application.py, and the project's own gate must fail on it: `mypy
---strict` with the project's configuration, and the project's store and route tests run
-against the copy. The unmodified copy must pass the same gate, so a failure can only
-come from the slip.
+here, in a copy of the app (application.py and the linkstore package, where the file is
+read now), and the project's own gate must fail on it: `mypy --strict` with the
+project's configuration, and the project's store and route tests run against the copy.
+The unmodified copy must pass the same gate, so a failure can only come from the slip.
 """
 
 from __future__ import annotations
@@ -20,17 +20,19 @@ import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
 GATE_TESTS = ["tests/test_store.py", "tests/test_routes.py"]
+STORE = "linkstore/jsonfile.py"  # where the links file is read
+CHECKED = ["application.py", "linkstore"]
 ROUTE_METHODS = {"route", "get", "post", "put", "patch", "delete"}
 
 
 def store_read_lines(source: str) -> range:
-    """Line numbers (1-based) of LinkStore._read, the store's read path."""
+    """Line numbers (1-based) of FileStore._read, the store's read path."""
     for node in ast.walk(ast.parse(source)):
-        if isinstance(node, ast.ClassDef) and node.name == "LinkStore":
+        if isinstance(node, ast.ClassDef) and node.name == "FileStore":
             for item in node.body:
                 if isinstance(item, ast.FunctionDef) and item.name == "_read":
                     return range(item.lineno, (item.end_lineno or item.lineno) + 1)
-    raise AssertionError("application.py has no LinkStore._read")
+    raise AssertionError(f"{STORE} has no FileStore._read")
 
 
 def json_loads_slip(source: str) -> str:
@@ -38,7 +40,7 @@ def json_loads_slip(source: str) -> str:
     lines = source.splitlines(keepends=True)
     read = store_read_lines(source)
     hits = [n for n in read if "json.load(" in lines[n - 1]]
-    assert len(hits) == 1, f"expected one json.load( in LinkStore._read, found {hits}"
+    assert len(hits) == 1, f"expected one json.load( in FileStore._read, found {hits}"
     lines[hits[0] - 1] = lines[hits[0] - 1].replace("json.load(", "json.loads(")
     return "".join(lines)
 
@@ -63,21 +65,22 @@ def route_decorator_slip(source: str) -> str:
 
 
 def make_copy(target: Path, slip: str | None) -> Path:
-    """Copy the app, its templates/static, config, the gate's tests and the ops package
-    they start servers with; make the slip."""
+    """Copy the app, its store, templates/static, config and the gate's tests (and what
+    they import); make the slip."""
     target.mkdir(parents=True)
     for name in ("application.py", "gunicorn.conf.py", "pyproject.toml"):
         shutil.copy2(ROOT / name, target / name)
-    for name in ("templates", "static", "ops"):
-        shutil.copytree(ROOT / name, target / name)
+    for name in ("linkstore", "templates", "static", "ops"):
+        shutil.copytree(ROOT / name, target / name,
+                        ignore=shutil.ignore_patterns("__pycache__"))
     shutil.copytree(ROOT / "tests", target / "tests",
                     ignore=shutil.ignore_patterns("torture", "fixtures", "__pycache__"))
-    source = (target / "application.py").read_text()
     if slip == "json.loads":
-        source = json_loads_slip(source)
+        store = target / STORE
+        store.write_text(json_loads_slip(store.read_text()))
     elif slip == "route":
-        source = route_decorator_slip(source)
-    (target / "application.py").write_text(source)
+        app = target / "application.py"
+        app.write_text(route_decorator_slip(app.read_text()))
     return target
 
 
@@ -93,7 +96,7 @@ def mypy_strict(copy: Path) -> subprocess.CompletedProcess[str]:
     a shared one could answer for the wrong copy."""
     return subprocess.run(
         [sys.executable, "-m", "mypy", "--strict", "--config-file", "pyproject.toml",
-         "--cache-dir", str(copy / ".mypy_cache"), "application.py"],
+         "--cache-dir", str(copy / ".mypy_cache"), *CHECKED],
         cwd=copy, capture_output=True, text=True, timeout=300, check=False)
 
 
@@ -107,9 +110,10 @@ def gate_tests(copy: Path) -> subprocess.CompletedProcess[str]:
 
 
 def test_the_slips_change_exactly_one_line(copies: dict[str, Path]) -> None:
-    clean = (copies["clean"] / "application.py").read_text().splitlines()
-    for slip, expected in (("json.loads", "json.loads(urls_file"), ("route", "s(\"/<code>\")")):
-        changed = (copies[slip] / "application.py").read_text().splitlines()
+    for slip, where, expected in (("json.loads", STORE, "json.loads(urls_file"),
+                                  ("route", "application.py", "s(\"/<code>\")")):
+        clean = (copies["clean"] / where).read_text().splitlines()
+        changed = (copies[slip] / where).read_text().splitlines()
         diff = [(a, b) for a, b in zip(clean, changed) if a != b]
         assert len(clean) == len(changed) and len(diff) == 1, diff
         assert expected in diff[0][1]

@@ -13,7 +13,7 @@ import pytest
 from flask.testing import FlaskClient
 from werkzeug.test import TestResponse
 
-from tests.conftest import PostForm
+from tests.helpers import PostForm
 from tests.servers import REPO
 
 Attrs = dict[str, str | None]

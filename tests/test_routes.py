@@ -13,7 +13,8 @@ from flask.testing import FlaskClient
 from werkzeug.test import TestResponse
 
 from application import create_app
-from tests.conftest import PostForm
+from linkstore import StoreUnavailable
+from tests.helpers import PostForm, csrf_token
 from tests.servers import links_on_disk
 
 
@@ -205,7 +206,6 @@ def test_an_upload_over_the_limit_is_413_and_nothing_is_kept(tmp_path: Path) -> 
     app = create_app({"DATA_DIR": tmp_path, "TESTING": True, "SECRET_KEY": "t",
                       "MAX_UPLOAD_MB": "1", "CREATE_RATE_LIMIT": "off"})
     client = app.test_client()
-    from tests.conftest import csrf_token
     for size in (1024 * 1024 + 1, 3 * 1024 * 1024):  # parsed and refused; refused unread
         page = client.post("/your-url", content_type="multipart/form-data", data={
             "csrf_token": csrf_token(client), "code": "big",
@@ -444,3 +444,16 @@ def test_an_unexpected_error_is_a_friendly_page_and_a_log_line(
     assert "TextIOWrapper" in caplog.text
     api = client.get("/api/links/anything")
     assert api.status_code == 500 and json.loads(api.text)["error"]
+
+
+@pytest.mark.parametrize("failure", [RuntimeError("a bug in the store"),
+                                     StoreUnavailable("the disk is full")])
+def test_an_upload_whose_link_cannot_be_stored_leaves_no_file(
+        app: Flask, post_form: PostForm, monkeypatch: pytest.MonkeyPatch,
+        failure: Exception) -> None:
+    def failing_add(link: object) -> None:
+        raise failure
+    monkeypatch.setattr(app.extensions["link_store"], "add", failing_add)
+    page = post_form(file=(io.BytesIO(b"data"), "a.txt"), code="lost")
+    assert page.status_code == (500 if isinstance(failure, RuntimeError) else 503)
+    assert list(Path(app.config["UPLOAD_DIR"]).iterdir()) == []

@@ -15,7 +15,7 @@ from flask import Flask
 from flask.testing import FlaskClient
 
 from application import SESSION_CODES_KEPT, create_app
-from tests.conftest import PostForm, csrf_token
+from tests.helpers import PostForm, csrf_token
 
 SCRIPTED_UPLOADS = {
     "page.html": b"<!doctype html><script>location='/pwned-html'</script>",

@@ -25,9 +25,10 @@ def create(session: requests.Session, base: str, code: str) -> int:
 def test_a_link_created_in_one_worker_is_followed_in_every_other(tmp_path: Path) -> None:
     access_log = tmp_path / "access.log"
     # Sync workers take one connection at a time, so concurrent clients reach several of
-    # them; a threaded worker may take them all, which would prove nothing here.
+    # them; a threaded worker may take them all, which would prove nothing here. (gunicorn
+    # runs gthread instead of sync whenever threads > 1.)
     server = GunicornServer(tmp_path / "data", workers=3, env={
-        "GUNICORN_WORKER_CLASS": "sync",
+        "GUNICORN_WORKER_CLASS": "sync", "GUNICORN_THREADS": "1",
         "GUNICORN_CMD_ARGS": f"--access-logfile {access_log} "
                              "--access-logformat '%(p)s %(U)s %(s)s'"})
 

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import requests
 
-from application import shape_problem
+from linkstore.jsonfile import shape_problem
 from tests.servers import GunicornServer, links_on_disk
 from tests.torture.conftest import Record, create, resolve
 
