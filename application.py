@@ -5,6 +5,8 @@ pages. Read top to bottom; ARCHITECTURE.md has the HTTP contract. The links live
 store behind one interface (``linkstore``): the JSON file at ``URLS_FILE`` by default,
 PostgreSQL when ``DATABASE_URL`` is set. ``FastRedirects`` answers redirects from the
 store before Flask's request machinery; everything else goes through the blueprint.
+Both redirect paths hand each visit to the visit counter (``visits.py``), which counts
+it in memory and stores it later, off the redirect's path.
 """
 from __future__ import annotations
 
@@ -39,6 +41,7 @@ from werkzeug.urls import iri_to_uri
 from werkzeug.utils import secure_filename
 from werkzeug.wrappers import Response
 
+import visits
 from linkstore import CodeTaken, Link, LinkStore, StoreUnavailable, is_postgres_url, redacted
 from linkstore.jsonfile import FileStore, write_atomically
 
@@ -59,6 +62,9 @@ SECURITY_HEADERS = [("Content-Security-Policy", CONTENT_SECURITY_POLICY),
                     ("X-Content-Type-Options", "nosniff"), ("X-Frame-Options", "DENY"),
                     ("Referrer-Policy", "strict-origin-when-cross-origin")]
 HSTS = ("Strict-Transport-Security", "max-age=31536000; includeSubDomains")
+# A counted redirect must reach the app every time: no cache may answer it, neither
+# nginx's redirect cache nor a browser's (docs/visits.md, "The nginx redirect cache").
+NOT_STORED = ("Cache-Control", "private, no-store")
 
 
 # --- Configuration ---------------------------------------------------------------------
@@ -91,6 +97,13 @@ def load_config(overrides: Mapping[str, Any] | None) -> dict[str, Any]:
             "postgresql://user:password@host:5432/dbname, or unset to keep the links in "
             f"the JSON file at URLS_FILE; it is {redacted(database_url)!r}")
     rate_limit = str(setting("CREATE_RATE_LIMIT", "60/minute"))
+    counting = str(setting("VISITS", "on")).lower()
+    if counting not in ("on", "off"):
+        raise ConfigError(f"VISITS must be on or off, not {counting!r}")
+    flush_seconds = number("VISITS_FLUSH_SECONDS", "10")
+    if not 0 < flush_seconds <= 3600:
+        raise ConfigError("VISITS_FLUSH_SECONDS must be more than 0 and at most 3600 "
+                          f"(seconds between writes of the visit counts), not {flush_seconds:g}")
     config: dict[str, Any] = {
         "DATA_DIR": data_dir,
         "URLS_FILE": Path(setting("URLS_FILE", str(data_dir / "urls.json"))),
@@ -109,6 +122,8 @@ def load_config(overrides: Mapping[str, Any] | None) -> dict[str, Any]:
         "RATELIMIT_HEADERS_ENABLED": True,
         "LOCK_TIMEOUT": number("LOCK_TIMEOUT", "5"),
         "TRUSTED_PROXY_HOPS": int(number("TRUSTED_PROXY_HOPS", "1")),
+        "VISITS": counting == "on",
+        "VISITS_FLUSH_SECONDS": flush_seconds,
         "SESSION_COOKIE_SAMESITE": "Lax",
         "SESSION_COOKIE_HTTPONLY": True,
         "WTF_CSRF_TIME_LIMIT": None,  # the token lives as long as the session
@@ -235,6 +250,18 @@ def store() -> LinkStore:
     return current_app.extensions["link_store"]  # type: ignore[no-any-return]
 
 
+def visit_store() -> visits.VisitStore:
+    return current_app.extensions["visit_store"]  # type: ignore[no-any-return]
+
+
+def count_visit(code: str) -> bool:
+    """Hand this request to the visit counter; False when visits are not counted."""
+    recorder: visits.Recorder | None = current_app.extensions["visits"]
+    if recorder is not None:
+        recorder.record(code, request.environ)
+    return recorder is not None
+
+
 def short_url(code: str) -> str:
     base = current_app.config["PUBLIC_BASE_URL"] or request.host_url
     return f"{base.rstrip('/')}/{code}"
@@ -290,6 +317,12 @@ def render_home(errors: Mapping[str, str] | None = None, status: int = 200, form
             if link:
                 links.append({"code": code, "short_url": short_url(code),
                               "target": link.url or link.name or link.file})
+    counts: dict[str, int] | None = None
+    if links and current_app.config["VISITS"]:
+        with contextlib.suppress(StoreUnavailable):
+            counts = visit_store().totals([item["code"] for item in links])
+    for item in links:
+        item["visits"] = None if counts is None else counts.get(item["code"], 0)
     max_upload_mb = current_app.config["MAX_UPLOAD_BYTES"] / (1024 * 1024)
     return render_template("home.html", errors=errors or {}, form=form, links=links,
                            values=request.form if values is None else values,
@@ -369,9 +402,26 @@ def follow(code: str) -> ResponseReturnValue:
     link = store().get(code)
     if link is None:
         raise NotFound()
+    counted = count_visit(code)
     if link.url is not None:
-        return redirect(link.url)
+        response = redirect(link.url)
+        if counted:
+            response.headers.set(*NOT_STORED)
+        return response
     return send_upload(link.file or "", link.name)
+
+
+@bp.get("/<code>+")
+def stats_page(code: str) -> ResponseReturnValue:
+    link = store().get(code)
+    if link is None:
+        raise NotFound()
+    stats = visit_store().stats(code)
+    last_day = visits.today()
+    return render_template("stats.html", link=link, short_url=short_url(code), stats=stats,
+                           chart=visits.chart(stats, last_day), last_day=last_day,
+                           details=visits.DETAILS, counting=current_app.config["VISITS"],
+                           flush_seconds=current_app.config["VISITS_FLUSH_SECONDS"])
 
 
 def send_upload(stored_name: str, name: str | None) -> Response:
@@ -422,6 +472,15 @@ def link_details(code: str) -> ResponseReturnValue:
         return api_error(f"No link has the code '{code}'.", 404)
     kind, target = ("url", link.url) if link.url is not None else ("file", link.file)
     return jsonify({"code": code, kind: target, "created_at": link.created_at})
+
+
+@bp.get("/api/links/<code>/stats")
+def link_stats(code: str) -> ResponseReturnValue:
+    link = store().get(code)
+    if link is None:
+        return api_error(f"No link has the code '{code}'.", 404)
+    return jsonify(visits.document(link, visit_store().stats(code), current_app.config["VISITS"],
+                                   current_app.config["VISITS_FLUSH_SECONDS"]))
 
 
 @bp.get("/healthz")
@@ -519,10 +578,13 @@ class FastRedirects:
     answer is byte for byte what ``follow`` sends (tests/test_fast_path.py): the same
     status, Location, body and security headers. Anything else (other routes, uploaded
     files, unknown codes, other methods, a store that raises) goes to Flask unchanged.
+    A redirect is handed to the visit counter, when there is one, as ``follow`` does.
     """
 
-    def __init__(self, app: Any, links: LinkStore, reserved: frozenset[str]) -> None:
-        self.app, self.links, self.reserved = app, links, reserved
+    def __init__(self, app: Any, links: LinkStore, reserved: frozenset[str],
+                 counter: visits.Recorder | None) -> None:
+        self.app, self.links, self.reserved, self.counter = app, links, reserved, counter
+        self.headers = [*SECURITY_HEADERS, *([NOT_STORED] if counter else [])]
 
     def __call__(self, environ: dict[str, Any], start_response: Any) -> Any:
         path = environ.get("PATH_INFO", "")
@@ -534,15 +596,16 @@ class FastRedirects:
                 except Exception:  # Flask looks again, then logs and shows its error page
                     link = None
                 if link is not None and link.url is not None:
+                    if self.counter is not None:
+                        self.counter.record(code, environ)
                     return self.redirect(link.url, environ, start_response)
         return self.app(environ, start_response)
 
-    @staticmethod
-    def redirect(url: str, environ: dict[str, Any], start_response: Any) -> list[bytes]:
+    def redirect(self, url: str, environ: dict[str, Any], start_response: Any) -> list[bytes]:
         body = redirect(url).get_data()
         headers = [("Content-Type", "text/html; charset=utf-8"),
                    ("Content-Length", str(len(body))), ("Location", iri_to_uri(url)),
-                   *SECURITY_HEADERS]
+                   *self.headers]
         if environ.get("wsgi.url_scheme") == "https":
             headers.append(HSTS)
         start_response("302 FOUND", headers)
@@ -583,10 +646,14 @@ def create_app(config: Mapping[str, Any] | None = None) -> Flask:
                                              for rule in app.url_map.iter_rules()
                                              if not rule.rule.startswith("/<")) - {""}
     links = app.extensions["link_store"] = open_store(app.config)
+    counts = app.extensions["visit_store"] = visits.open_store(links)
+    counter = app.extensions["visits"] = (
+        visits.Recorder(counts, app.config["VISITS_FLUSH_SECONDS"]) if app.config["VISITS"]
+        else None)
     # Each proxy appends the address it saw to X-Forwarded-For (on Elastic Beanstalk the
     # load balancer, then nginx: 2 hops); X-Forwarded-Proto is set once, by the first.
     hops = app.config["TRUSTED_PROXY_HOPS"]
-    fast = FastRedirects(app.wsgi_app, links, app.config["RESERVED_CODES"])
+    fast = FastRedirects(app.wsgi_app, links, app.config["RESERVED_CODES"], counter)
     app.wsgi_app = ProxyFix(fast, x_for=hops, x_proto=min(hops, 1))  # type: ignore[method-assign]
     return app
 
