@@ -168,8 +168,8 @@ class VisitStore(Protocol):
         deleted. Every worker and instance gets the same salt for a day."""
 
     def add(self, batch: Batch) -> None:
-        """Add a batch's counts in one write. StoreUnavailable if it could not; a batch
-        the store already took (the same id) is not counted again."""
+        """Add a batch's counts in one write, all or nothing; StoreUnavailable if it
+        could not. A batch sent again after StoreUnavailable is counted once."""
 
     def stats(self, code: str) -> Stats:
         """What was counted for code, up to the last flush of every worker."""
@@ -177,8 +177,9 @@ class VisitStore(Protocol):
     def totals(self, codes: Sequence[str]) -> dict[str, int]:
         """Visits (people) of each code, for a list of links."""
 
-    def maintain(self) -> None:
-        """Housekeeping the store paces itself: fold logs, forget closed days' hashes."""
+    def maintain(self, now: float | None = None) -> None:
+        """Housekeeping, paced by the store: fold logs, forget closed days' hashes. With
+        now (a time.time() value), it is done at once, as at that time."""
 
     def close(self) -> None:
         """Release what the store holds (the links store owns any shared pool)."""

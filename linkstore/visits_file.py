@@ -160,29 +160,40 @@ class FileVisits:
     def add(self, batch: Batch) -> None:
         rows = [{"code": code, "day": day, **tally.to_json()}
                 for (code, day), tally in batch.tallies.items()]
-        line = json.dumps({"batch": batch.id, "rows": rows}, separators=(",", ":")) + "\n"
+        line = json.dumps({"rows": rows}, separators=(",", ":")) + "\n"
         path = self.dir / "log" / day_of(int(time.time() // 86400)) / \
             f"{socket.gethostname()}-{os.getpid()}.jsonl"
         try:
             self.dir.mkdir(exist_ok=True)
             path.parent.mkdir(parents=True, exist_ok=True)
-            fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
-            try:
-                if os.fstat(fd).st_size and os.pread(fd, 1, os.fstat(fd).st_size - 1) != b"\n":
-                    line = "\n" + line  # the last append was cut short: start a new line
-                data = line.encode()
-                while data:
-                    data = data[os.write(fd, data):]
-                os.fsync(fd)
-            finally:
-                os.close(fd)
+            fd = os.open(path, os.O_RDWR | os.O_APPEND | os.O_CREAT, 0o600)
         except OSError as exc:
             raise StoreUnavailable(f"cannot append to {path}: {exc.strerror}") from exc
+        try:
+            size = os.fstat(fd).st_size
+            if size and os.pread(fd, 1, size - 1) != b"\n":
+                line = "\n" + line  # the last append was cut short: start a new line
+            data = line.encode()
+            while data:
+                data = data[os.write(fd, data):]
+        except OSError as exc:  # nothing, or part of a line that readers skip: not counted
+            os.close(fd)
+            raise StoreUnavailable(f"cannot append to {path}: {exc.strerror}") from exc
+        try:  # the line is complete: counted, even if it might not outlive a power cut
+            os.fsync(fd)
+        except OSError as exc:
+            log.warning("fsync of %s failed (%s); its last visits may not survive a "
+                        "crash of this machine", path, exc.strerror)
+        finally:
+            os.close(fd)
 
     # --- folding -------------------------------------------------------------------------
 
-    def maintain(self) -> None:
+    def maintain(self, now: float | None = None) -> None:
         """Fold, at most every fold_seconds per process, unless another process is."""
+        if now is not None:
+            self.fold(now=now)
+            return
         if time.monotonic() < self._next_fold:
             return
         self._next_fold = time.monotonic() + self.fold_seconds

@@ -14,11 +14,13 @@ from flask import Flask
 from flask.testing import FlaskClient
 from werkzeug.test import TestResponse
 
+import visits
 from application import create_app
 from linkstore import LinkStore, open_url
 from ops.pgserver import PostgresServer, ServerUnavailable
 from tests.helpers import PostForm, csrf_token
 from tests.servers import GunicornServer
+from visits import VisitStore
 
 pytest_plugins = ["tests.leakcheck"]  # the run fails if it leaves a process running
 BACKENDS = ["file", "postgresql"]
@@ -31,9 +33,12 @@ def data_dir(tmp_path: Path) -> Path:
 
 
 @pytest.fixture
-def app(data_dir: Path) -> Flask:
-    return create_app({"DATA_DIR": data_dir, "TESTING": True, "SECRET_KEY": "test-secret",
-                       "CREATE_RATE_LIMIT": "off"})
+def app(data_dir: Path) -> Iterator[Flask]:
+    app = create_app({"DATA_DIR": data_dir, "TESTING": True, "SECRET_KEY": "test-secret",
+                      "CREATE_RATE_LIMIT": "off"})
+    yield app
+    if app.extensions["visits"]:
+        app.extensions["visits"].close()  # its flushing thread
 
 
 @pytest.fixture
@@ -109,3 +114,9 @@ def open_store(location: str) -> Iterator[Callable[[], LinkStore]]:
 def store(open_store: Callable[[], LinkStore]) -> LinkStore:
     """The link store on each backend in turn: the contract suite runs on both."""
     return open_store()
+
+
+@pytest.fixture
+def visit_store(store: LinkStore) -> VisitStore:
+    """The visit counts beside the link store, on each backend in turn."""
+    return visits.open_store(store)
