@@ -226,6 +226,7 @@ def test_kill_9_loses_at_most_one_flush_interval_of_counts_and_never_a_link(site
         counted = requests.get(f"{server.url}/api/links/k0/stats", timeout=10).json()["visits"]
         links_back = [requests.get(f"{server.url}/{code}", allow_redirects=False,
                                    timeout=10).headers.get("Location") for code in codes]
+
     def answered_in_the_last(seconds: float) -> int:
         return sum(1 for at in acknowledged if at > killed_at - seconds)
     print(f"\nkill -9 after {sent} visits: {counted} counted, {sent - counted} lost; "
@@ -273,5 +274,3 @@ def test_a_counted_redirect_tells_every_cache_not_to_keep_it(server: GunicornSer
     create(server, "fresh")
     response = requests.get(f"{server.url}/fresh", allow_redirects=False, timeout=10)
     assert response.headers["Cache-Control"] == "private, no-store"
-
-
