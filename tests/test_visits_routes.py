@@ -30,13 +30,14 @@ def create(client: FlaskClient, code: str) -> None:
 
 def follow(client: FlaskClient, code: str, **headers: str) -> None:
     """Follow a short link with these headers (underscores in their names become dashes)."""
-    response = client.get(f"/{code}", headers={name.replace("_", "-"): value
-                                                for name, value in headers.items()})
+    named = {name.replace("_", "-"): value for name, value in headers.items()}
+    response = client.get(f"/{code}", headers=named)
     assert response.status_code in (200, 302)
 
 
 def stats_of(client: FlaskClient, code: str) -> dict[str, Any]:
-    document: dict[str, Any] = client.get(f"/api/links/{code}/stats").json
+    document = client.get(f"/api/links/{code}/stats").json
+    assert isinstance(document, dict)
     return document
 
 
