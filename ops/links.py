@@ -103,7 +103,7 @@ def build_parser() -> argparse.ArgumentParser:
                     "(DATABASE_URL, or URLS_FILE / DATA_DIR).",
         epilog="Exit status: 0 done, 1 no such link or the store cannot be read, "
                "2 bad arguments. Example: python -m ops.links stats my-page")
-    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    commands = parser.add_subparsers(dest="command", required=True)
 
     def command(function: Command, help_text: str) -> argparse.ArgumentParser:
         sub = commands.add_parser(function.__name__, help=help_text,

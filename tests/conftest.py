@@ -19,7 +19,7 @@ from application import create_app
 from linkstore import LinkStore, open_url
 from ops.pgserver import PostgresServer, ServerUnavailable
 from tests.helpers import PostForm, csrf_token
-from tests.servers import GunicornServer
+from tests.servers import GunicornServer, Site
 from visits import VisitStore
 
 pytest_plugins = ["tests.leakcheck"]  # the run fails if it leaves a process running
@@ -114,6 +114,14 @@ def open_store(location: str) -> Iterator[Callable[[], LinkStore]]:
 def store(open_store: Callable[[], LinkStore]) -> LinkStore:
     """The link store on each backend in turn: the contract suite runs on both."""
     return open_store()
+
+
+@pytest.fixture(params=BACKENDS)
+def site(request: pytest.FixtureRequest, tmp_path: Path) -> Site:
+    """The app under gunicorn on each backend in turn, and what it stores."""
+    if request.param == "file":
+        return Site(tmp_path, None)
+    return Site(tmp_path, str(request.getfixturevalue("database_url")))
 
 
 @pytest.fixture

@@ -13,6 +13,10 @@ from werkzeug.test import TestResponse
 from ops.pgserver import bindir
 
 PostForm = Callable[..., TestResponse]  # the post_form fixture: POST /your-url with a token
+# A person's browsers, as the visit statistics must count them (tests/fixtures/visitors).
+CHROME_UA = ("Mozilla/5.0 (Windows NT 10.0; Win64; x64) AppleWebKit/537.36 (KHTML, like Gecko) "
+             "Chrome/142.0.0.0 Safari/537.36")
+FIREFOX_UA = "Mozilla/5.0 (X11; Linux x86_64; rv:145.0) Gecko/20100101 Firefox/145.0"
 
 
 def csrf_token(client: FlaskClient) -> str:

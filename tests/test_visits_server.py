@@ -8,78 +8,25 @@ worker answered, with no waiting on a clock.
 """
 from __future__ import annotations
 
+import subprocess  # nosec B404: runs ops.smoke as the pipeline does
+import sys
 import threading
 import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
-from pathlib import Path
 
 import pytest
 import requests
 
 import visits
-from linkstore import LinkStore, open_url
-from linkstore.visits_file import FileVisits
-from tests.helpers import eventually, everything_stored
-from tests.servers import GunicornServer
-from visits import DayCount, Stats
+from tests.helpers import CHROME_UA, FIREFOX_UA, eventually, everything_stored
+from tests.servers import REPO, GunicornServer, Site, create_link, follow
+from visits import DayCount
 
-CHROME = ("Mozilla/5.0 (Windows NT 10.0; Win64; x64) AppleWebKit/537.36 (KHTML, like Gecko) "
-          "Chrome/142.0.0.0 Safari/537.36")
-FIREFOX = "Mozilla/5.0 (X11; Linux x86_64; rv:145.0) Gecko/20100101 Firefox/145.0"
 BOTS = ["curl/8.11.1", "Slackbot-LinkExpanding 1.0 (+https://api.slack.com/robots)",
         "Mozilla/5.0 (compatible; Googlebot/2.1; +http://www.google.com/bot.html)"]
 PROBE = "shortener-probe/1 (+ops.smoke)"
 TODAY = visits.today()
-
-
-class Site:
-    """The app under gunicorn on one backend, and what its stores hold."""
-
-    def __init__(self, tmp_path: Path, database_url: str | None) -> None:
-        self.tmp_path = tmp_path
-        self.data_dir = tmp_path / "data"
-        self.database_url = database_url
-        self.access_log = tmp_path / "access.log"
-
-    def server(self, **env: str) -> GunicornServer:
-        """3 sync workers, so that concurrent clients reach several of them (gunicorn
-        runs gthread whenever threads > 1)."""
-        settings = {"GUNICORN_WORKER_CLASS": "sync", "GUNICORN_THREADS": "1",
-                    "VISITS_FLUSH_SECONDS": "3600", "TRUSTED_PROXY_HOPS": "1",
-                    "GUNICORN_CMD_ARGS": f"--access-logfile {self.access_log} "
-                                         "--access-logformat '%(p)s %(U)s %(s)s'"}
-        if self.database_url:
-            settings["DATABASE_URL"] = self.database_url
-        return GunicornServer(self.data_dir, workers=3, env=settings | env)
-
-    def links(self) -> LinkStore:
-        return open_url(self.database_url or (self.data_dir / "urls.json").as_uri())
-
-    def stats(self, code: str) -> Stats:
-        """What is stored for code, read as another process would."""
-        links = self.links()
-        try:
-            return visits.open_store(links).stats(code)
-        finally:
-            links.close()
-
-    def stored(self) -> bytes:
-        """Every byte kept: the data directory's files, and every row of the database.
-        The file store's logs are folded first, so its totals are searched too."""
-        if not self.database_url:
-            FileVisits(self.data_dir / "visits").fold()
-        return everything_stored(self.data_dir, self.database_url)
-
-    def served_by(self, path: str) -> set[str]:
-        return {line.split()[0] for line in self.access_log.read_text().splitlines()
-                if line.split()[1] == path}
-
-
-@pytest.fixture(params=["file", "postgresql"])
-def site(request: pytest.FixtureRequest, tmp_path: Path) -> Site:
-    url = None if request.param == "file" else str(request.getfixturevalue("database_url"))
-    return Site(tmp_path, url)
 
 
 @pytest.fixture
@@ -88,29 +35,15 @@ def server(site: Site) -> Iterator[GunicornServer]:
         yield running
 
 
-def create(server: GunicornServer, code: str, session: requests.Session | None = None) -> None:
-    response = (session or requests).post(f"{server.url}/api/links", timeout=10, json={
-        "url": f"https://example.com/{code}", "code": code})
-    assert response.status_code == 201
-
-
-def visit(server: GunicornServer, code: str, method: str = "GET", **headers: str) -> None:
-    """Follow a short link with these headers (underscores in their names become dashes)."""
-    response = requests.request(method, f"{server.url}/{code}", allow_redirects=False,
-                                timeout=10, headers={name.replace("_", "-"): value
-                                                     for name, value in headers.items()})
-    assert response.status_code == 302
-
-
 def test_every_visit_is_counted_once_whichever_worker_answered_it(
         site: Site, server: GunicornServer) -> None:
-    create(server, "hot")
+    create_link(server, "hot")
 
     def visitor(n: int) -> None:  # 6 visitors: 3 addresses, each with 2 browsers
         for i in range(40):
-            visit(server, "hot", User_Agent=CHROME if n % 2 else FIREFOX,
-                  X_Forwarded_For=f"192.0.2.{n // 2}",
-                  **({"Referer": "https://t.co/a1b2"} if i % 2 else {}))
+            follow(server, "hot", User_Agent=CHROME_UA if n % 2 else FIREFOX_UA,
+                   X_Forwarded_For=f"192.0.2.{n // 2}",
+                   **({"Referer": "https://t.co/a1b2"} if i % 2 else {}))
     with ThreadPoolExecutor(max_workers=6) as pool:
         list(pool.map(visitor, range(6)))
     assert len(site.served_by("/hot")) >= 2, "one worker answered everything: not shown"
@@ -125,24 +58,40 @@ def test_every_visit_is_counted_once_whichever_worker_answered_it(
 
 def test_bots_count_apart_and_head_requests_and_the_probe_not_at_all(
         site: Site, server: GunicornServer) -> None:
-    create(server, "shared")
+    create_link(server, "shared")
     for agent in BOTS * 5:
-        visit(server, "shared", User_Agent=agent)
+        follow(server, "shared", User_Agent=agent)
     for _ in range(5):
-        visit(server, "shared", "HEAD", User_Agent=CHROME)
-        visit(server, "shared", User_Agent=PROBE)
-    visit(server, "shared", User_Agent=CHROME)
+        follow(server, "shared", "HEAD", User_Agent=CHROME_UA)
+        follow(server, "shared", User_Agent=PROBE)
+    follow(server, "shared", User_Agent=CHROME_UA)
     server.stop()
     stats = site.stats("shared")
     assert (stats.visits, stats.bots) == (1, 15)
     assert stats.days == {TODAY: DayCount(1, 15, 1)}
 
 
+def test_the_apps_own_synthetic_check_is_never_counted(site: Site,
+                                                       server: GunicornServer) -> None:
+    done = subprocess.run(  # nosec B603: python -m ops.smoke, as the pipeline runs it
+        [sys.executable, "-m", "ops.smoke", "--full", server.url], cwd=REPO,
+        capture_output=True, text=True, timeout=120, check=False)
+    assert done.returncode == 0, done.stdout + done.stderr
+    server.stop()
+    links = site.links()
+    try:
+        probed = [link.code for link in links.links() if link.code.startswith("smoke-")]
+    finally:
+        links.close()
+    assert len(probed) == 3  # two redirects and a file, each followed by the check
+    assert [(site.stats(code).visits, site.stats(code).bots) for code in probed] == [(0, 0)] * 3
+
+
 def test_visitors_who_ask_not_to_be_tracked_count_only_in_the_total(
         site: Site, server: GunicornServer) -> None:
-    create(server, "private")
+    create_link(server, "private")
     for headers in [{"DNT": "1"}] * 4 + [{"Sec-GPC": "1"}] * 3 + [{}] * 2:
-        visit(server, "private", User_Agent=CHROME, Referer="https://news.example/", **headers)
+        follow(server, "private", User_Agent=CHROME_UA, Referer="https://news.example/", **headers)
     server.stop()
     stats = site.stats("private")
     assert (stats.visits, stats.private) == (9, 7)
@@ -155,9 +104,9 @@ def test_counts_reach_the_api_the_page_and_the_home_page_within_the_flush_interv
         site: Site) -> None:
     with site.server(VISITS_FLUSH_SECONDS="1") as server:
         browser = requests.Session()
-        create(server, "seen", browser)
-        for agent in [CHROME, FIREFOX, CHROME, BOTS[0]]:
-            visit(server, "seen", User_Agent=agent)
+        create_link(server, "seen", browser)
+        for agent in [CHROME_UA, FIREFOX_UA, CHROME_UA, BOTS[0]]:
+            follow(server, "seen", User_Agent=agent)
 
         def api() -> dict[str, object]:
             answer: dict[str, object] = requests.get(
@@ -178,9 +127,9 @@ def test_counts_reach_the_api_the_page_and_the_home_page_within_the_flush_interv
 
 def test_a_graceful_stop_flushes_what_every_worker_counted(site: Site,
                                                            server: GunicornServer) -> None:
-    create(server, "stopped")
+    create_link(server, "stopped")
     with ThreadPoolExecutor(max_workers=6) as pool:
-        list(pool.map(lambda _: visit(server, "stopped", User_Agent=CHROME), range(60)))
+        list(pool.map(lambda _: follow(server, "stopped", User_Agent=CHROME_UA), range(60)))
     api = requests.get(f"{server.url}/api/links/stopped/stats", timeout=10).json()
     assert api["visits"] == 0, "counted on the redirect's path, not by a flush"
     assert len(site.served_by("/stopped")) >= 2
@@ -196,7 +145,7 @@ def test_kill_9_loses_at_most_one_flush_interval_of_counts_and_never_a_link(site
     with server:
         codes = [f"k{n}" for n in range(20)]
         for code in codes:
-            create(server, code)
+            create_link(server, code)
         acknowledged: list[float] = []
         stop = threading.Event()
 
@@ -205,7 +154,7 @@ def test_kill_9_loses_at_most_one_flush_interval_of_counts_and_never_a_link(site
             while not stop.is_set():
                 try:
                     session.get(f"{server.url}/k0", allow_redirects=False, timeout=5,
-                                headers={"User-Agent": CHROME})
+                                headers={"User-Agent": CHROME_UA})
                 except requests.RequestException:
                     return  # the server is gone
                 acknowledged.append(time.monotonic())
@@ -239,12 +188,12 @@ def test_kill_9_loses_at_most_one_flush_interval_of_counts_and_never_a_link(site
 
 def test_no_address_user_agent_cookie_or_referrer_path_is_stored(site: Site,
                                                                  server: GunicornServer) -> None:
-    create(server, "private-data")
-    agent = CHROME + " Tracer/7f3e9a51"
+    create_link(server, "private-data")
+    agent = CHROME_UA + " Tracer/7f3e9a51"
     for _ in range(3):
-        visit(server, "private-data", User_Agent=agent, X_Forwarded_For="203.0.113.201",
-              Cookie="session=cookie-c0ffee1234; tracker=cookie-beef5678",
-              Referer="https://news.example/story?reader=alice-4d5e6f")
+        follow(server, "private-data", User_Agent=agent, X_Forwarded_For="203.0.113.201",
+               Cookie="session=cookie-c0ffee1234; tracker=cookie-beef5678",
+               Referer="https://news.example/story?reader=alice-4d5e6f")
     server.stop()
     stats = site.stats("private-data")
     assert stats.days[TODAY] == DayCount(3, 0, 1)  # the visits and their visitor are there
@@ -257,9 +206,9 @@ def test_no_address_user_agent_cookie_or_referrer_path_is_stored(site: Site,
 
 def test_visits_off_counts_nothing_and_leaves_redirects_cacheable(site: Site) -> None:
     with site.server(VISITS="off") as server:
-        create(server, "uncounted")
+        create_link(server, "uncounted")
         response = requests.get(f"{server.url}/uncounted", allow_redirects=False, timeout=10,
-                                headers={"User-Agent": CHROME})
+                                headers={"User-Agent": CHROME_UA})
         page = requests.get(f"{server.url}/uncounted+", timeout=10)
     assert response.status_code == 302 and "Cache-Control" not in response.headers
     assert "not being counted" in page.text
@@ -271,6 +220,6 @@ def test_visits_off_counts_nothing_and_leaves_redirects_cacheable(site: Site) ->
 
 
 def test_a_counted_redirect_tells_every_cache_not_to_keep_it(server: GunicornServer) -> None:
-    create(server, "fresh")
+    create_link(server, "fresh")
     response = requests.get(f"{server.url}/fresh", allow_redirects=False, timeout=10)
     assert response.headers["Cache-Control"] == "private, no-store"
