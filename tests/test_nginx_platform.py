@@ -157,8 +157,9 @@ def test_the_prebuild_hook_makes_the_configuration_valid(instance: Path) -> None
 
 @pytest.fixture
 def platform_nginx(tmp_path: Path) -> Iterator[tuple[str, GunicornServer]]:
+    # VISITS=off: a counted redirect is never cached (tests/test_visits_nginx.py).
     with GunicornServer(tmp_path / "data", workers=1,
-                        env={"TRUSTED_PROXY_HOPS": "2"}) as app:
+                        env={"TRUSTED_PROXY_HOPS": "2", "VISITS": "off"}) as app:
         port = free_port()
         etc = lay_out_instance(tmp_path / "root", port, app.port)
         log = open(tmp_path / "nginx.out", "wb")
