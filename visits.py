@@ -35,8 +35,8 @@ from datetime import date, timedelta
 from typing import Any, Protocol
 
 import visitors
-from visitors import Visit
 from linkstore import Link, LinkStore, StoreUnavailable
+from visitors import Visit
 
 log = logging.getLogger("shortener.visits")
 
@@ -99,20 +99,18 @@ class Tally:
             self.details[kind].update(counts)
         self.visitors |= other.visitors
 
-    def count(self, visit: Visit, visitor: str | None) -> None:
-        """Add one classified hit (not an ignored one)."""
+    def count(self, visit: Visit, times: int = 1) -> None:
+        """Add a classified visit (not an ignored one), seen `times` times."""
         if visit.kind == "bot":
-            self.bots += 1
+            self.bots += times
             return
-        self.visits += 1
+        self.visits += times
         if visit.browser is None:  # the visitor asked not to be tracked: the total only
-            self.private += 1
+            self.private += times
             return
         for kind, value in (("referrer", visit.referrer), ("browser", visit.browser),
                             ("os", visit.os), ("device", visit.device)):
-            self.details[kind][value or "Other"] += 1
-        if visitor is not None:
-            self.visitors.add(visitor)
+            self.details[kind][value or "Other"] += times
 
     def to_json(self) -> dict[str, Any]:
         return {"visits": self.visits, "bots": self.bots, "private": self.private,
@@ -181,9 +179,6 @@ class VisitStore(Protocol):
         """Housekeeping, paced by the store: fold logs, forget closed days' hashes. With
         now (a time.time() value), it is done at once, as at that time."""
 
-    def close(self) -> None:
-        """Release what the store holds (the links store owns any shared pool)."""
-
 
 def open_store(links: LinkStore) -> VisitStore:
     """The visit store beside a link store: the same file directory or database."""
@@ -200,6 +195,33 @@ def open_store(links: LinkStore) -> VisitStore:
 
 # --- On the redirect's path, and the flush ------------------------------------------------
 
+Queued = tuple[str, int, visitors.Hit, str | None]  # code, day number, hit, visitor hash
+
+
+def batch_of(hits: Sequence[Queued]) -> Batch:
+    """Count queued hits into a batch. The work per hit is a few dictionary lookups: a
+    hit is classified once per distinct hit (browser, referrer, method), and counted
+    per distinct (link, day, visit); the details are added up once per those."""
+    classified: dict[visitors.Hit, Visit] = {}
+    seen: Counter[tuple[str, int, Visit]] = Counter()
+    visitors_of: dict[tuple[str, int], set[str]] = {}
+    for code, day, hit, visitor in hits:
+        visit = classified.get(hit)
+        if visit is None:
+            visit = classified[hit] = visitors.classify(hit)
+        seen[code, day, visit] += 1
+        if visitor is not None and visit.browser is not None:  # a person, with details
+            visitors_of.setdefault((code, day), set()).add(visitor)
+    batch = Batch()
+    days = {day: day_of(day) for _, day, _ in seen}
+    for (code, day, visit), times in seen.items():
+        if visit.kind != "ignored":
+            batch.tally(code, days[day]).count(visit, times)
+    for (code, day), found in visitors_of.items():
+        batch.tally(code, days[day]).visitors = found
+    return batch
+
+
 class EnvironHeaders:
     """The request headers ``visitors.hit`` reads, straight from a WSGI environ."""
 
@@ -208,8 +230,11 @@ class EnvironHeaders:
     def __init__(self, environ: Mapping[str, Any]) -> None:
         self.environ = environ
 
+    KEYS = {"User-Agent": "HTTP_USER_AGENT", "Referer": "HTTP_REFERER", "DNT": "HTTP_DNT",
+            "Sec-GPC": "HTTP_SEC_GPC"}  # what visitors.hit reads
+
     def get(self, name: str, /) -> str | None:
-        value = self.environ.get("HTTP_" + name.upper().replace("-", "_"))
+        value = self.environ.get(self.KEYS.get(name) or "HTTP_" + name.upper().replace("-", "_"))
         return value if isinstance(value, str) else None
 
 
@@ -219,7 +244,7 @@ class Recorder:
     def __init__(self, store: VisitStore, flush_seconds: float) -> None:
         self.store = store
         self.flush_seconds = flush_seconds
-        self._hits: deque[tuple[str, int, visitors.Hit, str | None]] = deque()
+        self._hits: deque[Queued] = deque()
         self._salts: dict[int, bytes] = {}
         self._unsaved: deque[Batch] = deque()
         self._flush_lock = threading.Lock()
@@ -232,7 +257,7 @@ class Recorder:
 
     def record(self, code: str, environ: Mapping[str, Any]) -> None:
         """Remember one answered redirect. Memory only: no parsing, no I/O, no lock."""
-        hit = visitors.hit(str(environ.get("REQUEST_METHOD", "GET")), EnvironHeaders(environ))
+        hit = visitors.hit(environ["REQUEST_METHOD"], EnvironHeaders(environ))
         day = int(time.time() // 86400)
         visitor = None
         salt = self._salts.get(day)
@@ -245,12 +270,7 @@ class Recorder:
         """Count what the queue holds into one batch, and store it with any batch a
         previous flush could not store."""
         with self._flush_lock:
-            batch = Batch()
-            for _ in range(len(self._hits)):
-                code, day, hit, visitor = self._hits.popleft()
-                visit = visitors.classify(hit)
-                if visit.kind != "ignored":
-                    batch.tally(code, day_of(day)).count(visit, visitor)
+            batch = batch_of([self._hits.popleft() for _ in range(len(self._hits))])
             if batch.tallies:
                 self._unsaved.append(batch)
             while self._unsaved:
@@ -306,11 +326,6 @@ class Recorder:
 
 # --- What people see ---------------------------------------------------------------------
 
-def ranked(counts: Counter[str]) -> dict[str, int]:
-    """Counts, most first (ties by name), as a JSON object keeps them."""
-    return dict(sorted(counts.items(), key=lambda item: (-item[1], item[0])))
-
-
 def document(link: Link, stats: Stats, counting: bool, flush_seconds: float) -> dict[str, Any]:
     """The stats of a link as ``GET /api/links/<code>/stats`` and ``ops.links stats``
     give them."""
@@ -322,7 +337,7 @@ def document(link: Link, stats: Stats, counting: bool, flush_seconds: float) -> 
         "days": [{"date": day, "visits": count.visits, "bots": count.bots,
                   "unique_visitors": count.visitors}
                  for day, count in sorted(stats.days.items())],
-        **{name: ranked(stats.details[kind]) for kind, name in DETAILS.items()},
+        **{name: dict(stats.details[kind]) for kind, name in DETAILS.items()},
         "counting": counting,
         "delay_seconds": flush_seconds if counting else None,
     }

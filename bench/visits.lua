@@ -3,10 +3,11 @@
 --
 -- Each thread cycles through the paths. Its first QUOTA requests are the counted mix:
 -- every 10th from a bot (crawler, link preview, HTTP library), the rest from people
--- (five browsers, 5,000 addresses in X-Forwarded-For, a third with a referrer, every
--- 20th with DNT: 1). After the quota it sends the app's own probe User-Agent, which the
--- app does not count, so the load goes on unchanged while every counted request has
--- time to be answered. done() prints wrk's summary and what was sent as one JSON line.
+-- (five browsers; 100,000 addresses in X-Forwarded-For, so nearly every visitor is new
+-- and stored as such; a third with a referrer; every 20th with DNT: 1). After the
+-- quota it sends the app's own probe User-Agent, which the app does not count, so the
+-- load goes on unchanged while every counted request has time to be answered. done()
+-- prints wrk's summary and what was sent as one JSON line.
 --
 -- wrk asks the first thread for one request before the run, to check it, and never
 -- sends it: so each thread's first request is a probe's, and is not counted as sent.
@@ -59,10 +60,10 @@ function request()
     return wrk.format("GET", path, {["User-Agent"] = BOTS[(sent / 10) % #BOTS + 1]})
   end
   people = people + 1
-  local n = sent % 5000
+  local n = sent % 100000
   local headers = {
     ["User-Agent"] = BROWSERS[(sent % #BROWSERS) + 1],
-    ["X-Forwarded-For"] = string.format("10.%d.%d.%d", n % 7, math.floor(n / 256) % 256, n % 256),
+    ["X-Forwarded-For"] = string.format("10.%d.%d.%d", math.floor(n / 65536), math.floor(n / 256) % 256, n % 256),
   }
   if sent % 3 == 0 then headers["Referer"] = "https://t.co/a1b2c3" end
   if sent % 20 == 1 then headers["DNT"] = "1" end

@@ -278,9 +278,6 @@ class FileVisits:
         totals = self._read(shards, set(codes))
         return {code: totals[code].visits for code in codes if code in totals}
 
-    def close(self) -> None:
-        """Nothing to release: every file is closed after each use."""
-
     def _read(self, load: Any, codes: set[str]) -> dict[str, LinkTotals]:
         """The folded totals that load() picks, plus every unfolded line for codes.
         A fold may replace a totals file between the manifest and the file: read again."""
@@ -302,20 +299,27 @@ class FileVisits:
         raise StoreUnavailable(f"the visits in {self.dir} kept changing while read; try again")
 
     def _manifest(self) -> Manifest:
+        path = self.dir / "manifest.json"
         try:
-            data = json.loads((self.dir / "manifest.json").read_bytes())
+            return Manifest(**json.loads(path.read_bytes()))
         except FileNotFoundError:
             return Manifest()
-        except (OSError, ValueError) as exc:
-            raise StoreUnavailable(f"cannot read {self.dir / 'manifest.json'}: {exc}") from exc
-        return Manifest(**data)
+        except (OSError, ValueError, TypeError) as exc:
+            raise StoreUnavailable(f"cannot read {path}: {exc}") from exc
 
     def _totals(self, manifest: Manifest, shard: str) -> dict[str, LinkTotals]:
+        """The folded totals of a shard. FileNotFoundError when a fold replaced the file
+        after the manifest was read (read again)."""
         name = manifest.totals.get(shard)
         if name is None:
             return {}
-        data = json.loads((self.dir / name).read_bytes())
-        return {code: LinkTotals.from_json(totals) for code, totals in data.items()}
+        data = (self.dir / name).read_bytes()
+        try:
+            return {code: LinkTotals.from_json(totals)
+                    for code, totals in json.loads(data).items()}
+        except (ValueError, TypeError, KeyError, AttributeError) as exc:
+            raise StoreUnavailable(f"{self.dir / name} is damaged ({exc!r}); the visit "
+                                   "counts of its links cannot be read") from exc
 
     def _logs(self) -> list[str]:
         return sorted(str(path.relative_to(self.dir))

@@ -149,9 +149,6 @@ class PostgresVisits:
                              "'1 day'")
         self.links._call(work, retry=False)
 
-    def close(self) -> None:
-        """Nothing to release: the connections are the link store's."""
-
     def shard(self) -> int:
         if self._shard is not None:
             return self._shard

@@ -67,7 +67,8 @@ def stats(args: argparse.Namespace, links: LinkStore) -> int:
     counted = visits.open_store(links).stats(args.code)
     document = visits.document(link, counted, on, flush_seconds)
     target = link.url or f"the file {link.name or link.file}"
-    print(json.dumps(document, indent=2) if args.json else describe(document, target))
+    print(json.dumps(document, indent=2, sort_keys=True) if args.json
+          else describe(document, target))
     return EXIT_OK
 
 

@@ -44,7 +44,9 @@ def batch(*visits_: tuple[Visit, str | None], code: str = "abc", day: str = TODA
     """A batch of one link's visits on one day, each with its visitor hash (or None)."""
     made = Batch()
     for visit, visitor in visits_:
-        made.tally(code, day).count(visit, visitor)
+        made.tally(code, day).count(visit)
+        if visitor is not None:
+            made.tally(code, day).visitors.add(visitor)
     return made
 
 

@@ -18,16 +18,14 @@ CREATE TABLE visit_counts (
     PRIMARY KEY (code, day, shard)
 );
 
--- Adds two details objects: the counts of equal keys are summed.
+-- a + b, two details objects: b's counts added to a's, kind by kind and value by value.
 CREATE FUNCTION visit_details_add(a jsonb, b jsonb) RETURNS jsonb
 LANGUAGE sql IMMUTABLE PARALLEL SAFE AS $$
-    SELECT coalesce(jsonb_object_agg(kind, counts), '{}') FROM (
-        SELECT kind, jsonb_object_agg(value, n) AS counts FROM (
-            SELECT kind.key AS kind, value.key AS value, sum(value.value::bigint) AS n
-              FROM (SELECT a AS d UNION ALL SELECT b) AS both_sides,
-                   jsonb_each(both_sides.d) AS kind, jsonb_each_text(kind.value) AS value
-             GROUP BY 1, 2) AS summed
-         GROUP BY kind) AS per_kind
+    SELECT a || coalesce(jsonb_object_agg(kind, coalesce(a -> kind, '{}') || (
+               SELECT jsonb_object_agg(value, coalesce((a -> kind ->> value)::bigint, 0)
+                                              + n::bigint)
+                 FROM jsonb_each_text(counts) AS added(value, n))), '{}')
+      FROM jsonb_each(b) AS kinds(kind, counts)
 $$;
 
 -- The visitor hashes of days not closed yet, one row per visitor per link and day.
