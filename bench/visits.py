@@ -24,6 +24,7 @@ import argparse
 import datetime
 import json
 import os
+import resource
 import secrets
 import shutil
 import statistics
@@ -45,6 +46,7 @@ from bench.loadgen import Load, LoadError, run_wrk, wrk_path
 from bench.run import CACHE_HTTP, CACHE_LOCATION, PROXY
 from linkstore import open_url
 from linkstore.visits_file import FileVisits
+from ops import processes
 from ops.pgserver import PostgresServer, ServerUnavailable
 
 SCRIPT = Path(__file__).with_name("visits.lua")
@@ -72,6 +74,8 @@ class Run:
     counted_people: int | None  # None: this contender does not count
     counted_bots: int | None
     load1: float
+    app_cpu_us: float | None = None  # CPU per redirect: gunicorn, its final flush included
+    database_cpu_us: float | None = None  # and PostgreSQL's, for the same redirects
 
     @property
     def exact(self) -> bool | None:
@@ -126,6 +130,7 @@ class VisitsBench:
     def __init__(self, args: argparse.Namespace, tmp: Path,
                  database: PostgresServer | None) -> None:
         self.args, self.tmp, self.database = args, tmp, database
+        self.wrk_cpu = 0.0  # CPU seconds of the wrk runs since a server started
         self.results = Results(
             settings={k: v for k, v in vars(args).items() if k != "out"} | {
                 "worker_class": "sync", "counted_share": COUNTED_SHARE},
@@ -179,22 +184,36 @@ class VisitsBench:
     def contender(self, name: str, count: int, sample: list[Link], paths: Path,
                   env_for: Callable[[str], dict[str, str]],
                   counted: Callable[[dict[str, str]], tuple[int, int]]) -> None:
+        """VISITS=off and on, round after round, each measured in wall-clock time (wrk)
+        and in CPU time: the server's, from just before the run until it has exited
+        (its last flush included), and the database's over the same span."""
         quota = 0
         for number in range(self.args.rounds):
             for mode in ("off", "on") if number % 2 == 0 else ("on", "off"):
                 env = env_for(f"{name}-{mode}-{number}")
+                self.wrk_cpu, reaped_before = 0.0, children_cpu()
                 server = self.gunicorn(f"{name} VISITS={mode}", env | {"VISITS": mode})
                 try:
                     rate = self.warm(server, sample, paths)
                     quota = quota or self.quota(rate)
                     before = load1()
+                    app_before, database_before = cpu_of(server.process.pid), self.database_cpu()
                     load = self.load(server.base_url, paths, quota)
                 finally:
                     server.stop()  # gracefully: every worker flushes what it counted
+                database = self.database_cpu() - database_before
+                app = children_cpu() - reaped_before - self.wrk_cpu - app_before
                 people, bots = counted(env) if mode == "on" else (None, None)
                 self.record(Run(name, count, mode, number + 1, load.rps, load.p50_ms,
                                 load.p99_ms, load.errors + load.bad_status,
-                                load.sent["people"], load.sent["bots"], people, bots, before))
+                                load.sent["people"], load.sent["bots"], people, bots, before,
+                                round(app / load.requests * 1e6, 1),
+                                round(database / load.requests * 1e6, 1)
+                                if "DATABASE_URL" in env else None))
+
+    def database_cpu(self) -> float:
+        return cpu_of(self.database.process.pid) if self.database and self.database.process \
+            else 0.0
 
     def gunicorn(self, name: str, env: dict[str, str]) -> servers.Server:
         environment = {"CREATE_RATE_LIMIT": "off", "SECRET_KEY": secrets.token_hex(16),
@@ -222,8 +241,13 @@ class VisitsBench:
         return max(1, int(rate * self.args.duration * COUNTED_SHARE / threads))
 
     def load(self, base_url: str, paths: Path, quota: int, seconds: float | None = None) -> Load:
-        return run_wrk(base_url, paths, seconds or self.args.duration, self.args.connections,
-                       script=SCRIPT, script_args=[str(quota)])
+        """A wrk run; its own CPU time is kept apart (wrk is a child of this process too)."""
+        reaped = children_cpu()
+        try:
+            return run_wrk(base_url, paths, seconds or self.args.duration,
+                           self.args.connections, script=SCRIPT, script_args=[str(quota)])
+        finally:
+            self.wrk_cpu += children_cpu() - reaped
 
     def record(self, run: Run) -> None:
         self.results.runs.append(run)
@@ -267,6 +291,26 @@ class VisitsBench:
                 self.record(Run(name, count, mode, number + 1, load.rps, load.p50_ms,
                                 load.p99_ms, load.errors + load.bad_status,
                                 load.sent["people"], load.sent["bots"], people, bots, before))
+
+
+def children_cpu() -> float:
+    """CPU seconds of every process this one has waited for, with their own children
+    they waited for: a stopped gunicorn brings its workers' time with it."""
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
+
+
+def cpu_of(leader: int) -> float:
+    """CPU seconds a running server has used: each live process of it, and what its
+    exited processes used (added to their parent's cutime and cstime when reaped)."""
+    ticks = 0
+    for pid in processes.members(leader):
+        try:
+            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue  # exited since it was listed
+        ticks += sum(int(value) for value in fields[11:15])  # utime stime cutime cstime
+    return ticks / os.sysconf("SC_CLK_TCK")
 
 
 def counted_in(links: Any, sample: list[Link], fold: bool = False) -> tuple[int, int]:
@@ -318,9 +362,14 @@ def summary(runs: list[Run]) -> list[dict[str, Any]]:
             if group:
                 row[f"rps_{mode}"] = statistics.median(r.rps for r in group)
                 row[f"p99_{mode}"] = statistics.median(r.p99_ms for r in group)
+            if group and group[0].app_cpu_us is not None:
+                row[f"cpu_{mode}"] = statistics.median(
+                    (r.app_cpu_us or 0) + (r.database_cpu_us or 0) for r in group)
         if off and on:
             row["rps_ratio"] = round(row["rps_on"] / row["rps_off"], 3)
             row["p99_ratio"] = round(row["p99_on"] / row["p99_off"], 3)
+        if "cpu_off" in row and "cpu_on" in row:  # redirects the same CPU serves, on / off
+            row["cpu_ratio"] = round(row["cpu_off"] / row["cpu_on"], 3)
         rows.append(row)
     return rows
 
@@ -347,22 +396,25 @@ def markdown(results: Results) -> str:
              f"(load {results.machine['load_before'][0]} before, "
              f"{results.machine.get('load_after', ['?'])[0]} after)", "",
              "| contender | links | VISITS=off /s | VISITS=on /s | on / off | p99 off ms "
-             "| p99 on ms | p99 on / off | counts exact | load |",
-             "|---|---:|---:|---:|---:|---:|---:|---:|---|---|"]
+             "| p99 on ms | p99 on / off | CPU µs off | CPU µs on | by CPU, on / off "
+             "| counts exact | load |",
+             "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|---|"]
     for row in rows:
         def cell(key: str, digits: int = 0) -> str:
             return f"{row[key]:,.{digits}f}" if key in row else "-"
         exact = {True: "yes", False: "**no**", None: "not counted"}[row["exact"]]
         lines.append(f"| {row['contender']} | {row['links']:,} | {cell('rps_off')} | "
                      f"{cell('rps_on')} | {cell('rps_ratio', 3)} | {cell('p99_off', 2)} | "
-                     f"{cell('p99_on', 2)} | {cell('p99_ratio', 3)} | {exact} | "
+                     f"{cell('p99_on', 2)} | {cell('p99_ratio', 3)} | {cell('cpu_off', 1)} | "
+                     f"{cell('cpu_on', 1)} | {cell('cpu_ratio', 3)} | {exact} | "
                      f"{row['load'][0]}-{row['load'][1]} |")
-    lines += ["", "| contender | links | VISITS | round | redirects/s | p99 ms | people sent "
-              "| counted | bots sent | counted | errors | load |",
-              "|---|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
+    lines += ["", "| contender | links | VISITS | round | redirects/s | p99 ms | CPU µs app "
+              "| CPU µs database | people sent | counted | bots sent | counted | errors | load |",
+              "|---|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
     for run in results.runs:
         lines.append(f"| {run.contender} | {run.links:,} | {run.visits} | {run.round} | "
-                     f"{run.rps:,.0f} | {run.p99_ms} | {run.sent_people:,} | "
+                     f"{run.rps:,.0f} | {run.p99_ms} | {run.app_cpu_us or '-'} | "
+                     f"{run.database_cpu_us or '-'} | {run.sent_people:,} | "
                      f"{'-' if run.counted_people is None else f'{run.counted_people:,}'} | "
                      f"{run.sent_bots:,} | "
                      f"{'-' if run.counted_bots is None else f'{run.counted_bots:,}'} | "
