@@ -23,13 +23,15 @@ over, after which no hash can be tied to an address again.
 from __future__ import annotations
 
 import atexit
+import contextlib
+import gc
 import hashlib
 import logging
 import threading
 import time
 import uuid
 from collections import Counter, deque
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import date, timedelta
 from typing import Any, Protocol
@@ -195,20 +197,25 @@ def open_store(links: LinkStore) -> VisitStore:
 
 # --- On the redirect's path, and the flush ------------------------------------------------
 
-Queued = tuple[str, int, visitors.Hit, str | None]  # code, day number, hit, visitor hash
+# A queued hit: code, day number, then the Hit's fields (method, User-Agent, referring
+# host, private), then the visitor hash. A tuple of strings and numbers, not a Hit:
+# Python's garbage collector stops tracking such a tuple at once, so thousands queued
+# between flushes cost no full collections (with Hit objects they cost 50-60 ms pauses).
+Queued = tuple[str, int, str, str, str, bool, str | None]
 
 
 def batch_of(hits: Sequence[Queued]) -> Batch:
     """Count queued hits into a batch. The work per hit is a few dictionary lookups: a
     hit is classified once per distinct hit (browser, referrer, method), and counted
     per distinct (link, day, visit); the details are added up once per those."""
-    classified: dict[visitors.Hit, Visit] = {}
+    classified: dict[tuple[str, str, str, bool], Visit] = {}
     seen: Counter[tuple[str, int, Visit]] = Counter()
     visitors_of: dict[tuple[str, int], set[str]] = {}
-    for code, day, hit, visitor in hits:
+    for code, day, method, agent, referrer, private, visitor in hits:
+        hit = (method, agent, referrer, private)
         visit = classified.get(hit)
         if visit is None:
-            visit = classified[hit] = visitors.classify(hit)
+            visit = classified[hit] = visitors.classify(visitors.Hit(*hit))
         seen[code, day, visit] += 1
         if visitor is not None and visit.browser is not None:  # a person, with details
             visitors_of.setdefault((code, day), set()).add(visitor)
@@ -238,6 +245,21 @@ class EnvironHeaders:
         return value if isinstance(value, str) else None
 
 
+@contextlib.contextmanager
+def collector_paused() -> Iterator[None]:
+    """Python's cyclic garbage collector off while a flush or a fold runs. What they
+    build (thousands of tallies) is freed when they end; collections in the middle would
+    promote it to the oldest generation instead, and a collection of that generation
+    holds every thread of the worker for 25 ms or more (docs/visits.md, "Cost")."""
+    enabled = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if enabled:
+            gc.enable()
+
+
 class Recorder:
     """Counts the redirects one worker answers, and flushes them in the background."""
 
@@ -264,12 +286,13 @@ class Recorder:
         if salt is not None and not hit.private:
             seen = f"{environ.get('REMOTE_ADDR', '')}\0{hit.user_agent}".encode()
             visitor = hashlib.blake2b(seen, key=salt, digest_size=8).hexdigest()
-        self._hits.append((code, day, hit, visitor))
+        self._hits.append((code, day, hit.method, hit.user_agent, hit.referrer, hit.private,
+                           visitor))
 
     def flush(self) -> None:
         """Count what the queue holds into one batch, and store it with any batch a
         previous flush could not store."""
-        with self._flush_lock:
+        with self._flush_lock, collector_paused():
             batch = batch_of([self._hits.popleft() for _ in range(len(self._hits))])
             if batch.tallies:
                 self._unsaved.append(batch)
@@ -317,7 +340,8 @@ class Recorder:
             try:
                 self._keep_salts()
                 self.flush()
-                self.store.maintain()
+                with collector_paused():
+                    self.store.maintain()
             except StoreUnavailable as exc:
                 log.warning("visit store housekeeping failed: %s", exc)
             except Exception:  # the thread must outlive any surprise, or counting stops
