@@ -84,14 +84,14 @@ class Tally:
 
     ``visits`` counts people, those who asked not to be tracked included; ``private``
     says how many of them did, and their visits have no details and no visitor hash.
-    ``visitors`` holds the day's visitor hashes: only ever a keyed hash, never an address.
+    ``visitors`` holds the day's visitor hashes (64-bit keyed hashes, never an address).
     """
 
     visits: int = 0
     bots: int = 0
     private: int = 0
     details: dict[str, Counter[str]] = field(default_factory=no_details)
-    visitors: set[str] = field(default_factory=set)
+    visitors: set[int] = field(default_factory=set)
 
     def add(self, other: Tally) -> None:
         self.visits += other.visits
@@ -124,7 +124,7 @@ class Tally:
         return cls(int(data["visits"]), int(data["bots"]), int(data["private"]),
                    {kind: Counter[str]({str(k): int(v) for k, v in data[kind].items()})
                     for kind in DETAILS},
-                   {str(v) for v in data["visitors"]})
+                   {int(v) for v in data["visitors"]})
 
 
 @dataclass
@@ -201,7 +201,7 @@ def open_store(links: LinkStore) -> VisitStore:
 # host, private), then the visitor hash. A tuple of strings and numbers, not a Hit:
 # Python's garbage collector stops tracking such a tuple at once, so thousands queued
 # between flushes cost no full collections (with Hit objects they cost 50-60 ms pauses).
-Queued = tuple[str, int, str, str, str, bool, str | None]
+Queued = tuple[str, int, str, str, str, bool, int | None]
 
 
 def batch_of(hits: Sequence[Queued]) -> Batch:
@@ -210,7 +210,7 @@ def batch_of(hits: Sequence[Queued]) -> Batch:
     per distinct (link, day, visit); the details are added up once per those."""
     classified: dict[tuple[str, str, str, bool], Visit] = {}
     seen: Counter[tuple[str, int, Visit]] = Counter()
-    visitors_of: dict[tuple[str, int], set[str]] = {}
+    visitors_of: dict[tuple[str, int], set[int]] = {}
     for code, day, method, agent, referrer, private, visitor in hits:
         hit = (method, agent, referrer, private)
         visit = classified.get(hit)
@@ -285,7 +285,8 @@ class Recorder:
         salt = self._salts.get(day)
         if salt is not None and not hit.private:
             seen = f"{environ.get('REMOTE_ADDR', '')}\0{hit.user_agent}".encode()
-            visitor = hashlib.blake2b(seen, key=salt, digest_size=8).hexdigest()
+            visitor = int.from_bytes(hashlib.blake2b(seen, key=salt, digest_size=8).digest(),
+                                     "big", signed=True)  # a PostgreSQL bigint
         self._hits.append((code, day, hit.method, hit.user_agent, hit.referrer, hit.private,
                            visitor))
 

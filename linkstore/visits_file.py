@@ -68,7 +68,7 @@ class LinkTotals:
     private: int = 0
     details: dict[str, Counter[str]] = field(default_factory=no_details)
     days: dict[Day, list[int]] = field(default_factory=dict)
-    open: dict[Day, set[str]] = field(default_factory=dict)
+    open: dict[Day, set[int]] = field(default_factory=dict)
 
     def add(self, day: Day, tally: Tally, closed: Day) -> None:
         self.visits += tally.visits
@@ -82,7 +82,7 @@ class LinkTotals:
         if day < closed:  # a flush that came after its day was closed: counted as new
             on_day[2] += len(tally.visitors)
         elif tally.visitors:
-            seen = self.open.setdefault(day, set())
+            seen = self.open.setdefault(day, set[int]())
             seen |= tally.visitors
             on_day[2] = len(seen)
 

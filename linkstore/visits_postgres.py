@@ -94,7 +94,7 @@ class PostgresVisits:
 
     def add(self, batch: Batch) -> None:
         counted = sorted(batch.tallies.items())
-        visitors = sorted((code, day, int.from_bytes(bytes.fromhex(visitor), signed=True))
+        visitors = sorted((code, day, visitor)
                           for (code, day), tally in counted for visitor in tally.visitors)
         shard = self.shard()
 
