@@ -64,7 +64,7 @@ SECURITY_HEADERS = [("Content-Security-Policy", CONTENT_SECURITY_POLICY),
 HSTS = ("Strict-Transport-Security", "max-age=31536000; includeSubDomains")
 # A counted redirect must reach the app every time: no cache may answer it, neither
 # nginx's redirect cache nor a browser's (docs/visits.md, "The nginx redirect cache").
-NOT_STORED = ("Cache-Control", "private, no-store")
+NOT_CACHED = "no-store"
 
 
 # --- Configuration ---------------------------------------------------------------------
@@ -406,7 +406,7 @@ def follow(code: str) -> ResponseReturnValue:
     if link.url is not None:
         response = redirect(link.url)
         if counted:
-            response.headers.set(*NOT_STORED)
+            response.headers["Cache-Control"] = NOT_CACHED
         return response
     return send_upload(link.file or "", link.name)
 
@@ -584,7 +584,7 @@ class FastRedirects:
     def __init__(self, app: Any, links: LinkStore, reserved: frozenset[str],
                  counter: visits.Recorder | None) -> None:
         self.app, self.links, self.reserved, self.counter = app, links, reserved, counter
-        self.headers = [*SECURITY_HEADERS, *([NOT_STORED] if counter else [])]
+        self.headers = [*SECURITY_HEADERS, *([("Cache-Control", NOT_CACHED)] if counter else [])]
 
     def __call__(self, environ: dict[str, Any], start_response: Any) -> Any:
         path = environ.get("PATH_INFO", "")

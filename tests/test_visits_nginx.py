@@ -2,7 +2,7 @@
 laid out as Elastic Beanstalk lays it out (tests/test_nginx_platform.py).
 
 A redirect nginx answers from its cache never reaches the app, so it could not be
-counted: a counted redirect says ``Cache-Control: private, no-store`` and nginx, which
+counted: a counted redirect says ``Cache-Control: no-store`` and nginx, which
 honours it, passes every one to the app. With VISITS=off the cache works as before.
 docs/visits.md has the measurements behind this choice.
 
