@@ -25,15 +25,13 @@ from linkstore.jsonfile import FileStore, write_atomically
 from linkstore.postgres import PostgresStore
 from linkstore.visits_file import FileVisits, shard_of
 from linkstore.visits_postgres import PostgresVisits
-from tests.helpers import everything_stored
+from tests.helpers import CHROME_UA, everything_stored
 from visitors import BOT, Visit
 from visits import Batch, DayCount, Recorder, VisitStore
 
 CHROME = Visit("person", "Chrome", "Windows", "desktop", "t.co")
 FIREFOX = Visit("person", "Firefox", "Linux", "desktop", "direct")
 PRIVATE = Visit("person")  # asked not to be tracked: no details
-CHROME_UA = ("Mozilla/5.0 (Windows NT 10.0; Win64; x64) AppleWebKit/537.36 (KHTML, like "
-             "Gecko) Chrome/142.0.0.0 Safari/537.36")
 DAY = 86400
 NOW = time.time()
 TODAY = visits.today(NOW)

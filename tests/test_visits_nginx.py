@@ -13,9 +13,7 @@ made a hot counted link's p99 about 460 ms in bench.visits.
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
-from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -23,43 +21,19 @@ import requests
 
 import visits
 from linkstore import open_url
-from ops.processes import NGINX, spawn, stop
-from tests.servers import GunicornServer, free_port
-from tests.test_nginx_platform import (HOOK, NGINX_BIN, in_platform_namespace, lay_out_instance,
-                                       wait_until_serving)
-from tests.test_nginx_platform import nginx_can_run  # noqa: F401 autouse: skip, or fail in CI
-
-CHROME = ("Mozilla/5.0 (Windows NT 10.0; Win64; x64) AppleWebKit/537.36 (KHTML, like Gecko) "
-          "Chrome/142.0.0.0 Safari/537.36")
-
-
-@contextmanager
-def behind_platform_nginx(tmp_path: Path, app: GunicornServer) -> Iterator[str]:
-    port = free_port()
-    etc = lay_out_instance(tmp_path / "root", port, app.port)
-    with open(tmp_path / "nginx.out", "wb") as log:
-        proc = spawn(in_platform_namespace(
-            f"bash {HOOK} >/dev/null; exec {NGINX_BIN} -p {etc}/ -c nginx.conf "
-            "-g 'daemon off;'"), stdout=log)
-        try:
-            url = f"http://127.0.0.1:{port}"
-            wait_until_serving(url, proc)
-            yield url
-        finally:
-            stop(proc, NGINX)
+from tests.helpers import CHROME_UA
+from tests.test_nginx_platform import nginx_can_run, nginx_in_front  # noqa: F401 (autouse)
 
 
 @pytest.mark.parametrize("counting, cache", [("on", ["MISS"] * 10),
                                              ("off", ["MISS"] + ["HIT"] * 9)])
 def test_counted_redirects_pass_the_nginx_cache_and_every_one_is_counted(
         tmp_path: Path, counting: str, cache: list[str]) -> None:
-    app = GunicornServer(tmp_path / "data", workers=1, env={
-        "TRUSTED_PROXY_HOPS": "2", "VISITS": counting, "VISITS_FLUSH_SECONDS": "3600"})
-    with app, behind_platform_nginx(tmp_path, app) as url:
+    with nginx_in_front(tmp_path, VISITS=counting, VISITS_FLUSH_SECONDS="3600") as (url, app):
         assert requests.post(f"{app.url}/api/links", timeout=10, json={
             "url": "https://example.com/cached", "code": "cached"}).status_code == 201
         answers = [requests.get(f"{url}/cached", allow_redirects=False, timeout=10,
-                                headers={"User-Agent": CHROME, "X-Forwarded-Proto": "https"})
+                                headers={"User-Agent": CHROME_UA, "X-Forwarded-Proto": "https"})
                    for _ in range(10)]
     assert [answer.status_code for answer in answers] == [302] * 10
     assert [answer.headers["X-Cache"] for answer in answers] == cache
@@ -69,8 +43,7 @@ def test_counted_redirects_pass_the_nginx_cache_and_every_one_is_counted(
 
 def test_concurrent_counted_redirects_of_one_link_do_not_queue_behind_each_other(
         tmp_path: Path) -> None:
-    app = GunicornServer(tmp_path / "data", workers=2, env={"TRUSTED_PROXY_HOPS": "2"})
-    with app, behind_platform_nginx(tmp_path, app) as url:
+    with nginx_in_front(tmp_path) as (url, app):
         assert requests.post(f"{app.url}/api/links", timeout=10, json={
             "url": "https://example.com/hot", "code": "hot"}).status_code == 201
 

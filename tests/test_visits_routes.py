@@ -13,11 +13,9 @@ from flask.testing import FlaskClient
 
 import visits
 from application import ConfigError, create_app
-from tests.helpers import PostForm
+from tests.helpers import CHROME_UA, PostForm
 from visits import DayCount, Stats
 
-CHROME = ("Mozilla/5.0 (Windows NT 10.0; Win64; x64) AppleWebKit/537.36 (KHTML, like Gecko) "
-          "Chrome/142.0.0.0 Safari/537.36")
 IPHONE = ("Mozilla/5.0 (iPhone; CPU iPhone OS 18_6 like Mac OS X) AppleWebKit/605.1.15 "
           "(KHTML, like Gecko) Version/18.6 Mobile/15E148 Safari/604.1")
 TODAY = visits.today()
@@ -56,10 +54,10 @@ def test_the_stats_of_a_link_never_visited_are_zeros(client: FlaskClient) -> Non
 def test_the_stats_count_people_bots_and_the_details_per_day(app: Flask,
                                                              client: FlaskClient) -> None:
     create(client, "doc")
-    follow(client, "doc", User_Agent=CHROME, Referer="https://t.co/x")
+    follow(client, "doc", User_Agent=CHROME_UA, Referer="https://t.co/x")
     follow(client, "doc", User_Agent=IPHONE)
     follow(client, "doc", User_Agent="curl/8.11.1")
-    follow(client, "doc", User_Agent=CHROME, DNT="1")
+    follow(client, "doc", User_Agent=CHROME_UA, DNT="1")
     flushed(app)
     stats = stats_of(client, "doc")
     assert (stats["visits"], stats["bots"], stats["private_visits"]) == (3, 1, 1)
@@ -73,7 +71,7 @@ def test_the_stats_count_people_bots_and_the_details_per_day(app: Flask,
 def test_an_uploaded_file_is_counted_on_the_flask_path(
         app: Flask, post_form: PostForm, client: FlaskClient) -> None:
     assert post_form(file=(BytesIO(b"hello"), "hello.txt"), code="hello").status_code == 200
-    follow(client, "hello", User_Agent=CHROME)
+    follow(client, "hello", User_Agent=CHROME_UA)
     flushed(app)
     assert stats_of(client, "hello")["visits"] == 1
     page = client.get("/hello+")
@@ -94,7 +92,7 @@ def test_the_page_draws_30_days_as_svg_bars_with_the_same_numbers_in_a_table(
         app: Flask, client: FlaskClient) -> None:
     create(client, "chart")
     for _ in range(3):
-        follow(client, "chart", User_Agent=CHROME)
+        follow(client, "chart", User_Agent=CHROME_UA)
     flushed(app)
     page = client.get("/chart+").text
     assert "<dd>3</dd>" in page
@@ -124,7 +122,7 @@ def test_the_home_page_shows_each_links_visits_with_a_link_to_its_stats(
     create(client, "mine")
     create(client, "other")
     for _ in range(2):
-        follow(client, "mine", User_Agent=CHROME)
+        follow(client, "mine", User_Agent=CHROME_UA)
     flushed(app)
     home = client.get("/").text
     assert '<a class="visits" href="http://localhost/mine+">2 visits' in home
@@ -141,7 +139,7 @@ def test_with_visits_off_nothing_is_counted_shown_or_forbidden_to_cache(data_dir
     client = app.test_client()
     create(client, "off")
     assert app.extensions["visits"] is None
-    assert "Cache-Control" not in client.get("/off", headers={"User-Agent": CHROME}).headers
+    assert "Cache-Control" not in client.get("/off", headers={"User-Agent": CHROME_UA}).headers
     assert 'class="visits"' not in client.get("/").text
     assert stats_of(client, "off")["counting"] is False
     assert "not being counted" in client.get("/off+").text
