@@ -877,7 +877,8 @@ def check_health(url: str, timeout: float = 5.0) -> tuple[bool, str]:
         with urllib.request.urlopen(f"{url}/healthz", timeout=timeout) as resp:  # nosec B310
             return resp.status == 200, f"HTTP {resp.status}"
     except urllib.error.HTTPError as err:
-        return False, f"/healthz answered HTTP {err.code}: {err.read()[:200]!r}"
+        return False, f"/healthz answered HTTP {err.code}: " \
+                      f"{err.read()[:300].decode(errors='replace')}"
     except (urllib.error.URLError, OSError) as err:
         return False, f"/healthz unreachable: {err}"
 

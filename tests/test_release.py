@@ -847,12 +847,12 @@ def test_the_settings_check_reads_the_declared_values_from_the_repository(
     configs = dict(REPO_CONFIGS)
     policy = ("aws:elasticbeanstalk:command", "DeploymentPolicy")
     configs["02-deploy.config"] = configs["02-deploy.config"].replace(
-        f"DeploymentPolicy: {DECLARED[policy]}", "DeploymentPolicy: TrafficSplitting")
+        f"DeploymentPolicy: {DECLARED[policy]}", "DeploymentPolicy: Immutable")
     declared = ebsettings.option_settings(configs)
-    assert declared[policy] == "TrafficSplitting"
-    effective = {**{k: DECLARED.get(k) for k in ebsettings.WATCHED}, policy: "Immutable"}
+    assert declared[policy] == "Immutable"
+    effective = {**{k: DECLARED.get(k) for k in ebsettings.WATCHED}, policy: "TrafficSplitting"}
     [problem] = ebsettings.setting_differences(declared, effective, ENV)
-    assert "DeploymentPolicy is 'Immutable'" in problem and "'TrafficSplitting'" in problem
+    assert "DeploymentPolicy is 'TrafficSplitting'" in problem and "'Immutable'" in problem
 
 
 def test_a_release_that_changes_option_settings_applies_them_first_then_deploys(
