@@ -19,6 +19,9 @@ What stands for what:
     AbortEnvironmentUpdate                      LocalTarget.abort()
     per-instance requests, 5xx, latency         LocalTarget.canary_metrics(), from nginx's
       (DescribeInstancesHealth)                   access log, by upstream
+    SSM Run Command on an instance: the         LocalTarget.smoke_canary(), snapshot() and
+      canary's smoke test, ops.backup,            recover(), on the canary's port and the
+      ops.recover                                 data directory
 
 A deployment follows Elastic Beanstalk's traffic splitting (docs/deploying.md, "Choosing
 the deployment policy", cites the pages). Phases, as `deployment()` reports them:
@@ -26,7 +29,9 @@ the deployment policy", cites the pages). Phases, as `deployment()` reports them
 - `launching`: the new version starts beside the serving one, on a port of its own,
   and gets no traffic. It must pass `healthy_threshold` health checks in a row within
   `command_timeout` (a version that exits, or never passes, fails the deployment), then
-  the full smoke test against its own port.
+  the full smoke test against its own port; and the old version must still pass its
+  health check after that test wrote to the shared store (a version whose writes the
+  old one cannot read fails here, before any traffic).
 - `canary`: nginx sends it `new_version_percent` % of requests (nginx -s reload: old
   workers finish their requests, so none is dropped) for `evaluation_time` seconds,
   while its health is checked every `health_check_interval`; `unhealthy_threshold`
@@ -44,14 +49,18 @@ Interface for the release logic (ops.release):
 - the blocking `Target` methods (`state`, `health`, `version_exists`, `deploy`,
   `request_counts`); `deploy()` runs a whole deployment and raises TargetError unless
   it completes;
-- `start_deployment(label, new)` returns at once, the deployment runs in a thread;
-  `deployment()` is its current phase, share and detail; `canary_metrics(window)` the
-  canary's and the baseline's requests, 5xx, connection errors, p50 and p99 and health
-  over the last `window` seconds; `abort(reason)` moves traffic back to the old version
-  and stops the new one (in `launching` or `canary`; TargetError once promoting).
+- `start_deployment(label, new, timeout)` returns at once, the deployment runs in a
+  thread; `deployment()` is its current phase, share and detail; `canary_metrics(window)`
+  the canary's and the baseline's requests, 5xx, connection errors, p50 and p99 and
+  health over the last `window` seconds; `abort(reason)` moves traffic back to the old
+  version and stops the new one (in `launching` or `canary`; TargetError once
+  promoting); `smoke_canary` runs `ops.smoke --full` against the canary's own port;
+- `snapshot(label)` and `recover(snapshot)`: `python -m ops.backup snapshot` into
+  DIR/snapshots/pre-deploy/<label>/, and `python -m ops.recover` on the data directory
+  through nginx.
 
 Files under DIR: versions/<label>/ (a copy of the source tree, like eb deploy's bundle),
-data/, logs/access.log (nginx: every request and the upstream that answered it),
+data/, snapshots/, logs/access.log (nginx: every request and the upstream that answered it),
 logs/<label>.log (that version's gunicorn), logs/nginx-error.log, logs/events.jsonl
 (what the target did, when, to which version and port), nginx/ (its configuration),
 settings.json (the Policy, optional), state.json and deploy.lock (held while a

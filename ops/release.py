@@ -10,7 +10,7 @@ loudly that it does not:
    fix); count its links; find the last good version, the newest one tagged as having
    passed verification; check that the deployment policy and health settings the
    repository declares are the ones the environment runs; find out whether the release
-   changes .ebextensions option settings or resources (an Immutable deployment cannot
+   changes .ebextensions option settings or resources (a deployment on new instances cannot
    carry those); and with --backup, snapshot the link store (python -m ops.backup on an
    instance) under the label's name;
 2. apply a configuration change as its own update first, then start the deployment:
