@@ -1046,7 +1046,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="do not release: alert that the deploy job ended without finishing, "
                         "with what --report got to and the environment's state")
     p.add_argument("--local-dir", type=Path,
-                   help="--target local: the release directory (versions, data, logs)")
+                   help="--target local: the environment's directory (versions, data, "
+                        "snapshots, logs)")
     p.add_argument("--source", type=Path,
                    help="--target local: the source tree a new version is copied from "
                         "(default: this checkout)")

@@ -383,8 +383,9 @@ class EBTarget:
     def deployment(self) -> Deployment | None:
         """While the environment is Updating: `canary` once an instance runs the new
         version and its health is Ok (the share is what it served of the last 10 s),
-        `launching` before. Ready on the new version: `complete`; Ready on another:
-        `aborted` when we aborted, else `failed` (with the newest ERROR event)."""
+        `launching` before. Ready on the new version: `complete` (even after an abort
+        that came too late); Ready on another: `aborted` when we aborted, else `failed`
+        (with the newest ERROR event)."""
         current = self._deployment
         if current is None or not current.in_progress:
             return current
@@ -404,9 +405,11 @@ class EBTarget:
             self._deployment = replace(current, phase="canary" if serving else "launching",
                                        share=share if serving else 0, detail=detail,
                                        updated_at=now)
-        elif env.get("VersionLabel") == current.label and not self._abort_reason:
+        elif env.get("VersionLabel") == current.label:
+            late = f" (the abort came too late: {self._abort_reason})" if self._abort_reason \
+                else ""
             self._deployment = replace(current, phase="complete", share=100, updated_at=now,
-                                       detail=f"{self.name} is Ready on {current.label}")
+                                       detail=f"{self.name} is Ready on {current.label}{late}")
         else:
             ended: Phase = "aborted" if self._abort_reason else "failed"
             self._deployment = replace(current, phase=ended, share=0, updated_at=now,

@@ -514,6 +514,29 @@ def test_a_canary_slower_than_the_baseline_in_two_samples_in_a_row_is_aborted(
     aws.done()
 
 
+def test_an_abort_that_comes_after_the_promotion_began_ends_in_a_redeploy(
+        aws: AWS, eb: EBCLI, tmp_path: Path, old_server: GunicornServer,
+        new_server: GunicornServer) -> None:
+    """What Elastic Beanstalk does with an abort once it promotes is not documented: if
+    the new version ends up serving everything, the last good one is deployed again."""
+    aws.prepare(old_server)
+    aws.started(eb, old_server)
+    aws.samples(old_server, [baseline(requests=90), canary(requests=20, errors=5)])
+    aws.canary_smoke()
+    aws.samples(old_server, [baseline(), canary()])                  # abort: still running
+    aws.eb_stub.add_response("abort_environment_update", {}, {"EnvironmentName": ENV})
+    aws.env("Ready", NEW, new_server)                                # ... promoted anyway
+    aws.redeployed_last_good(eb, old_server)
+
+    code, report = release(aws, eb, tmp_path)
+
+    assert code == EXIT_ROLLED_BACK and report["failed_step"] == "canary"
+    abort = next(step for step in report["steps"] if step["name"] == "abort")
+    assert abort["detail"].startswith("complete after ") and "came too late" in abort["detail"]
+    assert eb.argvs == [started_args(), deploy_args("--version", OLD)]
+    aws.done()
+
+
 def test_a_canary_that_fails_its_full_smoke_test_is_rolled_back(
         aws: AWS, eb: EBCLI, tmp_path: Path, old_server: GunicornServer,
         new_server: GunicornServer) -> None:
