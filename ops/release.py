@@ -10,9 +10,9 @@ loudly that it does not:
    fix); count its links; find the last good version, the newest one tagged as having
    passed verification; check that the deployment policy and health settings the
    repository declares are the ones the environment runs; find out whether the release
-   changes .ebextensions option settings or resources (a deployment on new instances cannot
-   carry those); and with --backup, snapshot the link store (python -m ops.backup on an
-   instance) under the label's name;
+   changes .ebextensions option settings or resources (a deployment on new instances
+   cannot carry those); and with --backup, snapshot the link store (python -m ops.backup
+   on an instance) under the label's name;
 2. apply a configuration change as its own update first, then start the deployment:
    `eb deploy ENV --label LABEL --nohang` (or `--version LABEL` when that version
    exists; nothing at all when LABEL is already live: that release only verifies);
@@ -108,10 +108,6 @@ class Interfered(StepFailed):
     """The environment runs a version that is not ours: someone else deployed."""
 
 
-class CanaryFailed(StepFailed):
-    """The watch saw the new version fail during its deployment; the message says how."""
-
-
 @dataclass
 class Options:
     """Every wait is bounded; `worst_case_seconds` adds them all up (the credential and
@@ -164,7 +160,7 @@ def worst_case_seconds(o: Options) -> float:
     # smoke test once the deployment is over.
     canary = o.canary_interval + HTTP_TIMEOUT + smoke_limit(o, full=True)
     forward = prepare + config + deploy + canary + settle + verification_seconds(o)
-    recover = o.restore_timeout + poll + HTTP_TIMEOUT     # rollback:recover
+    recover = o.restore_timeout + poll + HTTP_TIMEOUT     # rollback:data
     rollback = (config + (o.ready_timeout + poll) + deploy + recover
                 + verification_seconds(o))
     return forward + rollback
@@ -552,7 +548,7 @@ class Release:
                     self.opts.canary_interval)) or smoke_verdict(self.canary_smoke)
                 self.save()
                 if verdict:
-                    raise CanaryFailed(verdict)
+                    raise StepFailed(verdict)
             if time.monotonic() > self.deadline:
                 raise StepFailed(f"the deployment of {self.label} was not over within "
                                  f"--deploy-timeout {self.opts.deploy_timeout:g} s (last "
@@ -623,8 +619,8 @@ class Release:
         since, through that version (Target.recover, python -m ops.recover)."""
         url = self.target.state().url + "/healthz"
         status, body = fetch_json(url)
-        store = (body.get("checks") or {}).get("store", "ok") if isinstance(
-            body.get("checks"), dict) else "ok"
+        checks = body.get("checks")
+        store = checks.get("store", "ok") if isinstance(checks, dict) else "ok"
         if status == 200 or store == "ok":
             return f"{url} reads the store (HTTP {status}): nothing to restore"
         damage = f"{url} answered HTTP {status}: the store check says {store!r}"

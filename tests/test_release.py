@@ -34,7 +34,8 @@ from botocore.stub import ANY, Stubber
 from ops import ebsettings, release as release_module
 from ops.release import (EXIT_DEPLOYED, EXIT_INTERFERED, EXIT_REFUSED, EXIT_ROLLBACK_FAILED,
                          EXIT_ROLLED_BACK, Options, execute, interrupted_alert)
-from ops.targets import BACKUP_SCRIPT, RECOVER_SCRIPT, SMOKE_SCRIPT, VERIFIED_TAG, EBTarget
+from ops.targets import (BACKUP_SCRIPT, RECOVER_SCRIPT, SMOKE_SCRIPT, VERIFIED_TAG, BasicTarget,
+                         EBTarget, EnvState, TargetError)
 from tests.awsebcli import EB_PYTHON, EBCLI, deploy_existing, deploy_started
 from tests.servers import GunicornServer
 
@@ -1207,3 +1208,34 @@ def report_names(path: Path) -> list[str]:
         return names(json.loads(path.read_text()))
     except FileNotFoundError:
         return []
+
+
+# --- a target without progressive delivery ---------------------------------------------
+
+
+class AllAtOnce(BasicTarget):
+    """A target that deploys all at once (BasicTarget's defaults): `deploy` blocks."""
+
+    def __init__(self, fails: bool) -> None:
+        self.fails = fails
+
+    def state(self) -> EnvState:
+        return EnvState("Ready", OLD, "http://127.0.0.1:9")
+
+    def deploy(self, label: str, new: bool, timeout: float) -> str:
+        if self.fails:
+            raise TargetError(f"{label} did not start")
+        return f"{label} deployed"
+
+
+@pytest.mark.parametrize("fails", [False, True])
+def test_a_target_without_a_canary_reports_its_deployment_over_when_it_starts(
+        fails: bool) -> None:
+    """ops.release then goes straight from `canary` to verifying (or rolling back)."""
+    target = AllAtOnce(fails)
+    started = target.start_deployment(NEW, True, 60)
+    assert not started.in_progress and started.baseline == OLD
+    assert (started.phase, started.detail) == (("failed", f"{NEW} did not start") if fails
+                                               else ("complete", f"{NEW} deployed"))
+    assert target.deployment() == target.abort("too late") == started
+    assert target.canary_metrics(10).canary.healthy is None

@@ -73,6 +73,9 @@ def test_a_good_release_costs_no_request(
     result = run(rehearsal, results, "good")
     assert result.failed == 0, result.failures
     assert result.new_version_requests > 0
+    report = json.loads((rehearsal.workdir / "release-good.json").read_text())
+    assert "full smoke test passed against" in report["canary"]["smoke"]
+    assert report["canary"]["verdict"] is None and report["backup"] == result.snapshot
 
 
 def test_the_json_loads_release_never_gets_traffic_and_costs_no_request(
