@@ -113,7 +113,9 @@ class FileStore:
         state = self._states.get(code)
         return expand(code, stored) if state is None else with_state(expand(code, stored), state)
 
-    current = get  # every read follows the file and the sidecar: nothing is cached longer
+    def current(self, code: str) -> Link | None:
+        """Every read follows the file and the sidecar: nothing is kept longer."""
+        return self.get(code)
 
     def count(self) -> int:
         self.refresh()
