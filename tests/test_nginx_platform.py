@@ -16,6 +16,7 @@ what the platform has), and the committed prebuild hook must create the parent.
 """
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import subprocess  # nosec B404 - runs the real nginx
@@ -157,8 +158,15 @@ def test_the_prebuild_hook_makes_the_configuration_valid(instance: Path) -> None
 
 @pytest.fixture
 def platform_nginx(tmp_path: Path) -> Iterator[tuple[str, GunicornServer]]:
+    with nginx_in_front(tmp_path) as (url, app):
+        yield url, app
+
+
+@contextlib.contextmanager
+def nginx_in_front(tmp_path: Path, **env: str) -> Iterator[tuple[str, GunicornServer]]:
+    """The app under gunicorn behind the platform's nginx with the project's files."""
     with GunicornServer(tmp_path / "data", workers=1,
-                        env={"TRUSTED_PROXY_HOPS": "2"}) as app:
+                        env={"TRUSTED_PROXY_HOPS": "2", **env}) as app:
         port = free_port()
         etc = lay_out_instance(tmp_path / "root", port, app.port)
         log = open(tmp_path / "nginx.out", "wb")
@@ -205,3 +213,54 @@ def test_a_redirect_is_served_and_cached_per_scheme_the_load_balancer_reports(
     assert plain.headers["X-Cache"] == "MISS", "an http visitor got the https entry"
     assert "Strict-Transport-Security" not in plain.headers
     assert follow("http").headers["X-Cache"] == "HIT"
+
+
+# --- the link lifecycle: what the redirect cache may keep ---------------------------------
+
+def through(url: str, path: str) -> requests.Response:
+    return requests.get(f"{url}{path}", headers={"X-Forwarded-Proto": "https"},
+                        allow_redirects=False, timeout=5)
+
+
+def test_a_plain_redirect_carries_its_bounded_lifetime_to_the_browser(
+        platform_nginx: tuple[str, GunicornServer]) -> None:
+    url, app = platform_nginx
+    requests.post(f"{app.url}/api/links", json={"url": "https://example.com/p", "code": "p"},
+                  timeout=5)
+    first, again = through(url, "/p"), through(url, "/p")
+    assert (first.headers["X-Cache"], again.headers["X-Cache"]) == ("MISS", "HIT")
+    assert again.headers["Cache-Control"] == "max-age=60"
+
+
+def test_limited_and_protected_links_are_never_answered_from_the_cache(
+        platform_nginx: tuple[str, GunicornServer]) -> None:
+    url, app = platform_nginx
+    bodies: list[dict[str, str | int]] = [
+        {"code": "limited", "max_visits": 3}, {"code": "locked", "password": "open sesame"},
+        {"code": "expiring", "expires_at": "2999-01-01T00:00:00Z"}]
+    for body in bodies:
+        created = requests.post(f"{app.url}/api/links", timeout=5,
+                                json={"url": "https://example.com/x", **body})
+        assert created.status_code == 201
+    limited = [through(url, "/limited") for _ in range(5)]
+    assert [r.status_code for r in limited] == [302, 302, 302, 410, 410]
+    locked = [through(url, "/locked") for _ in range(3)]
+    expiring = [through(url, "/expiring") for _ in range(3)]
+    assert [r.status_code for r in locked] == [200] * 3
+    assert [r.status_code for r in expiring] == [302] * 3
+    for response in limited + locked + expiring:
+        assert response.headers.get("X-Cache") != "HIT"  # nginx adds none to a 410
+        assert response.headers["Cache-Control"] == "no-store"
+
+
+def test_a_permanent_redirect_status_is_cached_no_longer_than_its_max_age(
+        tmp_path: Path) -> None:
+    """REDIRECT_STATUS=301: nginx keeps it as long as the app's max-age says, and the
+    browser gets the same bound, not a permanent redirect cached for ever."""
+    with nginx_in_front(tmp_path, REDIRECT_STATUS="301") as (url, app):
+        requests.post(f"{app.url}/api/links", timeout=5,
+                      json={"url": "https://example.com/p", "code": "p"})
+        first, again = through(url, "/p"), through(url, "/p")
+    assert first.status_code == again.status_code == 301
+    assert (first.headers["X-Cache"], again.headers["X-Cache"]) == ("MISS", "HIT")
+    assert again.headers["Cache-Control"] == "max-age=60"
