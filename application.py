@@ -566,7 +566,7 @@ def follow(code: str) -> ResponseReturnValue:
     if link.stopped(datetime.now(timezone.utc)):
         return gone(link)
     if link.password_hash is not None:
-        return password_page(link)
+        return password_page(code)
     return serve(link)
 
 
@@ -587,7 +587,7 @@ def unlock(code: str) -> ResponseReturnValue:
     if link.password_hash is None:
         return redirect(url_for(".follow", code=code), 303)
     if not right:
-        return password_page(link, "That password is not right. Check it and try again.", 403)
+        return password_page(code, "That password is not right. Check it and try again.", 403)
     return serve(link, after_post=True)
 
 
@@ -623,10 +623,18 @@ def redirect_cache_control(cacheable: bool) -> str:
     return f"max-age={REDIRECT_MAX_AGE}" if cacheable else NOT_CACHED
 
 
-def password_page(link: Link, error: str = "", status: int = 200) -> ResponseReturnValue:
-    response = make_response(render_template("password.html", code=link.code, error=error,
-                                             short_url=short_url(link.code)), status)
+def password_page(code: str, error: str = "", status: int = 200) -> Response:
+    """The page that asks for a link's password; never cached.
+
+    Its form posts to this site, whose answer redirects to the link's target: Chromium
+    applies ``form-action`` to that redirect too, so this page alone allows http(s)
+    targets there. Naming the target's origin instead would tell it before the password.
+    """
+    response = make_response(render_template("password.html", code=code, error=error,
+                                             short_url=short_url(code)), status)
     response.headers["Cache-Control"] = NOT_CACHED
+    response.headers["Content-Security-Policy"] = CONTENT_SECURITY_POLICY.replace(
+        "form-action 'self'", "form-action 'self' http: https:")
     return response
 
 
@@ -841,11 +849,10 @@ def handle_http_error(error: HTTPException) -> ResponseReturnValue:
         message = FORM_EXPIRED if status == 400 else (
             "Too many wrong passwords for this link from your address; wait a minute and "
             "try again.")
-        code = (request.view_args or {}).get("code", "")
-        response.set_data(render_template("password.html", code=code, error=message,
-                                          short_url=short_url(code)))
-        response.content_type = "text/html; charset=utf-8"
-        response.headers["Cache-Control"] = NOT_CACHED
+        page = password_page((request.view_args or {}).get("code", ""), message, status)
+        if "Retry-After" in response.headers:
+            page.headers["Retry-After"] = response.headers["Retry-After"]
+        return page
     elif wants_json():
         detail = error.description
         if status == 429:  # Flask-Limiter's description is only the limit, e.g. "5 per 1 minute"

@@ -273,6 +273,15 @@ def test_a_protected_link_asks_for_its_password_and_is_never_cached(client: Flas
     assert 'type="password"' in page.text and 'name="csrf_token"' in page.text
 
 
+def test_only_the_password_page_lets_its_form_s_redirect_leave_the_site(
+        client: FlaskClient) -> None:
+    """Chromium applies form-action to the redirect after the form's POST."""
+    api(client, code="locked", password=PASSWORD)
+    assert "form-action 'self' http: https:;" in client.get("/locked").headers[
+        "Content-Security-Policy"]
+    assert "form-action 'self';" in client.get("/").headers["Content-Security-Policy"]
+
+
 def test_the_right_password_redirects_and_a_wrong_one_says_so(client: FlaskClient) -> None:
     api(client, code="locked", password=PASSWORD)
     wrong = unlock(client, "locked", "not the password")
