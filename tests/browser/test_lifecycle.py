@@ -52,8 +52,9 @@ def test_more_options_work_without_javascript_and_read_the_time_as_utc(
         page = context.new_page()
         shorten_with_options(page, "https://example.com/no-script-expiry", "utc-time",
                              expires_at=f"{JUNE}T12:30", password=PASSWORD)
-        expect(page.locator(".conditions")).to_contain_text(f"Stops working at {JUNE} 12:30:00 UTC.")
-        expect(page.locator(".conditions")).to_contain_text("Asks visitors for the password")
+        conditions = page.locator(".conditions")
+        expect(conditions).to_contain_text(f"Stops working at {JUNE} 12:30:00 UTC.")
+        expect(conditions).to_contain_text("Asks visitors for the password")
     finally:
         context.close()
 
