@@ -64,8 +64,9 @@ SECURITY_HEADERS = [("Content-Security-Policy", CONTENT_SECURITY_POLICY),
                     ("Referrer-Policy", "strict-origin-when-cross-origin")]
 HSTS = ("Strict-Transport-Security", "max-age=31536000; includeSubDomains")
 REDIRECT_STATUSES = (301, 302, 307, 308)
-# A plain link's redirect may be kept this long by browsers and the nginx redirect cache,
-# so a takedown reaches every visitor within it (README, "Links that stop").
+# How long a plain link's redirect may be kept by the nginx redirect cache (and, for a
+# permanent status, by browsers), so that a takedown reaches every visitor within it
+# (README, "Links that stop").
 REDIRECT_MAX_AGE = 60
 NOT_CACHED = "no-store"
 TEMPORARY_TWIN = {301: 302, 302: 302, 307: 307, 308: 307}  # same method rules, never cached
@@ -615,12 +616,16 @@ def redirect_to(link: Link, status: int | None = None) -> Response:
     if status is None:
         status = configured if link.plain else TEMPORARY_TWIN[configured]
     response = redirect(link.url or "", status)
-    response.headers["Cache-Control"] = redirect_cache_control(link.plain and status != 303)
+    response.headers["Cache-Control"] = (redirect_cache_control(status) if link.plain
+                                         and status != 303 else NOT_CACHED)
     return response
 
 
-def redirect_cache_control(cacheable: bool) -> str:
-    return f"max-age={REDIRECT_MAX_AGE}" if cacheable else NOT_CACHED
+def redirect_cache_control(status: int) -> str:
+    """A plain link's redirect: a temporary one (302, 307) only for shared caches such as
+    the nginx redirect cache (``s-maxage``; browsers do not keep it, as today); a permanent
+    one (301, 308), which browsers would otherwise keep for good, for them too."""
+    return f"{'max-age' if status in (301, 308) else 's-maxage'}={REDIRECT_MAX_AGE}"
 
 
 def password_page(code: str, error: str = "", status: int = 200) -> Response:
@@ -904,7 +909,7 @@ class FastRedirects:
                  status: int = 302) -> None:
         self.app, self.links, self.reserved = app, links, reserved
         self.status = f"{status} {HTTPStatus(status).phrase.upper()}"
-        self.cache_control = ("Cache-Control", redirect_cache_control(cacheable=True))
+        self.cache_control = ("Cache-Control", redirect_cache_control(status))
 
     def __call__(self, environ: dict[str, Any], start_response: Any) -> Any:
         path = environ.get("PATH_INFO", "")

@@ -59,7 +59,7 @@ def test_every_form_post_needs_the_csrf_token(app: Flask, client: FlaskClient) -
     for route in ["/c/password", f"/manage/c/{token}", "/your-url"]:
         client.get("/")
         response = client.post(route, data={"url": "https://example.com/",
-                                             "password": "open sesame"})
+                                            "password": "open sesame"})
         assert response.status_code == 400
         assert "reload the page" in response.get_data(as_text=True)
     assert Path(app.config["URLS_FILE"]).read_bytes() == before, "a token-less POST stored"
