@@ -72,7 +72,7 @@ NOT_CACHED = "no-store"
 TEMPORARY_TWIN = {301: 302, 302: 302, 307: 307, 308: 307}  # same method rules, never cached
 MIN_PASSWORD, MAX_PASSWORD = 8, 256
 MAX_VISITS_LIMIT = 1_000_000_000
-MANAGE_TOKEN_HEADER = "X-Manage-Token"
+MANAGE_TOKEN_HEADER = "X-Manage-Token"  # nosec B105: a header's name, not a secret
 
 
 # --- Configuration ---------------------------------------------------------------------
@@ -338,12 +338,10 @@ def checked_options(values: Mapping[str, Any], form: bool) -> dict[str, Any]:
         if not isinstance(value, str):
             raise InvalidInput(field, f"'{field}' must be a string when given.")
     utc_offset = str(values.get("utc_offset", "")) if form else None
-    options = {"expires_at": checked_expiry(expires_at.strip(), utc_offset),
-               "max_visits": checked_max_visits(values.get("max_visits")),
-               "password_hash": None}
-    if checked_password(password):
-        options["password_hash"] = hash_password(password)
-    return options
+    expires, max_visits = (checked_expiry(expires_at.strip(), utc_offset),
+                           checked_max_visits(values.get("max_visits")))
+    password_hash = hash_password(password) if checked_password(password) else None
+    return {"expires_at": expires, "max_visits": max_visits, "password_hash": password_hash}
 
 
 def checked_not_blocked(url: str) -> None:
