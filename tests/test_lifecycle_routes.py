@@ -1,7 +1,7 @@
 """Links that end, links with a password, links their creator deletes and the operator
 takes down: every route of ARCHITECTURE.md's "Link lifecycle" table, through the Flask
 test client (real gunicorn, PostgreSQL and nginx: test_lifecycle_server.py and
-test_nginx_platform.py)."""
+test_nginx_lifecycle.py)."""
 from __future__ import annotations
 
 import hashlib
