@@ -187,6 +187,25 @@ def changed_link(link: Link, change: StateChange) -> Link:
                    changed_by=change.by, changed_at=change.at)
 
 
+class StateChanges:
+    """``disable``, ``enable`` and ``delete``, the same on every backend: each makes a
+    StateChange (which checks the reason) and hands it to the backend's ``change``."""
+
+    def change(self, change: StateChange) -> Link:
+        """Apply change by ``changed_link``'s rules and record it; return the link now.
+        Raises NoSuchLink, or LinkDeleted."""
+        raise NotImplementedError
+
+    def disable(self, code: str, reason: str, by: str, note: str | None = None) -> Link:
+        return self.change(StateChange(code, "disable", by, utc_now(), reason, note))
+
+    def enable(self, code: str, by: str) -> Link:
+        return self.change(StateChange(code, "enable", by, utc_now()))
+
+    def delete(self, code: str, by: str, reason: str) -> Link:
+        return self.change(StateChange(code, "delete", by, utc_now(), reason))
+
+
 # --- Passwords and management tokens -----------------------------------------------------
 
 # scrypt as RFC 7914 and Colin Percival's scrypt paper recommend for interactive logins:

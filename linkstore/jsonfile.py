@@ -42,10 +42,10 @@ from collections.abc import Callable, Iterable, Iterator
 from dataclasses import asdict, replace
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any
+from typing import Any, TextIO
 
-from linkstore import (ACTIVE, STATES, CodeTaken, Link, NoSuchLink,
-                       StateChange, StoreUnavailable, changed_link, utc_now)
+from linkstore import (ACTIVE, STATES, CodeTaken, Link, NoSuchLink, StateChange, StateChanges,
+                       StoreUnavailable, changed_link)
 
 log = logging.getLogger("shortener.store")
 
@@ -72,7 +72,7 @@ STATE_FIELDS = {"visits": "visits", "state": "state", "reason": "reason", "note"
                 "by": "changed_by", "at": "changed_at"}  # sidecar key: Link field
 
 
-class FileStore:
+class FileStore(StateChanges):
     """The JSON file backend of ``linkstore.LinkStore``.
 
     Besides the file, every write appends its links to a journal beside it, naming the
@@ -204,12 +204,11 @@ class FileStore:
                                        f"{self.audit_path.name} shows states were changed")
             return {}
         try:
-            with open(self.state_path, encoding="utf-8") as sidecar:
-                states = json.load(sidecar)
-        except (OSError, UnicodeDecodeError) as exc:
-            raise StoreUnavailable(f"cannot read {self.state_path}: {exc}") from exc
-        except json.JSONDecodeError as exc:
-            raise StoreUnavailable(f"{self.state_path} is not valid JSON ({exc})") from exc
+            sidecar = open(self.state_path, encoding="utf-8")
+        except OSError as exc:
+            raise StoreUnavailable(f"cannot read {self.state_path}: {exc.strerror}") from exc
+        with sidecar:
+            states, _ = load_json(sidecar, self.state_path)
         problem = states_problem(states)
         if problem:
             raise StoreUnavailable(f"{self.state_path} has the wrong shape: {problem}")
@@ -266,14 +265,8 @@ class FileStore:
             return {}, None
         except OSError as exc:
             raise StoreUnavailable(f"cannot read {self.path}: {exc.strerror}") from exc
-        try:
-            with urls_file:
-                links = json.load(urls_file, object_hook=compact)
-                st = os.fstat(urls_file.fileno())
-        except (OSError, UnicodeDecodeError) as exc:
-            raise StoreUnavailable(f"cannot read {self.path}: {exc}") from exc
-        except json.JSONDecodeError as exc:
-            raise StoreUnavailable(f"{self.path} is not valid JSON ({exc})") from exc
+        with urls_file:
+            links, st = load_json(urls_file, self.path, compact)
         problem = shape_problem(links)
         if problem:
             raise StoreUnavailable(f"{self.path} has the wrong shape: {problem}")
@@ -327,16 +320,7 @@ class FileStore:
             self._write_states(self._states | {code: state_of(used)})
             return used
 
-    def disable(self, code: str, reason: str, by: str, note: str | None = None) -> Link:
-        return self._change(StateChange(code, "disable", by, utc_now(), reason, note))
-
-    def enable(self, code: str, by: str) -> Link:
-        return self._change(StateChange(code, "enable", by, utc_now()))
-
-    def delete(self, code: str, by: str, reason: str) -> Link:
-        return self._change(StateChange(code, "delete", by, utc_now(), reason))
-
-    def _change(self, change: StateChange) -> Link:
+    def change(self, change: StateChange) -> Link:
         with self.locked():
             self._writable()
             link = self.get(change.code)
@@ -437,6 +421,18 @@ class FileStore:
 
 
 # --- the file's format ---------------------------------------------------------------
+
+def load_json(source: TextIO, path: Path,
+              object_hook: Callable[[dict[str, Any]], Any] | None = None
+              ) -> tuple[Any, os.stat_result]:
+    """What an open file holds, and its stat; what goes wrong as StoreUnavailable."""
+    try:
+        return json.load(source, object_hook=object_hook), os.fstat(source.fileno())
+    except (OSError, UnicodeDecodeError) as exc:
+        raise StoreUnavailable(f"cannot read {path}: {exc}") from exc
+    except json.JSONDecodeError as exc:
+        raise StoreUnavailable(f"{path} is not valid JSON ({exc})") from exc
+
 
 def compact(record: Record) -> Stored:
     """The in-memory form of a record (json's object_hook: also sees the outer object).

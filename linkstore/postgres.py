@@ -46,8 +46,8 @@ from psycopg.conninfo import conninfo_to_dict
 from psycopg.types.json import Jsonb
 from psycopg_pool import ConnectionPool, PoolTimeout
 
-from linkstore import (CodeTaken, Link, NoSuchLink, StateChange, StoreUnavailable,
-                       changed_link, utc_now)
+from linkstore import (CodeTaken, Link, NoSuchLink, StateChange, StateChanges, StoreUnavailable,
+                       changed_link)
 
 log = logging.getLogger("shortener.store")
 
@@ -83,7 +83,7 @@ CHANGES_KEPT = "1 day"
 PRUNE_EVERY_SECONDS = 3600.0
 
 
-class PostgresStore:
+class PostgresStore(StateChanges):
     """The PostgreSQL backend of ``linkstore.LinkStore``."""
 
     def __init__(self, url: str, timeout: float = 3.0, cache_size: int = 20_000,
@@ -167,16 +167,7 @@ class PostgresStore:
                          retry=False)
         return None if row is None else to_link(row)
 
-    def disable(self, code: str, reason: str, by: str, note: str | None = None) -> Link:
-        return self._change(StateChange(code, "disable", by, utc_now(), reason, note))
-
-    def enable(self, code: str, by: str) -> Link:
-        return self._change(StateChange(code, "enable", by, utc_now()))
-
-    def delete(self, code: str, by: str, reason: str) -> Link:
-        return self._change(StateChange(code, "delete", by, utc_now(), reason))
-
-    def _change(self, change: StateChange) -> Link:
+    def change(self, change: StateChange) -> Link:
         """Change the row and record the change in one transaction; this worker forgets
         its cached copy at once, the others at their next poll of the change log."""
         def apply(conn: Connection) -> Link:
