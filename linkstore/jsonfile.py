@@ -42,7 +42,7 @@ from collections.abc import Callable, Iterable, Iterator
 from dataclasses import asdict, replace
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any, TextIO
+from typing import Any
 
 from linkstore import (ACTIVE, STATES, CodeTaken, Link, NoSuchLink, StateChange, StateChanges,
                        StoreUnavailable, changed_link)
@@ -207,8 +207,8 @@ class FileStore(StateChanges):
             sidecar = open(self.state_path, encoding="utf-8")
         except OSError as exc:
             raise StoreUnavailable(f"cannot read {self.state_path}: {exc.strerror}") from exc
-        with sidecar:
-            states, _ = load_json(sidecar, self.state_path)
+        with sidecar, reading(self.state_path):
+            states = json.load(sidecar)
         problem = states_problem(states)
         if problem:
             raise StoreUnavailable(f"{self.state_path} has the wrong shape: {problem}")
@@ -265,8 +265,9 @@ class FileStore(StateChanges):
             return {}, None
         except OSError as exc:
             raise StoreUnavailable(f"cannot read {self.path}: {exc.strerror}") from exc
-        with urls_file:
-            links, st = load_json(urls_file, self.path, compact)
+        with urls_file, reading(self.path):
+            links = json.load(urls_file, object_hook=compact)
+            st = os.fstat(urls_file.fileno())
         problem = shape_problem(links)
         if problem:
             raise StoreUnavailable(f"{self.path} has the wrong shape: {problem}")
@@ -422,12 +423,11 @@ class FileStore(StateChanges):
 
 # --- the file's format ---------------------------------------------------------------
 
-def load_json(source: TextIO, path: Path,
-              object_hook: Callable[[dict[str, Any]], Any] | None = None
-              ) -> tuple[Any, os.stat_result]:
-    """What an open file holds, and its stat; what goes wrong as StoreUnavailable."""
+@contextlib.contextmanager
+def reading(path: Path) -> Iterator[None]:
+    """Reading and parsing a file of the store: what goes wrong as StoreUnavailable."""
     try:
-        return json.load(source, object_hook=object_hook), os.fstat(source.fileno())
+        yield
     except (OSError, UnicodeDecodeError) as exc:
         raise StoreUnavailable(f"cannot read {path}: {exc}") from exc
     except json.JSONDecodeError as exc:
