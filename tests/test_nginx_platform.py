@@ -16,6 +16,7 @@ what the platform has), and the committed prebuild hook must create the parent.
 """
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import socket
@@ -159,8 +160,15 @@ def test_the_prebuild_hook_makes_the_configuration_valid(instance: Path) -> None
 
 @pytest.fixture
 def platform_nginx(tmp_path: Path) -> Iterator[tuple[str, GunicornServer]]:
+    with nginx_in_front(tmp_path) as (url, app):
+        yield url, app
+
+
+@contextlib.contextmanager
+def nginx_in_front(tmp_path: Path, **env: str) -> Iterator[tuple[str, GunicornServer]]:
+    """The app under gunicorn behind the platform's nginx with the project's files."""
     with GunicornServer(tmp_path / "data", workers=1,
-                        env={"TRUSTED_PROXY_HOPS": "2"}) as app:
+                        env={"TRUSTED_PROXY_HOPS": "2", **env}) as app:
         port = free_port()
         etc = lay_out_instance(tmp_path / "root", port, app.port)
         log = open(tmp_path / "nginx.out", "wb")
