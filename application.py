@@ -3,10 +3,12 @@
 The one Flask module: configuration from the environment, validation, routes, error
 pages. Read top to bottom; ARCHITECTURE.md has the HTTP contract. The links live in a
 store behind one interface (``linkstore``): the JSON file at ``URLS_FILE`` by default,
-PostgreSQL when ``DATABASE_URL`` is set. ``FastRedirects`` answers redirects from the
-store before Flask's request machinery; everything else goes through the blueprint.
-Both redirect paths hand each visit to the visit counter (``visits.py``), which counts
-it in memory and stores it later, off the redirect's path.
+PostgreSQL when ``DATABASE_URL`` is set. ``FastRedirects`` answers redirects of plain
+links from the store before Flask's request machinery; everything else (links that
+expire, count their visits, ask for a password or have stopped) goes through the
+blueprint, where ``follow`` decides what a visit gets. Both redirect paths hand each
+visit they serve to the visit counter (``visits.py``), which counts it in memory and
+stores it later, off the redirect's path.
 """
 from __future__ import annotations
 
@@ -20,14 +22,15 @@ import string
 import tempfile
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import replace
-from datetime import datetime, timezone
+from datetime import datetime, timedelta, timezone
+from http import HTTPStatus
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
 import segno
-from flask import (Blueprint, Flask, current_app, jsonify, redirect, render_template, request,
-                   send_from_directory, session, url_for)
+from flask import (Blueprint, Flask, current_app, jsonify, make_response, redirect,
+                   render_template, request, send_from_directory, session, url_for)
 from flask.sessions import SecureCookieSessionInterface
 from flask.typing import ResponseReturnValue
 from flask_limiter import Limiter
@@ -41,9 +44,11 @@ from werkzeug.urls import iri_to_uri
 from werkzeug.utils import secure_filename
 from werkzeug.wrappers import Response
 
+import visitors
 import visits
-from linkstore import CodeTaken, Link, LinkStore, StoreUnavailable, is_postgres_url, redacted
-from linkstore.jsonfile import FileStore, write_atomically
+from linkstore import (DELETED, CodeTaken, Link, LinkDeleted, LinkStore, StoreUnavailable,
+                       hash_password, is_postgres_url, new_manage_token, redacted)
+from linkstore.jsonfile import FileStore, identity_of, write_atomically
 
 log = logging.getLogger("shortener")
 
@@ -62,9 +67,18 @@ SECURITY_HEADERS = [("Content-Security-Policy", CONTENT_SECURITY_POLICY),
                     ("X-Content-Type-Options", "nosniff"), ("X-Frame-Options", "DENY"),
                     ("Referrer-Policy", "strict-origin-when-cross-origin")]
 HSTS = ("Strict-Transport-Security", "max-age=31536000; includeSubDomains")
-# A counted redirect must reach the app every time: no cache may answer it, neither
-# nginx's redirect cache nor a browser's (docs/visits.md, "The nginx redirect cache").
+REDIRECT_STATUSES = (301, 302, 307, 308)
+# How long a plain link's redirect may be kept by the nginx redirect cache (and, for a
+# permanent status, by browsers), so that a takedown reaches every visitor within it
+# (README, "Links that stop").
+REDIRECT_MAX_AGE = 60
+# A response no cache may keep: a link that can stop, and every counted redirect, which
+# must reach the app each time (docs/visits.md, "The nginx redirect cache").
 NOT_CACHED = "no-store"
+TEMPORARY_TWIN = {301: 302, 302: 302, 307: 307, 308: 307}  # same method rules, never cached
+MIN_PASSWORD, MAX_PASSWORD = 8, 256
+MAX_VISITS_LIMIT = 1_000_000_000
+MANAGE_TOKEN_HEADER = "X-Manage-Token"  # nosec B105: a header's name, not a secret
 
 
 # --- Configuration ---------------------------------------------------------------------
@@ -104,6 +118,11 @@ def load_config(overrides: Mapping[str, Any] | None) -> dict[str, Any]:
     if not 0 < flush_seconds <= 3600:
         raise ConfigError("VISITS_FLUSH_SECONDS must be more than 0 and at most 3600 "
                           f"(seconds between writes of the visit counts), not {flush_seconds:g}")
+    password_limit = str(setting("PASSWORD_RATE_LIMIT", "10/minute"))
+    redirect_status = setting("REDIRECT_STATUS", "302")
+    if str(redirect_status) not in map(str, REDIRECT_STATUSES):
+        raise ConfigError(f"REDIRECT_STATUS must be one of 301, 302, 307, 308, not "
+                          f"{redirect_status!r}")
     config: dict[str, Any] = {
         "DATA_DIR": data_dir,
         "URLS_FILE": Path(setting("URLS_FILE", str(data_dir / "urls.json"))),
@@ -117,13 +136,16 @@ def load_config(overrides: Mapping[str, Any] | None) -> dict[str, Any]:
         "APP_VERSION": str(setting("APP_VERSION", "dev")),
         "PUBLIC_BASE_URL": str(setting("PUBLIC_BASE_URL", "")).rstrip("/"),
         "CREATE_RATE_LIMIT": rate_limit,
-        "RATELIMIT_ENABLED": rate_limit.lower() != "off",
+        "PASSWORD_RATE_LIMIT": password_limit,
+        "RATELIMIT_ENABLED": {rate_limit.lower(), password_limit.lower()} != {"off"},
         "RATELIMIT_STORAGE_URI": str(setting("RATELIMIT_STORAGE_URI", "memory://")),
         "RATELIMIT_HEADERS_ENABLED": True,
         "LOCK_TIMEOUT": number("LOCK_TIMEOUT", "5"),
         "TRUSTED_PROXY_HOPS": int(number("TRUSTED_PROXY_HOPS", "1")),
         "VISITS": counting == "on",
         "VISITS_FLUSH_SECONDS": flush_seconds,
+        "REDIRECT_STATUS": int(redirect_status),
+        "BLOCKED_DOMAINS": str(setting("BLOCKED_DOMAINS", "")),
         "SESSION_COOKIE_SAMESITE": "Lax",
         "SESSION_COOKIE_HTTPONLY": True,
         "WTF_CSRF_TIME_LIMIT": None,  # the token lives as long as the session
@@ -168,6 +190,56 @@ def open_store(config: Mapping[str, Any]) -> LinkStore:
         return PostgresStore(config["DATABASE_URL"], timeout=config["DATABASE_TIMEOUT"],
                              cache_size=config["LINK_CACHE_SIZE"])
     return FileStore(config["URLS_FILE"], config["LOCK_TIMEOUT"])
+
+
+class BlockedDomains:
+    """The domains of BLOCKED_DOMAINS (one a line, ``#`` comments), read again whenever
+    the file changes, so an operator adds one without a restart. A domain blocks its
+    subdomains too. A file that vanishes or cannot be read keeps the last list."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.domains: frozenset[str] = frozenset()
+        self._identity: tuple[int, ...] | None = None
+        if not self.refresh():
+            raise ConfigError(f"BLOCKED_DOMAINS names {path}, which cannot be read; create "
+                              "it (one domain a line) or unset BLOCKED_DOMAINS")
+
+    def refresh(self) -> bool:
+        try:
+            identity = identity_of(self.path)
+            if identity is None or identity == self._identity:
+                return identity is not None
+            lines = self.path.read_text(encoding="utf-8").splitlines()
+        except (OSError, UnicodeDecodeError) as exc:
+            log.error("cannot read BLOCKED_DOMAINS %s (%s); keeping the last list", self.path,
+                      exc)
+            return False
+        self.domains = frozenset(filter(None, map(ascii_host, lines)))
+        self._identity = identity
+        return True
+
+    def blocking(self, url: str) -> str | None:
+        """The listed domain that url's host is, or is under; None if there is none."""
+        self.refresh()
+        host = ascii_host(urlsplit(url).hostname or "")
+        while host:
+            if host in self.domains:
+                return host
+            host = host.partition(".")[2]
+        return None
+
+
+def ascii_host(text: str) -> str:
+    """A host name as a Location header carries it (IDNA), lower case, no trailing dot;
+    "" for a comment or a blank line."""
+    name = text.split("#", 1)[0].strip().lower().lstrip("*.").rstrip(".")
+    if not name:
+        return ""
+    try:
+        return (urlsplit(iri_to_uri(f"http://{name}/")).hostname or "").rstrip(".")
+    except ValueError:
+        return name
 
 
 # --- Validation ------------------------------------------------------------------------
@@ -221,6 +293,80 @@ def checked_code(code: str) -> str | None:
     return code
 
 
+def checked_expiry(value: str, utc_offset: str | None = None) -> str | None:
+    """When the link stops, in UTC (None: never), or InvalidInput saying why not.
+
+    utc_offset: for the form, whose date and time field has no offset, minutes east of
+    UTC (its script sends the browser's; "" without script: UTC). None (the API): a time
+    must carry its own offset.
+    """
+    if not value:
+        return None
+    try:
+        when = datetime.fromisoformat(value)
+        if when.tzinfo is None:
+            if utc_offset is None:
+                raise InvalidInput("expires_at", "The expiry needs its offset from UTC, e.g. "
+                                                 "2030-01-31T18:00:00+01:00 or ...Z for UTC.")
+            minutes = int(utc_offset or "0")
+            if abs(minutes) > 18 * 60:
+                raise ValueError(utc_offset)
+            when = when.replace(tzinfo=timezone(timedelta(minutes=minutes)))
+        when = when.astimezone(timezone.utc)
+    except (ValueError, OverflowError):
+        raise InvalidInput("expires_at", "The expiry must be a date and time such as "
+                                         "2030-01-31T18:00:00+01:00 (ISO 8601, with its "
+                                         "offset from UTC).") from None
+    if when <= datetime.now(timezone.utc):
+        raise InvalidInput("expires_at", "The expiry is in the past; choose a date and time "
+                                         "in the future.")
+    return when.isoformat(timespec="seconds")
+
+
+def checked_max_visits(value: object) -> int | None:
+    """The visit limit (None: none), or InvalidInput saying why not."""
+    if value is None or value == "":
+        return None
+    if isinstance(value, str) and value.strip().isascii() and value.strip().isdecimal():
+        value = int(value)
+    if type(value) is not int or not 1 <= value <= MAX_VISITS_LIMIT:
+        raise InvalidInput("max_visits", "The visit limit must be a whole number from 1 to "
+                                         f"{MAX_VISITS_LIMIT:,}.")
+    return value
+
+
+def checked_password(value: str) -> str | None:
+    """The password visitors must give (None: none), or InvalidInput saying why not."""
+    if not value:
+        return None
+    if not MIN_PASSWORD <= len(value) <= MAX_PASSWORD or not value.isprintable():
+        raise InvalidInput("password", f"A password is {MIN_PASSWORD} to {MAX_PASSWORD} "
+                                       "characters, with no control characters.")
+    return value
+
+
+def checked_options(values: Mapping[str, Any], form: bool) -> dict[str, Any]:
+    """The lifecycle fields of a new link from the form ("More options") or a JSON body:
+    ``expires_at``, ``max_visits``, ``password``. InvalidInput names the first bad one."""
+    expires_at, password = values.get("expires_at") or "", values.get("password") or ""
+    for field, value in (("expires_at", expires_at), ("password", password)):
+        if not isinstance(value, str):
+            raise InvalidInput(field, f"'{field}' must be a string when given.")
+    utc_offset = str(values.get("utc_offset", "")) if form else None
+    expires, max_visits = (checked_expiry(expires_at.strip(), utc_offset),
+                           checked_max_visits(values.get("max_visits")))
+    password_hash = hash_password(password) if checked_password(password) else None
+    return {"expires_at": expires, "max_visits": max_visits, "password_hash": password_hash}
+
+
+def checked_not_blocked(url: str) -> None:
+    blocked: BlockedDomains | None = current_app.extensions.get("blocked_domains")
+    domain = blocked.blocking(url) if blocked else None
+    if domain:
+        raise InvalidInput("url", f"Links to {domain} cannot be shortened here: the site's "
+                                  "operator has blocked that domain.")
+
+
 def random_code() -> str:
     """Seven random letters and digits, never a path the site itself uses."""
     while True:
@@ -236,14 +382,40 @@ csrf = CSRFProtect()
 limiter = Limiter(get_remote_address, default_limits=[])
 
 
-def csrf_exempt(view: Callable[[], ResponseReturnValue]) -> Callable[[], ResponseReturnValue]:
+def csrf_exempt(view: Callable[..., ResponseReturnValue]) -> Callable[..., ResponseReturnValue]:
     """CSRFProtect.exempt with type hints, which Flask-WTF does not ship."""
     csrf.exempt(view)
     return view
 
 
 def create_limit() -> str:
-    return str(current_app.config["CREATE_RATE_LIMIT"])
+    return rate_limit("CREATE_RATE_LIMIT")
+
+
+def create_limit_off() -> bool:
+    return limit_off("CREATE_RATE_LIMIT")
+
+
+def password_limit() -> str:
+    return rate_limit("PASSWORD_RATE_LIMIT")
+
+
+def password_limit_off() -> bool:
+    return limit_off("PASSWORD_RATE_LIMIT")
+
+
+def rate_limit(setting: str) -> str:
+    """A limit for Flask-Limiter, which must parse one even when it is exempted ("off")."""
+    return "1/second" if limit_off(setting) else str(current_app.config[setting])
+
+
+def limit_off(setting: str) -> bool:
+    return str(current_app.config[setting]).lower() == "off"
+
+
+def link_and_client() -> str:
+    """What password attempts are counted by: one count per link and client address."""
+    return f"{(request.view_args or {}).get('code', '')} {get_remote_address()}"
 
 
 def store() -> LinkStore:
@@ -263,8 +435,15 @@ def count_visit(code: str) -> bool:
 
 
 def short_url(code: str) -> str:
-    base = current_app.config["PUBLIC_BASE_URL"] or request.host_url
-    return f"{base.rstrip('/')}/{code}"
+    return f"{base_url()}/{code}"
+
+
+def manage_url(code: str, token: str) -> str:
+    return f"{base_url()}{url_for('.manage', code=code, token=token)}"
+
+
+def base_url() -> str:
+    return str(current_app.config["PUBLIC_BASE_URL"] or request.host_url).rstrip("/")
 
 
 def remember(code: str) -> None:
@@ -277,15 +456,18 @@ def now() -> str:
     return datetime.now(timezone.utc).isoformat(timespec="seconds")
 
 
-def create(code: str | None, target: Link, field: str) -> Link:
+def create(code: str | None, target: Link, field: str) -> tuple[Link, str]:
     """Store a link to target under code, or under a fresh random code, and remember it
-    in this browser: the one create path of the form and the API.
+    in this browser: the one create path of the form and the API. Returns the link and
+    its creator's management token (the store keeps only the token's hash).
 
     Raises InvalidInput for the given field: 409 for a taken code, 503 when the store
     cannot take the link now.
     """
+    token, token_hash = new_manage_token()
     for _ in range(RANDOM_CODE_ATTEMPTS):
-        link = replace(target, code=code or random_code(), created_at=now())
+        link = replace(target, code=code or random_code(), created_at=now(),
+                       manage_hash=token_hash)
         try:
             store().add(link)
         except CodeTaken:
@@ -298,7 +480,7 @@ def create(code: str | None, target: Link, field: str) -> Link:
             raise InvalidInput(field, f"Links cannot be saved right now ({exc}); nothing was "
                                       "stored. Please try again in a minute.", 503) from exc
         remember(link.code)
-        return link
+        return link, token
     raise InvalidInput(field, "No free random short name was found; please try again.", 503)
 
 
@@ -330,26 +512,34 @@ def render_home(errors: Mapping[str, str] | None = None, status: int = 200, form
 
 
 @bp.post("/your-url")
-@limiter.shared_limit(create_limit, scope="create")  # one count with the API, per client
+@limiter.shared_limit(create_limit, scope="create",  # one count with the API, per client
+                      exempt_when=create_limit_off)
 def shorten_form() -> ResponseReturnValue:
     upload = request.files.get("file")
     form = "file" if upload is not None and "url" not in request.form else "url"
     try:
         code = checked_code(request.form.get("code", "").strip())
+        options = checked_options(request.form, form=True)
         if form == "url":
-            target = Link("", url=checked_url(request.form.get("url", "").strip()))
+            url = checked_url(request.form.get("url", "").strip())
+            checked_not_blocked(url)
+            target = Link("", url=url, **options)
         else:
-            target = save_upload(upload)
+            target = replace(save_upload(upload), **options)
         with removed_unless_stored(target):
-            link = create(code, target, form)
+            link, token = create(code, target, form)
     except InvalidInput as exc:
         return render_home({exc.field: exc.message}, exc.status, form)
     # A viewBox (omitsize) so the page can size it without clipping; white, with the
     # 4-module quiet zone the QR spec asks for, so it scans on a dark page too.
     svg = segno.make(short_url(link.code), error="m").svg_inline(border=4, omitsize=True,
                                                                  light="#fff")
-    return render_template("result.html", short_url=short_url(link.code), code=link.code,
-                           record=link, qr_svg=Markup(svg))  # nosec B704: segno's own SVG
+    response = make_response(render_template(
+        "result.html", short_url=short_url(link.code), code=link.code, record=link,
+        manage_url=manage_url(link.code, token),
+        qr_svg=Markup(svg)))  # nosec B704: segno's own SVG
+    response.headers["Cache-Control"] = NOT_CACHED  # it holds the management URL
+    return response
 
 
 def save_upload(upload: FileStorage | None) -> Link:
@@ -397,28 +587,151 @@ def your_url() -> ResponseReturnValue:
     return redirect(url_for(".home"))
 
 
+# --- Following a link ------------------------------------------------------------------
+
 @bp.get("/<code>")
 def follow(code: str) -> ResponseReturnValue:
+    """A visit: the redirect (or the file), the password page, or 410 saying why not."""
     link = store().get(code)
     if link is None:
         raise NotFound()
-    counted = count_visit(code)
-    if link.url is not None:
-        response = redirect(link.url)
-        if counted:
+    if link.stopped(datetime.now(timezone.utc)):
+        return gone(link)
+    if link.password_hash is not None:
+        return password_page(code)
+    return serve(link)
+
+
+@bp.post("/<code>/password")
+@limiter.limit(password_limit, key_func=link_and_client, scope="password",
+               exempt_when=password_limit_off,
+               deduct_when=lambda response: response.status_code == 403)  # wrong ones only
+def unlock(code: str) -> ResponseReturnValue:
+    """The password page's answer. Every answer costs one scrypt (an unknown code and a
+    link without a password too), so its time tells nothing; a wrong password is a 403,
+    and only those count towards PASSWORD_RATE_LIMIT."""
+    link = store().get(code)
+    right = (link or Link(code)).accepts_password(request.form.get("password", ""))
+    if link is None:
+        raise NotFound()
+    if link.stopped(datetime.now(timezone.utc)):
+        return gone(link)
+    if link.password_hash is None:
+        return redirect(url_for(".follow", code=code), 303)
+    if not right:
+        return password_page(code, "That password is not right. Check it and try again.", 403)
+    return serve(link, after_post=True)
+
+
+def serve(link: Link, after_post: bool = False) -> ResponseReturnValue:
+    """Redirect to the link's URL (or send its file), and hand the visit to the visit
+    counter. A link with a limit counts the visit first (a visit the store refuses is not
+    served), and only a person's: a HEAD request, a bot or a link preview gets a page
+    saying so, uses up nothing and does not learn the target (docs/visits.md)."""
+    if link.max_visits is not None:
+        if visitors.classify(visitors.hit(request.method, request.headers)).kind != "person":
+            return people_only(link)
+        counted = store().consume_visit(link.code)
+        if counted is None:
+            return gone(store().current(link.code) or link, fallback="limit_reached")
+        link = counted
+    cacheable = link.plain and not count_visit(link.code)
+    if link.url is None:
+        response = send_upload(link.file or "", link.name)
+        if not cacheable:
             response.headers["Cache-Control"] = NOT_CACHED
         return response
-    return send_upload(link.file or "", link.name)
+    return redirect_to(link, 303 if after_post else None, cacheable)
+
+
+def people_only(link: Link) -> Response:
+    """What a HEAD request, a bot or a link preview gets from a link with a visit limit."""
+    left = max((link.max_visits or 0) - link.visits, 0)
+    page = render_template("people_only.html", left=left, short_url=short_url(link.code))
+    response = make_response(page)
+    response.headers["Cache-Control"] = NOT_CACHED
+    return response
+
+
+def redirect_to(link: Link, status: int | None = None, cacheable: bool = True) -> Response:
+    """The redirect of a link with REDIRECT_STATUS and cache headers to match: a plain link
+    may be cached for REDIRECT_MAX_AGE, unless its visits are counted; one that can stop,
+    counts or asks for a password is never cached and never permanent. status: 303 after
+    the password form's POST."""
+    configured = current_app.config["REDIRECT_STATUS"]
+    if status is None:
+        status = configured if link.plain else TEMPORARY_TWIN[configured]
+    response = redirect(link.url or "", status)
+    response.headers["Cache-Control"] = (redirect_cache_control(status) if cacheable
+                                         and link.plain and status != 303 else NOT_CACHED)
+    return response
+
+
+def redirect_cache_control(status: int) -> str:
+    """A plain link's redirect: a temporary one (302, 307) only for shared caches such as
+    the nginx redirect cache (``s-maxage``; browsers do not keep it, as today); a permanent
+    one (301, 308), which browsers would otherwise keep for good, for them too."""
+    return f"{'max-age' if status in (301, 308) else 's-maxage'}={REDIRECT_MAX_AGE}"
+
+
+def password_page(code: str, error: str = "", status: int = 200) -> Response:
+    """The page that asks for a link's password; never cached.
+
+    Its form posts to this site, whose answer redirects to the link's target: Chromium
+    applies ``form-action`` to that redirect too, so this page alone allows http(s)
+    targets there. Naming the target's origin instead would tell it before the password.
+    """
+    response = make_response(render_template("password.html", code=code, error=error,
+                                             short_url=short_url(code)), status)
+    response.headers["Cache-Control"] = NOT_CACHED
+    response.headers["Content-Security-Policy"] = CONTENT_SECURITY_POLICY.replace(
+        "form-action 'self'", "form-action 'self' http: https:")
+    return response
+
+
+GONE_MESSAGES = {
+    "expired": "This link expired on {expires}.",
+    "limit_reached": "This link was used as many times as its creator allowed "
+                     "({max_visits:,} visits).",
+    "deleted": "This link was deleted by its creator.",
+    "deleted_by_operator": "This link was removed by the site's operator.",
+    "disabled": "This link was disabled by the site's operator: it was reported as {reason}.",
+}
+DISABLE_LABELS = {"phishing": "phishing (a page that tries to steal passwords or details)",
+                  "malware": "malware", "spam": "spam", "legal": "the subject of a legal request",
+                  "other": "breaking the site's rules"}
+
+
+def gone(link: Link, fallback: str = "") -> ResponseReturnValue:
+    """410 Gone, saying why the link stopped: a page, or JSON for Accept: application/json."""
+    why = link.stopped(datetime.now(timezone.utc)) or fallback
+    key = "deleted_by_operator" if why == "deleted" and link.reason == "operator" else why
+    message = GONE_MESSAGES[key].format(
+        expires=(link.expires_at or "").replace("T", " ").replace("+00:00", " UTC"),
+        max_visits=link.max_visits or 0, reason=DISABLE_LABELS.get(link.reason or "", "abuse"))
+    if prefers_json():
+        response = jsonify(error=message, code=link.code, state=why, reason=link.reason)
+    else:
+        response = make_response(render_template("gone.html", message=message, why=why))
+    response.status_code = 410
+    response.headers["Cache-Control"] = NOT_CACHED  # a disabled link may come back
+    return response
+
+
+def prefers_json() -> bool:
+    return request.accept_mimetypes.best_match(["text/html", "application/json"]) == (
+        "application/json")
 
 
 @bp.get("/<code>+")
 def stats_page(code: str) -> ResponseReturnValue:
-    link = store().get(code)
+    link = store().current(code)
     if link is None:
         raise NotFound()
     stats = visit_store().stats(code)
     last_day = visits.today()
-    return render_template("stats.html", link=link, short_url=short_url(code), stats=stats,
+    return render_template("stats.html", link=link, target=details_of(link),
+                           short_url=short_url(code), stats=stats,
                            chart=visits.chart(stats, last_day), last_day=last_day,
                            details=visits.DETAILS, counting=current_app.config["VISITS"],
                            flush_seconds=current_app.config["VISITS_FLUSH_SECONDS"])
@@ -436,6 +749,55 @@ def send_upload(stored_name: str, name: str | None) -> Response:
     return response
 
 
+# --- Managing a link: its creator's secret page and the API ----------------------------
+
+@bp.get("/manage/<code>/<token>")
+def manage(code: str, token: str) -> ResponseReturnValue:
+    """The creator's page for one link (its URL is the secret): what it is, and Delete."""
+    link = managed_link(code, token)
+    response = make_response(render_template(
+        "manage.html", link=link, token=token, short_url=short_url(code),
+        details=details_of(link), deleted=link.state == DELETED))
+    response.headers["Cache-Control"] = NOT_CACHED
+    response.headers["Referrer-Policy"] = "no-referrer"  # the URL holds the token
+    return response
+
+
+@bp.post("/manage/<code>/<token>")
+def delete_by_creator(code: str, token: str) -> ResponseReturnValue:
+    managed_link(code, token)
+    with contextlib.suppress(LinkDeleted):  # deleted already: the page says so
+        store().delete(code, by="creator", reason="creator")
+    return redirect(url_for(".manage", code=code, token=token), 303)
+
+
+def managed_link(code: str, token: str) -> Link:
+    """The link whose management token this is; 404 for any other token or code."""
+    link = store().current(code)
+    if link is None or not link.accepts_token(token):
+        raise NotFound()
+    return link
+
+
+@bp.delete("/api/links/<code>")
+@csrf_exempt  # the token is the credential; no cross-site form can send a DELETE
+def delete_link(code: str) -> ResponseReturnValue:
+    token = request.headers.get(MANAGE_TOKEN_HEADER, "")
+    link = store().current(code)
+    if link is None:
+        return api_error(f"No link has the code '{code}'.", 404)
+    if not token or not link.accepts_token(token):
+        return api_error(f"Deleting a link needs its management token in the "
+                         f"{MANAGE_TOKEN_HEADER} header, as given when it was made.", 403)
+    try:
+        deleted = store().delete(code, by="creator", reason="creator")
+    except LinkDeleted:
+        return api_error(f"The link '{code}' was already deleted.", 410)
+    return jsonify(details_of(deleted))
+
+
+# --- The JSON API ----------------------------------------------------------------------
+
 @bp.get("/api")
 def my_codes() -> ResponseReturnValue:
     return jsonify(session.get("codes", []))
@@ -443,7 +805,7 @@ def my_codes() -> ResponseReturnValue:
 
 @bp.post("/api/links")
 @csrf_exempt  # JSON only: a cross-site form cannot send application/json without CORS
-@limiter.shared_limit(create_limit, scope="create")
+@limiter.shared_limit(create_limit, scope="create", exempt_when=create_limit_off)
 def create_link() -> ResponseReturnValue:
     if not request.is_json:
         return api_error("Send the link as JSON with 'Content-Type: application/json'.", 415)
@@ -455,28 +817,48 @@ def create_link() -> ResponseReturnValue:
         return api_error('The body must be a JSON object such as {"url": "https://..."}.', 400)
     url, code = body.get("url"), body.get("code")
     if not isinstance(url, str):
-        return api_error("'url' is required and must be a string.", 400)
+        return api_error("'url' is required and must be a string.", 400, "url")
     if code is not None and not isinstance(code, str):
-        return api_error("'code' must be a string when given.", 400)
+        return api_error("'code' must be a string when given.", 400, "code")
     try:
-        link = create(checked_code(code or ""), Link("", url=checked_url(url)), "url")
+        code = checked_code(code or "")
+        url = checked_url(url)
+        checked_not_blocked(url)
+        link, token = create(code, Link("", url=url, **checked_options(body, form=False)), "url")
     except InvalidInput as exc:
-        return api_error(exc.message, exc.status)
-    return jsonify(code=link.code, short_url=short_url(link.code), url=link.url), 201
+        return api_error(exc.message, exc.status, exc.field)
+    return jsonify(details_of(link) | {"short_url": short_url(link.code),
+                                       "manage_url": manage_url(link.code, token),
+                                       "manage_token": token}), 201
 
 
 @bp.get("/api/links/<code>")
 def link_details(code: str) -> ResponseReturnValue:
-    link = store().get(code)
+    link = store().current(code)
     if link is None:
         return api_error(f"No link has the code '{code}'.", 404)
-    kind, target = ("url", link.url) if link.url is not None else ("file", link.file)
-    return jsonify({"code": code, kind: target, "created_at": link.created_at})
+    return jsonify(details_of(link))
+
+
+def details_of(link: Link) -> dict[str, Any]:
+    """What anyone may know of a link. Its target only while following it works and asks
+    and counts nothing: a preview must not get round a password, a visit limit or a
+    takedown. Never a hash."""
+    stopped = link.stopped(datetime.now(timezone.utc))
+    details: dict[str, Any] = {"code": link.code}
+    if not stopped and link.password_hash is None and link.max_visits is None:
+        details |= {"url": link.url} if link.url is not None else {"file": link.file}
+    return details | {
+        "created_at": link.created_at, "state": stopped or "active",
+        "reason": link.reason if stopped in ("disabled", "deleted") else None,
+        "expires_at": link.expires_at, "max_visits": link.max_visits,
+        "visits": link.visits if link.max_visits is not None else None,
+        "protected": link.password_hash is not None}
 
 
 @bp.get("/api/links/<code>/stats")
 def link_stats(code: str) -> ResponseReturnValue:
-    link = store().get(code)
+    link = store().current(code)
     if link is None:
         return api_error(f"No link has the code '{code}'.", 404)
     return jsonify(visits.document(link, visit_store().stats(code), current_app.config["VISITS"],
@@ -502,16 +884,17 @@ def healthz() -> ResponseReturnValue:
 
 # --- Errors and headers ----------------------------------------------------------------
 
-def api_error(message: str, status: int) -> ResponseReturnValue:
-    return jsonify(error=message), status
+def api_error(message: str, status: int, field: str | None = None) -> ResponseReturnValue:
+    """A JSON error; field names the request field to change, when one is at fault."""
+    return jsonify({"error": message} | ({"field": field} if field else {})), status
 
 
 def wants_json() -> bool:
     return request.path.startswith("/api") or request.path == "/healthz"
 
 
-FORM_ERRORS = {400: ("url", "The form expired or came from another site; reload the page "
-                            "and try again."),
+FORM_EXPIRED = "The form expired or came from another site; reload the page and try again."
+FORM_ERRORS = {400: ("url", FORM_EXPIRED),
                413: ("file", ""),
                429: ("url", "You are creating links too fast; wait a minute and try again.")}
 
@@ -522,6 +905,8 @@ def handle_http_error(error: HTTPException) -> ResponseReturnValue:
     The response keeps the error's own headers, such as Allow on 405 and Retry-After on 429.
     """
     status = error.code or 500
+    if isinstance(error, CSRFError):
+        error.description = FORM_EXPIRED
     response = error.get_response()
     if request.endpoint == "shortener.shorten_form" and status in FORM_ERRORS:
         field, message = FORM_ERRORS[status]
@@ -534,6 +919,14 @@ def handle_http_error(error: HTTPException) -> ResponseReturnValue:
         form = "file" if status == 413 or "file" in request.files else "url"
         response.set_data(render_home({field: message}, status, form, values)[0])
         response.content_type = "text/html; charset=utf-8"
+    elif request.endpoint == "shortener.unlock" and status in (400, 429):
+        message = FORM_EXPIRED if status == 400 else (
+            "Too many wrong passwords for this link from your address; wait a minute and "
+            "try again.")
+        page = password_page((request.view_args or {}).get("code", ""), message, status)
+        if "Retry-After" in response.headers:
+            page.headers["Retry-After"] = response.headers["Retry-After"]
+        return page
     elif wants_json():
         detail = error.description
         if status == 429:  # Flask-Limiter's description is only the limit, e.g. "5 per 1 minute"
@@ -571,20 +964,24 @@ def add_security_headers(response: Response) -> Response:
 
 
 class FastRedirects:
-    """WSGI middleware: answer ``GET /<code>`` for a stored URL without entering Flask.
+    """WSGI middleware: answer ``GET /<code>`` for a plain link's URL without Flask.
 
     Redirects are the hot path of a shortener, and Flask's request machinery (session,
     hooks, extensions) costs several times the lookup itself (docs/performance.md). The
     answer is byte for byte what ``follow`` sends (tests/test_fast_path.py): the same
-    status, Location, body and security headers. Anything else (other routes, uploaded
-    files, unknown codes, other methods, a store that raises) goes to Flask unchanged.
-    A redirect is handed to the visit counter, when there is one, as ``follow`` does.
+    status, Location, Cache-Control, body and security headers. Anything else (other
+    routes, uploaded files, unknown codes, links that expire, count visits, ask for a
+    password or have stopped, other methods, a store that raises) goes to Flask. A
+    redirect is handed to the visit counter, when there is one, as ``follow`` does, and
+    is then never cached.
     """
 
     def __init__(self, app: Any, links: LinkStore, reserved: frozenset[str],
-                 counter: visits.Recorder | None) -> None:
+                 counter: visits.Recorder | None, status: int = 302) -> None:
         self.app, self.links, self.reserved, self.counter = app, links, reserved, counter
-        self.headers = [*SECURITY_HEADERS, *([("Cache-Control", NOT_CACHED)] if counter else [])]
+        self.status = f"{status} {HTTPStatus(status).phrase.upper()}"
+        self.cache_control = ("Cache-Control",
+                              NOT_CACHED if counter else redirect_cache_control(status))
 
     def __call__(self, environ: dict[str, Any], start_response: Any) -> Any:
         path = environ.get("PATH_INFO", "")
@@ -595,7 +992,7 @@ class FastRedirects:
                     link = self.links.get(code)
                 except Exception:  # Flask looks again, then logs and shows its error page
                     link = None
-                if link is not None and link.url is not None:
+                if link is not None and link.url is not None and link.plain:
                     if self.counter is not None:
                         self.counter.record(code, environ)
                     return self.redirect(link.url, environ, start_response)
@@ -605,10 +1002,10 @@ class FastRedirects:
         body = redirect(url).get_data()
         headers = [("Content-Type", "text/html; charset=utf-8"),
                    ("Content-Length", str(len(body))), ("Location", iri_to_uri(url)),
-                   *self.headers]
+                   self.cache_control, *SECURITY_HEADERS]
         if environ.get("wsgi.url_scheme") == "https":
             headers.append(HSTS)
-        start_response("302 FOUND", headers)
+        start_response(self.status, headers)
         return [body]
 
 
@@ -645,6 +1042,8 @@ def create_app(config: Mapping[str, Any] | None = None) -> Flask:
     app.config["RESERVED_CODES"] = frozenset(rule.rule.split("/")[1].lower()
                                              for rule in app.url_map.iter_rules()
                                              if not rule.rule.startswith("/<")) - {""}
+    if app.config["BLOCKED_DOMAINS"]:
+        app.extensions["blocked_domains"] = BlockedDomains(Path(app.config["BLOCKED_DOMAINS"]))
     links = app.extensions["link_store"] = open_store(app.config)
     counts = app.extensions["visit_store"] = visits.open_store(links)
     counter = app.extensions["visits"] = (
@@ -653,7 +1052,8 @@ def create_app(config: Mapping[str, Any] | None = None) -> Flask:
     # Each proxy appends the address it saw to X-Forwarded-For (on Elastic Beanstalk the
     # load balancer, then nginx: 2 hops); X-Forwarded-Proto is set once, by the first.
     hops = app.config["TRUSTED_PROXY_HOPS"]
-    fast = FastRedirects(app.wsgi_app, links, app.config["RESERVED_CODES"], counter)
+    fast = FastRedirects(app.wsgi_app, links, app.config["RESERVED_CODES"], counter,
+                         app.config["REDIRECT_STATUS"])
     app.wsgi_app = ProxyFix(fast, x_for=hops, x_proto=min(hops, 1))  # type: ignore[method-assign]
     return app
 

@@ -366,6 +366,9 @@ def document(link: Link, stats: Stats, counting: bool, flush_seconds: float) -> 
         **{name: dict(stats.details[kind]) for kind, name in DETAILS.items()},
         "counting": counting,
         "delay_seconds": flush_seconds if counting else None,
+        # a limited link's exact count of the visits it served (people only), at once
+        "max_visits": link.max_visits,
+        "visits_used": link.visits if link.max_visits is not None else None,
     }
 
 

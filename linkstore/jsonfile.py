@@ -13,6 +13,16 @@ hand) is seen by every worker on its next request. A file that cannot be parsed 
 never overwritten: reads keep serving the last good copy, writes raise
 StoreUnavailable, and the log says how to restore it.
 
+What changes after a link is made (its state, the visits used of a limited link) is not
+written into the file: rewriting a million links for one visit would cost a copy of the
+whole file per visit. It lives in a small sidecar, ``<file>.state``: one entry for each
+link whose state is not the default (disabled, deleted, or visits used), replaced
+atomically under the same lock and followed by every worker by its identity, as the
+file is. Every change of state is appended to ``<file>.audit`` (one JSON line: who,
+when, what) before the new sidecar is renamed into place, so no change is without its
+record. A visit of a limited link is counted under the lock, so never more than its
+limit are served, whatever the number of workers and instances.
+
 ``ops.backup`` uses the lock, ``write_atomically`` and ``parse_links`` from here, so
 there is one implementation of the protocol every writer of the file follows.
 """
@@ -29,9 +39,13 @@ import tempfile
 import threading
 import time
 from collections.abc import Callable, Iterable, Iterator
+from dataclasses import asdict, replace
+from datetime import datetime, timezone
 from pathlib import Path
+from typing import Any
 
-from linkstore import CodeTaken, Link, StoreUnavailable
+from linkstore import (ACTIVE, STATES, CodeTaken, Link, NoSuchLink, StateChange, StateChanges,
+                       StoreUnavailable, changed_link)
 
 log = logging.getLogger("shortener.store")
 
@@ -53,9 +67,12 @@ class Packed(str):
 
 
 Stored = Record | Packed
+State = dict[str, Any]  # a sidecar entry: "visits", "state", "reason", "note", "by", "at"
+STATE_FIELDS = {"visits": "visits", "state": "state", "reason": "reason", "note": "note",
+                "by": "changed_by", "at": "changed_at"}  # sidecar key: Link field
 
 
-class FileStore:
+class FileStore(StateChanges):
     """The JSON file backend of ``linkstore.LinkStore``.
 
     Besides the file, every write appends its links to a journal beside it, naming the
@@ -72,10 +89,15 @@ class FileStore:
         self.path = urls_file
         self.lock_path = urls_file.with_name(urls_file.name + ".lock")
         self.journal_path = urls_file.with_name(urls_file.name + ".journal")
+        self.state_path = urls_file.with_name(urls_file.name + ".state")
+        self.audit_path = urls_file.with_name(urls_file.name + ".audit")
         self.lock_timeout = lock_timeout
         self.error: str | None = None  # why the file on disk cannot be used, if it cannot
+        self.state_error: str | None = None  # the same for the sidecar
         self._links: dict[str, Stored] = {}
         self._identity: Identity | None = (-1,)  # the file _links came from; never read yet
+        self._states: dict[str, State] = {}
+        self._state_identity: Identity | None = (-1,)
         self._journal_offset = 0
         # Threads of one worker (gunicorn gthread) share _links and _identity: they change
         # together under this lock, or a create could see a new identity with old links.
@@ -86,7 +108,14 @@ class FileStore:
     def get(self, code: str) -> Link | None:
         self.refresh()
         stored = self._links.get(code)
-        return None if stored is None else expand(code, stored)
+        if stored is None:
+            return None
+        state = self._states.get(code)
+        return expand(code, stored) if state is None else with_state(expand(code, stored), state)
+
+    def current(self, code: str) -> Link | None:
+        """Every read follows the file and the sidecar: nothing is kept longer."""
+        return self.get(code)
 
     def count(self) -> int:
         self.refresh()
@@ -95,13 +124,24 @@ class FileStore:
     def links(self) -> Iterator[Link]:
         self.refresh()
         with self._memory_lock:
-            items = sorted(self._links.items())
-        return (expand(code, stored) for code, stored in items)
+            items, states = sorted(self._links.items()), dict(self._states)
+        return (with_state(expand(code, stored), states.get(code, {}))
+                for code, stored in items)
+
+    def history(self, code: str) -> list[StateChange]:
+        try:
+            with open(self.audit_path, encoding="utf-8") as audit:
+                entries = [json.loads(line) for line in audit if line.endswith("\n")]
+        except FileNotFoundError:
+            return []
+        except (OSError, ValueError) as exc:
+            raise StoreUnavailable(f"cannot read {self.audit_path}: {exc}") from exc
+        return [StateChange(**entry) for entry in entries if entry.get("code") == code]
 
     def problem(self) -> str | None:
         self.refresh()
-        if self.error:
-            return self.error
+        if self.error or self.state_error:
+            return self.error or self.state_error
         try:  # the copy in memory may be fine while a restarted worker could not read it
             with open(self.path, "rb"):
                 pass
@@ -126,6 +166,7 @@ class FileStore:
             except OSError as exc:
                 self._fail(f"cannot stat {self.path}: {exc.strerror}")
                 return
+            self._refresh_states()
             if identity == self._identity or (self.error is None and self._catch_up(identity)):
                 return
             try:
@@ -136,6 +177,42 @@ class FileStore:
                 self._fail(str(exc))
             else:
                 self.error = None
+
+    def _refresh_states(self) -> None:
+        """Follow the sidecar as the file is followed: by identity, keeping the last good
+        copy when the one on disk cannot be used (memory lock held)."""
+        problem: str | None = None
+        try:
+            identity = identity_of(self.state_path)
+            if identity == self._state_identity:
+                return
+            self._states = self._read_states(identity)
+        except OSError as exc:  # stat failed: try again on the next request
+            identity, problem = (-1,), f"cannot stat {self.state_path}: {exc.strerror}"
+        except StoreUnavailable as exc:  # do not parse the same bad sidecar on every request
+            problem = str(exc)
+        self._state_identity = identity
+        if problem and problem != self.state_error:
+            log.error("link states unusable: %s. Serving the last good copy and refusing "
+                      "changes. %s", problem, RESTORE_HINT)
+        self.state_error = problem
+
+    def _read_states(self, identity: Identity | None) -> dict[str, State]:
+        if identity is None:
+            if os.path.exists(self.audit_path) and os.stat(self.audit_path).st_size:
+                raise StoreUnavailable(f"{self.state_path} is missing, but "
+                                       f"{self.audit_path.name} shows states were changed")
+            return {}
+        try:
+            sidecar = open(self.state_path, encoding="utf-8")
+        except OSError as exc:
+            raise StoreUnavailable(f"cannot read {self.state_path}: {exc.strerror}") from exc
+        with sidecar, reading(self.state_path):
+            states = json.load(sidecar)
+        problem = states_problem(states)
+        if problem:
+            raise StoreUnavailable(f"{self.state_path} has the wrong shape: {problem}")
+        return states  # type: ignore[no-any-return]  # states_problem checked it
 
     def _catch_up(self, identity: Identity | None) -> bool:
         """Apply the journal's links from our copy on; False unless that reaches identity."""
@@ -188,14 +265,9 @@ class FileStore:
             return {}, None
         except OSError as exc:
             raise StoreUnavailable(f"cannot read {self.path}: {exc.strerror}") from exc
-        try:
-            with urls_file:
-                links = json.load(urls_file, object_hook=compact)
-                st = os.fstat(urls_file.fileno())
-        except (OSError, UnicodeDecodeError) as exc:
-            raise StoreUnavailable(f"cannot read {self.path}: {exc}") from exc
-        except json.JSONDecodeError as exc:
-            raise StoreUnavailable(f"{self.path} is not valid JSON ({exc})") from exc
+        with urls_file, reading(self.path):
+            links = json.load(urls_file, object_hook=compact)
+            st = os.fstat(urls_file.fileno())
         problem = shape_problem(links)
         if problem:
             raise StoreUnavailable(f"{self.path} has the wrong shape: {problem}")
@@ -210,30 +282,85 @@ class FileStore:
     def add(self, link: Link) -> None:
         with self.locked():
             self._writable()
-            if link.code in self._links:
+            if link.code in self._links:  # deleted links included: a code is never reused
                 raise CodeTaken(link.code)
             self._append({link.code: link.record()})
 
     def add_many(self, links: Iterable[Link]) -> int:
+        """See LinkStore.add_many. A link is the same as the stored one when its record
+        is; the state of a new link (a copy from another store) is kept."""
         with self.locked():
             self._writable()
             new: dict[str, Record] = {}
+            states: dict[str, State] = {}
             for link in links:
                 present = self._links.get(link.code)
                 if present is None and link.code not in new:
                     new[link.code] = link.record()
-                elif (expand(link.code, present) if present is not None
-                      else Link.from_record(link.code, new[link.code])) != link:
+                    if state_of(link):
+                        states[link.code] = state_of(link)
+                elif (expand(link.code, present).record() if present is not None
+                      else new[link.code]) != link.record():
                     raise CodeTaken(link.code)
+            if states:
+                self._write_states(self._states | states)
             if new:
                 self._append(new)
             return len(new)
 
+    # --- the state sidecar (lock held) ---------------------------------------------------
+
+    def consume_visit(self, code: str) -> Link | None:
+        with self.locked():
+            self._writable()
+            link = self.get(code)
+            if (link is None or link.max_visits is None
+                    or link.stopped(datetime.now(timezone.utc))):
+                return None
+            used = replace(link, visits=link.visits + 1)
+            self._write_states(self._states | {code: state_of(used)})
+            return used
+
+    def change(self, change: StateChange) -> Link:
+        with self.locked():
+            self._writable()
+            link = self.get(change.code)
+            if link is None:
+                raise NoSuchLink(change.code)
+            changed = changed_link(link, change)
+            if changed != link:
+                self._write_states(self._states | {change.code: state_of(changed)},
+                                   lambda: self._append_audit(change))
+            return changed
+
+    def _write_states(self, states: dict[str, State],
+                      record: Callable[[], None] = lambda: None) -> None:
+        """Replace the sidecar with states; record() runs before the rename, and a failure
+        there leaves the sidecar as it was."""
+        states = {code: state for code, state in states.items() if state}
+        lines = (json.dumps({code: state}, ensure_ascii=False)[1:-1]
+                 for code, state in sorted(states.items()))
+        try:
+            written = write_atomically(self.state_path, [
+                ("{\n" + ",\n".join(lines) + "\n}\n").encode()], lambda _: record())
+        except OSError as exc:
+            raise StoreUnavailable(f"cannot save the link's state ({exc.strerror}); nothing "
+                                   "was changed") from exc
+        with self._memory_lock:
+            self._states, self._state_identity = states, written
+
+    def _append_audit(self, change: StateChange) -> None:
+        line = json.dumps(asdict(change), ensure_ascii=False) + "\n"
+        with open(self.audit_path, "a", encoding="utf-8") as audit:
+            audit.write(line)
+            audit.flush()
+            os.fsync(audit.fileno())
+
     def _writable(self) -> None:
         """Catch up with the file (lock held); StoreUnavailable if it cannot be written."""
         self.refresh()
-        if self.error:
-            raise StoreUnavailable(f"the link store is unusable: {self.error}")
+        if self.error or self.state_error:
+            raise StoreUnavailable(f"the link store is unusable: {self.error or self.state_error}")
 
     def _append(self, new: dict[str, Record]) -> None:
         """Write the file with new entries added, and tell the other workers (lock held)."""
@@ -296,6 +423,17 @@ class FileStore:
 
 # --- the file's format ---------------------------------------------------------------
 
+@contextlib.contextmanager
+def reading(path: Path) -> Iterator[None]:
+    """Reading and parsing a file of the store: what goes wrong as StoreUnavailable."""
+    try:
+        yield
+    except (OSError, UnicodeDecodeError) as exc:
+        raise StoreUnavailable(f"cannot read {path}: {exc}") from exc
+    except json.JSONDecodeError as exc:
+        raise StoreUnavailable(f"{path} is not valid JSON ({exc})") from exc
+
+
 def compact(record: Record) -> Stored:
     """The in-memory form of a record (json's object_hook: also sees the outer object).
 
@@ -318,6 +456,38 @@ def expand(code: str, stored: Stored) -> Link:
     return Link(code, url=url, created_at=created_at or None)
 
 
+def with_state(link: Link, state: State) -> Link:
+    """The link with its sidecar entry applied (an empty one: the defaults)."""
+    if not state:
+        return link
+    return replace(link, **{field: state[key] for key, field in STATE_FIELDS.items()
+                            if key in state})
+
+
+def state_of(link: Link) -> State:
+    """A link's sidecar entry: only what differs from a new link's."""
+    entry = {key: getattr(link, field) for key, field in STATE_FIELDS.items()}
+    return {key: value for key, value in entry.items()
+            if value is not None and value != 0 and value != ACTIVE}
+
+
+def states_problem(states: object) -> str | None:
+    """Say what is wrong with a parsed sidecar, or None if every entry is usable."""
+    if not isinstance(states, dict):
+        return f"expected a JSON object of link states, found {type(states).__name__}"
+    for code, state in states.items():
+        if not isinstance(state, dict) or not state.keys() <= STATE_FIELDS.keys():
+            return f"the state of {code!r} is not an object of {', '.join(STATE_FIELDS)}"
+        visits = state.get("visits", 0)
+        if type(visits) is not int or visits < 0:
+            return f"the visits of {code!r} are not a whole number"
+        if state.get("state", ACTIVE) not in STATES:
+            return f"the state of {code!r} is not one of {', '.join(STATES)}"
+        if not all(isinstance(state.get(key, ""), str) for key in ("reason", "note", "by", "at")):
+            return f"the state of {code!r} has a field that is not a string"
+    return None
+
+
 def shape_problem(links: object) -> str | None:
     """Say what is wrong with a parsed urls file, or None if every record is usable."""
     if not isinstance(links, dict):
@@ -329,6 +499,15 @@ def shape_problem(links: object) -> str | None:
             return f"link {code!r} is not an object of strings"
         if not isinstance(record.get("url", record.get("file")), str):
             return f"link {code!r} has neither 'url' nor 'file'"
+        max_visits = record.get("max_visits", "1")
+        if not (max_visits.isascii() and max_visits.isdecimal() and int(max_visits) >= 1):
+            return f"link {code!r} has max_visits {max_visits!r}, not a whole number from 1"
+        try:
+            expires = datetime.fromisoformat(record.get("expires_at", "2000-01-01T00:00Z"))
+        except ValueError:
+            expires = None
+        if expires is None or expires.tzinfo is None:
+            return f"link {code!r} has expires_at {record['expires_at']!r}, not ISO 8601 in UTC"
     return None
 
 

@@ -15,6 +15,13 @@ served (at most ``cache_size``) and a hot link costs no query. Any update or del
 a link row, by the app or by hand, is logged by a trigger in ``link_changes``; a thread
 in each worker reads that log every ``poll_seconds`` and evicts those codes. A change
 therefore reaches every worker within ``poll_seconds`` plus one poll (docs/database.md).
+What is never read from the cache: a visit of a limited link (``consume_visit``: one
+``UPDATE ... WHERE visits < max_visits RETURNING``, atomic however many servers race
+for the last visit) and ``current``. A visit only counts and changes nothing a cache
+holds, so the change log leaves it out.
+
+State changes (``disable``, ``enable``, ``delete``) update the row and add a row to
+``link_events`` in one transaction: no change without its record.
 
 Schema: the numbered SQL files in ``migrations/``, each applied once, in order, in its
 own transaction, under an advisory lock so that workers starting together on several
@@ -29,6 +36,7 @@ import select
 import threading
 import time
 from collections.abc import Callable, Iterable, Iterator
+from datetime import datetime, timezone
 from itertools import islice
 from pathlib import Path
 from typing import Any, TypeVar
@@ -38,7 +46,8 @@ from psycopg.conninfo import conninfo_to_dict
 from psycopg.types.json import Jsonb
 from psycopg_pool import ConnectionPool, PoolTimeout
 
-from linkstore import CodeTaken, Link, StoreUnavailable
+from linkstore import (CodeTaken, Link, NoSuchLink, StateChange, StateChanges, StoreUnavailable,
+                       changed_link)
 
 log = logging.getLogger("shortener.store")
 
@@ -47,18 +56,34 @@ Connection = psycopg.Connection[tuple[Any, ...]]
 
 MIGRATIONS = Path(__file__).with_name("migrations")
 MIGRATION_LOCK = 0x6C696E6B73  # any constant: one advisory lock for every migrating process
-SELECT_ONE = "SELECT code, url, file, name, created_at, extra FROM links WHERE code = %s"
-SELECT_ALL = "SELECT code, url, file, name, created_at, extra FROM links ORDER BY code"
-INSERT_ONE = ("INSERT INTO links (code, url, file, name, created_at, extra) "
-              "VALUES (%s, %s, %s, %s, %s, %s) ON CONFLICT (code) DO NOTHING")
-COPY_IN = "COPY incoming (code, url, file, name, created_at, extra) FROM STDIN"
+# Every column of a link, in Link's order; DEFINITION: those set when it is made.
+COLUMNS = ("code, url, file, name, created_at, extra, expires_at, max_visits, password_hash, "
+           "manage_hash, owner, visits, state, reason, note, changed_by, changed_at")
+DEFINITION = ("url, file, name, created_at, extra, expires_at, max_visits, password_hash, "
+              "manage_hash, owner")
+# B608: these statements put column names together; every value is a parameter.
+SELECT_ONE = f"SELECT {COLUMNS} FROM links WHERE code = %s"  # nosec B608
+SELECT_ALL = f"SELECT {COLUMNS} FROM links ORDER BY code"  # nosec B608
+INSERT_ONE = (f"INSERT INTO links ({COLUMNS}) VALUES ({', '.join(['%s'] * 17)})"  # nosec B608
+              " ON CONFLICT (code) DO NOTHING")
+COPY_IN = f"COPY incoming ({COLUMNS}) FROM STDIN"
+VISIT_ALLOWED = ("code = %s AND visits < max_visits AND state = 'active'"
+                 " AND (expires_at IS NULL OR expires_at > now())")
+COUNT_VISIT = "UPDATE links SET visits = visits + 1"
+CONSUME_VISIT = f"{COUNT_VISIT} WHERE {VISIT_ALLOWED} RETURNING {COLUMNS}"  # nosec B608
+NEW_STATE = "state = %s, reason = %s, note = %s, changed_by = %s, changed_at = %s"
+CHANGE_STATE = f"UPDATE links SET {NEW_STATE} WHERE code = %s RETURNING {COLUMNS}"  # nosec B608
+RECORD_CHANGE = ("INSERT INTO link_events (code, action, changed_by, changed_at, reason, note)"
+                 " VALUES (%s, %s, %s, %s, %s, %s)")
+SELECT_HISTORY = ("SELECT code, action, changed_by, changed_at, reason, note FROM link_events"
+                  " WHERE code = %s ORDER BY id")
 FAIL_FAST_SECONDS = 1.0
 IMPORT_BATCH = 10_000
 CHANGES_KEPT = "1 day"
 PRUNE_EVERY_SECONDS = 3600.0
 
 
-class PostgresStore:
+class PostgresStore(StateChanges):
     """The PostgreSQL backend of ``linkstore.LinkStore``."""
 
     def __init__(self, url: str, timeout: float = 3.0, cache_size: int = 20_000,
@@ -127,6 +152,53 @@ class PostgresStore:
         while batch := list(islice(iterator, IMPORT_BATCH)):
             added += self._call(lambda conn: import_batch(conn, batch), retry=False)
         return added
+
+    def current(self, code: str) -> Link | None:
+        if not storable(code):
+            return None
+        row = self._call(lambda conn: conn.execute(SELECT_ONE, (code,)).fetchone(), retry=True)
+        return None if row is None else to_link(row)
+
+    def consume_visit(self, code: str) -> Link | None:
+        if not storable(code):
+            return None
+        # Not retried: a connection lost during the UPDATE may have counted the visit.
+        row = self._call(lambda conn: conn.execute(CONSUME_VISIT, (code,)).fetchone(),
+                         retry=False)
+        return None if row is None else to_link(row)
+
+    def change(self, change: StateChange) -> Link:
+        """Change the row and record the change in one transaction; this worker forgets
+        its cached copy at once, the others at their next poll of the change log."""
+        def apply(conn: Connection) -> Link:
+            with conn.transaction():
+                row = conn.execute(SELECT_ONE + " FOR UPDATE", (change.code,)).fetchone()
+                if row is None:
+                    raise NoSuchLink(change.code)
+                link = to_link(row)
+                changed = changed_link(link, change)
+                if changed == link:
+                    return link
+                row = conn.execute(CHANGE_STATE, (
+                    changed.state, changed.reason, changed.note, changed.changed_by,
+                    change.at, change.code)).fetchone()
+                conn.execute(RECORD_CHANGE, (change.code, change.action, change.by, change.at,
+                                             change.reason, change.note))
+                if row is None:  # cannot happen: the row is locked
+                    raise NoSuchLink(change.code)
+                return to_link(row)
+        if not storable(change.code):
+            raise NoSuchLink(change.code)
+        changed = self._call(apply, retry=False)
+        with self._cache_lock:
+            self._cache.pop(change.code, None)
+        return changed
+
+    def history(self, code: str) -> list[StateChange]:
+        rows = self._call(lambda conn: conn.execute(SELECT_HISTORY, (code,)).fetchall(),
+                          retry=True) if storable(code) else []
+        return [StateChange(code, action, by, iso(at) or "", reason, note)
+                for code, action, by, at, reason, note in rows]
 
     def count(self) -> int:
         row = self._call(lambda conn: conn.execute(
@@ -338,13 +410,14 @@ def import_batch(conn: Connection, batch: list[Link]) -> int:
         with conn.cursor().copy(COPY_IN) as copy:
             for link in batch:
                 copy.write_row(to_row(link))
+        mine, theirs = (", ".join(f"{table}.{column}" for column in DEFINITION.split(", "))
+                        for table in ("i", "l"))
         differing = conn.execute(
-            "SELECT code FROM incoming GROUP BY code"
-            " HAVING count(DISTINCT (url, file, name, created_at, extra)) > 1"
+            "SELECT code FROM incoming GROUP BY code"  # nosec B608: column names, no input
+            f" HAVING count(DISTINCT ({DEFINITION})) > 1"
             " UNION ALL"
             " SELECT code FROM incoming i JOIN links l USING (code)"
-            " WHERE (i.url, i.file, i.name, i.created_at, i.extra)"
-            "       IS DISTINCT FROM (l.url, l.file, l.name, l.created_at, l.extra)"
+            f" WHERE ({mine}) IS DISTINCT FROM ({theirs})"
             " LIMIT 1").fetchone()
         if differing:
             raise CodeTaken(differing[0])
@@ -354,12 +427,27 @@ def import_batch(conn: Connection, batch: list[Link]) -> int:
 
 def to_row(link: Link) -> tuple[Any, ...]:
     return (link.code, link.url, link.file, link.name, link.created_at,
-            Jsonb(dict(link.extra or {})))
+            Jsonb(dict(link.extra or {})), instant(link.expires_at), link.max_visits,
+            link.password_hash, link.manage_hash, link.owner, link.visits, link.state,
+            link.reason, link.note, link.changed_by, instant(link.changed_at))
 
 
 def to_link(row: tuple[Any, ...]) -> Link:
-    code, url, file, name, created_at, extra = row
-    return Link(code, url, file, name, created_at, extra or None)
+    (code, url, file, name, created_at, extra, expires_at, max_visits, password_hash,
+     manage_hash, owner, visits, state, reason, note, changed_by, changed_at) = row
+    return Link(code, url, file, name, created_at, extra or None, iso(expires_at), max_visits,
+                password_hash, manage_hash, owner, visits, state, reason, note, changed_by,
+                iso(changed_at))
+
+
+def instant(text: str | None) -> datetime | None:
+    return None if text is None else datetime.fromisoformat(text)
+
+
+def iso(when: datetime | None) -> str | None:
+    """A timestamptz as the store writes times: ISO 8601 in UTC, to the second."""
+    return None if when is None else when.astimezone(timezone.utc).isoformat(
+        timespec="seconds")
 
 
 def storable(code: str) -> bool:

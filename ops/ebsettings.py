@@ -25,10 +25,12 @@ import yaml
 Key = tuple[str, str]  # (namespace, option name)
 
 # The settings whose silent override would make the pipeline lie about its safety:
-# how a version reaches instances, how health is judged, how configuration changes
-# replace instances.
+# how a version reaches instances (and how much traffic it gets, for how long, before
+# all of it), how health is judged, how configuration changes replace instances.
 WATCHED: tuple[Key, ...] = (
     ("aws:elasticbeanstalk:command", "DeploymentPolicy"),
+    ("aws:elasticbeanstalk:trafficsplitting", "NewVersionPercent"),
+    ("aws:elasticbeanstalk:trafficsplitting", "EvaluationTime"),
     ("aws:elasticbeanstalk:application", "Application Healthcheck URL"),
     ("aws:elasticbeanstalk:environment:process:default", "HealthCheckPath"),
     ("aws:elasticbeanstalk:healthreporting:system", "SystemType"),

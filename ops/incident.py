@@ -7,7 +7,9 @@ schema is `incidents/schema.json`) and a Markdown body. Commands:
     python -m ops.incident index            regenerate incidents/README.md
     python -m ops.incident new --title T    start a draft from the template
     python -m ops.incident new --from-release-report FILE
-                                            draft one from an ops.release report (rollback)
+                                            draft one from an ops.release report: rolled
+                                            back, rollback failed, refused, interfered, or
+                                            never finished (a deployed release is no incident)
 
 `check` also refuses what a schema cannot express: an id that does not match its file
 name or is used twice, a regression test pytest cannot collect, and a TODO left in, or no
@@ -209,40 +211,79 @@ def minutes_between(start: str, end: str) -> int | None:
     return max(0, -int(-seconds // 60))  # round up: never report less than it was
 
 
-SEVERITY = {"rollback_failed": "SEV1", "rolled_back": "SEV2", "refused": "SEV3"}
+# Every outcome of an ops.release report ("" is a release that never finished: its job
+# was killed or cancelled), as the severity a draft starts with and how it is told.
+SEVERITY = {"rollback_failed": "SEV1", "interfered": "SEV2", "": "SEV2",
+            "rolled_back": "SEV2", "refused": "SEV3"}
+
+
+def what_happened(report: dict[str, Any]) -> str:
+    """The outcome in words, for a title: what the release ended as, and where."""
+    outcome, failed = report.get("outcome") or "", report.get("failed_step") or "?"
+    if outcome == "":
+        steps = report.get("steps") or [{}]
+        return f"did not finish (stopped after {steps[-1].get('name', 'no step')})"
+    if outcome == "interfered":
+        return f"stopped by someone else's deploy at {failed}"
+    return f"{outcome.replace('_', ' ')} at {failed}"
+
+
+def resolution_of(report: dict[str, Any]) -> str:
+    """What ended it, as far as the report knows; a TODO where a person must say."""
+    outcome, environment = report.get("outcome") or "", report.get("environment", "?")
+    rollback = report.get("rollback") or {}
+    if outcome == "rolled_back":
+        text = (f"ops.release rolled {environment} back to {rollback.get('version')} "
+                f"automatically and verified it in {rollback.get('seconds')} s.")
+        if report.get("failed_step") == "canary":
+            text += " The new version was aborted during its canary: traffic moved back."
+        if report.get("recovery"):
+            text += (f" It could not read the store the release left, so the pre-deploy "
+                     f"snapshot was restored: {report['recovery']}.")
+        return text
+    if outcome == "rollback_failed":
+        return (f"TODO: the automatic rollback to {rollback.get('version')} FAILED "
+                f"({rollback.get('error')}); say who restored service, how and when.")
+    if outcome == "refused":
+        return f"ops.release refused to deploy: {report.get('error')}. Nothing changed."
+    if outcome == "interfered":
+        return (f"TODO: ops.release stopped because another deploy changed {environment} "
+                f"during the release ({rollback.get('error') or report.get('error')}), and "
+                "deployed nothing over it. Say whose deploy it was and what serves now.")
+    return (f"TODO: the release never finished (its job was killed or cancelled); say what "
+            f"{environment} served afterwards, who checked, and how.")
 
 
 def draft_from_report(report: dict[str, Any], incident_id: str, source: str) -> str:
-    """A draft record from an ops.release report; a person fills in the TODOs."""
-    outcome, failed = report.get("outcome", "?"), report.get("failed_step") or "?"
+    """A draft record from an ops.release report; a person fills in the TODOs. A release
+    that deployed has nothing to record: ValueError."""
+    outcome = report.get("outcome") or ""
+    if outcome == "deployed":
+        raise ValueError(f"{source}: the release deployed and passed verification: there is "
+                         "no incident to draft")
+    if outcome not in SEVERITY:
+        raise ValueError(f"{source}: unknown outcome {outcome!r}")
+    failed = report.get("failed_step") or "?"
     version, environment = report.get("version", "?"), report.get("environment", "?")
-    rollback = report.get("rollback") or {}
     detected = sum(step.get("seconds", 0) for step in report.get("steps", [])
                    if not step.get("name", "").startswith("rollback:"))
-    if outcome == "rolled_back":
-        resolution = (f"ops.release rolled {environment} back to {rollback.get('version')} "
-                      f"automatically and verified it in {rollback.get('seconds')} s.")
-    elif outcome == "rollback_failed":
-        resolution = (f"TODO: the automatic rollback to {rollback.get('version')} FAILED "
-                      f"({rollback.get('error')}); say who restored service, how and when.")
-    else:
-        resolution = f"ops.release refused to deploy: {report.get('error')}. Nothing changed."
+    error = report.get("error") or "TODO: the report names no error"
     header = {
         "id": incident_id,
-        "title": f"Release {version} to {environment}: {outcome.replace('_', ' ')} "
-                 f"at {failed}"[:140],
+        "title": f"Release {version} to {environment}: {what_happened(report)}"[:140],
         "date": (report.get("started_at") or "")[:10] or None,
         "duration_minutes": minutes_between(report.get("started_at", ""),
                                             report.get("finished_at", "")),
-        "severity": SEVERITY.get(outcome, "SEV2"),
+        "severity": SEVERITY[outcome],
         "status": "draft",
-        "detection": {"how": f"ops.release step {failed!r} failed: {report.get('error')}",
+        "detection": {"how": f"ops.release step {failed!r} failed: {error}" if outcome else
+                      "TODO: the release job ended without finishing; who noticed, how",
                       "minutes_to_detect": round(detected / 60, 1)},
         "root_cause": "TODO: why the step failed, precise enough to write a test for",
-        "five_whys": [{"why": f"Why did the release fail at {failed}?",
-                       "because": f"{report.get('error')} (TODO: go on from here)"}]
+        "five_whys": [{"why": f"Why did the release {what_happened(report)}?",
+                       "because": f"{error} (TODO: go on from here)"}]
         + [{"why": "TODO", "because": "TODO"} for _ in range(4)],
-        "resolution": resolution,
+        "resolution": resolution_of(report),
         "action_items": [{"what": "TODO: the change that stops this from recurring",
                           "owner": "developer", "state": "open"}],
         "regression_tests": [],
@@ -252,8 +293,9 @@ def draft_from_report(report: dict[str, Any], incident_id: str, source: str) -> 
         f"| {s.get('name')} | {'ok' if s.get('ok') else 'FAILED'} | {s.get('seconds')} "
         f"| {cell(s.get('detail'))} |" for s in report.get("steps", []))
     body = (f"\n## Release report\n\nFrom `{source}`: {report.get('started_at')} to "
-            f"{report.get('finished_at')}, last good version "
-            f"{report.get('last_good_version')}. `duration_minutes` is the whole release, an "
+            f"{report.get('finished_at') or 'unfinished'}, last good version "
+            f"{report.get('last_good_version')}, pre-deploy snapshot "
+            f"{report.get('backup') or 'none'}. `duration_minutes` is the whole release, an "
             "upper bound on user impact: correct it from the 5xx rate and the smoke results."
             f"\n\n| step | result | seconds | detail |\n| --- | --- | --- | --- |\n{steps}\n"
             "\n## Timeline (UTC)\n\n- TODO\n")
@@ -294,7 +336,9 @@ def build_parser() -> argparse.ArgumentParser:
     source = new.add_mutually_exclusive_group(required=True)
     source.add_argument("--title", help="start from the template with this title")
     source.add_argument("--from-release-report", type=Path, metavar="FILE",
-                        help="draft from the JSON report ops.release wrote on a rollback")
+                        help="draft from the JSON report of a release that did not "
+                             "deploy (rolled back, rollback failed, refused, interfered, "
+                             "unfinished)")
     return parser
 
 

@@ -19,6 +19,9 @@ What stands for what:
     AbortEnvironmentUpdate                      LocalTarget.abort()
     per-instance requests, 5xx, latency         LocalTarget.canary_metrics(), from nginx's
       (DescribeInstancesHealth)                   access log, by upstream
+    SSM Run Command on an instance: the         LocalTarget.smoke_canary(), snapshot() and
+      canary's smoke test, ops.backup,            recover(), on the canary's port and the
+      ops.recover                                 data directory
 
 A deployment follows Elastic Beanstalk's traffic splitting (docs/deploying.md, "Choosing
 the deployment policy", cites the pages). Phases, as `deployment()` reports them:
@@ -26,7 +29,9 @@ the deployment policy", cites the pages). Phases, as `deployment()` reports them
 - `launching`: the new version starts beside the serving one, on a port of its own,
   and gets no traffic. It must pass `healthy_threshold` health checks in a row within
   `command_timeout` (a version that exits, or never passes, fails the deployment), then
-  the full smoke test against its own port.
+  the full smoke test against its own port; and the old version must still pass its
+  health check after that test wrote to the shared store (a version whose writes the
+  old one cannot read fails here, before any traffic).
 - `canary`: nginx sends it `new_version_percent` % of requests (nginx -s reload: old
   workers finish their requests, so none is dropped) for `evaluation_time` seconds,
   while its health is checked every `health_check_interval`; `unhealthy_threshold`
@@ -44,14 +49,18 @@ Interface for the release logic (ops.release):
 - the blocking `Target` methods (`state`, `health`, `version_exists`, `deploy`,
   `request_counts`); `deploy()` runs a whole deployment and raises TargetError unless
   it completes;
-- `start_deployment(label, new)` returns at once, the deployment runs in a thread;
-  `deployment()` is its current phase, share and detail; `canary_metrics(window)` the
-  canary's and the baseline's requests, 5xx, connection errors, p50 and p99 and health
-  over the last `window` seconds; `abort(reason)` moves traffic back to the old version
-  and stops the new one (in `launching` or `canary`; TargetError once promoting).
+- `start_deployment(label, new, timeout)` returns at once, the deployment runs in a
+  thread; `deployment()` is its current phase, share and detail; `canary_metrics(window)`
+  the canary's and the baseline's requests, 5xx, connection errors, p50 and p99 and
+  health over the last `window` seconds; `abort(reason)` moves traffic back to the old
+  version and stops the new one (in `launching` or `canary`; TargetError once
+  promoting); `smoke_canary` runs `ops.smoke --full` against the canary's own port;
+- `snapshot(label)` and `recover(snapshot)`: `python -m ops.backup snapshot` into
+  DIR/snapshots/pre-deploy/<label>/, and `python -m ops.recover` on the data directory
+  through nginx.
 
 Files under DIR: versions/<label>/ (a copy of the source tree, like eb deploy's bundle),
-data/, logs/access.log (nginx: every request and the upstream that answered it),
+data/, snapshots/, logs/access.log (nginx: every request and the upstream that answered it),
 logs/<label>.log (that version's gunicorn), logs/nginx-error.log, logs/events.jsonl
 (what the target did, when, to which version and port), nginx/ (its configuration),
 settings.json (the Policy, optional), state.json and deploy.lock (held while a
@@ -89,11 +98,12 @@ from dataclasses import asdict, dataclass, fields, replace
 from datetime import datetime
 from pathlib import Path
 from types import FrameType
-from typing import IO, Any, Literal, Mapping
+from typing import IO, Any, Mapping
 
 from ops.processes import NGINX as NGINX_STOP
 from ops.processes import group_members, spawn, stop
-from ops.targets import BasicTarget, EnvState, Health, TargetError
+from ops.targets import (NOT_RUNNING, BasicTarget, CanaryMetrics, Deployment, EnvState,
+                         Health, Phase, TargetError, VersionStats)
 
 LOG = logging.getLogger("ops.local")
 REPO_ROOT = Path(__file__).resolve().parent.parent
@@ -103,9 +113,6 @@ IGNORED = shutil.ignore_patterns(".git", ".venv", "data", "test-output", "node_m
                                  "__pycache__", ".mypy_cache", ".pytest_cache", "*.pyc")
 # What Elastic Beanstalk's Python platform runs when a bundle has no Procfile.
 DEFAULT_WEB = "gunicorn application:application"
-
-Phase = Literal["launching", "canary", "promoting", "complete", "aborted", "failed"]
-IN_PROGRESS = ("launching", "canary", "promoting")
 
 
 def nginx_binary() -> Path | None:
@@ -160,50 +167,6 @@ class Instance:
     @property
     def running(self) -> bool:
         return bool(group_members(self.pid))
-
-
-@dataclass(frozen=True)
-class Deployment:
-    label: str
-    baseline: str | None  # the version serving when it started: traffic goes back there
-    phase: Phase
-    share: int            # % of requests the new version gets now
-    detail: str
-    started_at: float     # time.time()
-    updated_at: float
-
-    @property
-    def in_progress(self) -> bool:
-        return self.phase in IN_PROGRESS
-
-
-@dataclass(frozen=True)
-class VersionStats:
-    """What one version served over a window; healthy is None when it does not run."""
-
-    label: str | None
-    healthy: bool | None
-    health_detail: str = ""
-    requests: int = 0
-    server_errors: int = 0      # answered 5xx
-    connection_errors: int = 0  # never answered: refused, reset, timed out (nginx 502/504)
-    p50: float | None = None    # seconds
-    p99: float | None = None
-
-    @property
-    def failed(self) -> int:
-        return self.server_errors + self.connection_errors
-
-    @property
-    def error_rate(self) -> float:
-        return self.failed / self.requests if self.requests else 0.0
-
-
-@dataclass(frozen=True)
-class CanaryMetrics:
-    window: float
-    canary: VersionStats
-    baseline: VersionStats
 
 
 @dataclass
@@ -417,7 +380,7 @@ def percentile(values: list[float], q: float) -> float | None:
 
 def version_stats(instance: Instance | None, requests: list[Request]) -> VersionStats:
     if instance is None:
-        return VersionStats(None, None, "not running")
+        return NOT_RUNNING
     healthy, detail = check_health(instance.url)
     mine = [r for r in requests if r.port == instance.port]
     times = [r.seconds for r in mine]
@@ -490,7 +453,7 @@ class LocalTarget(BasicTarget):
         """A whole deployment: return once it completed; raise TargetError when it failed,
         was aborted or ran past `timeout` (then it is aborted: traffic stays on the old
         version). Interrupted (Ctrl-C, SIGTERM), it is aborted too."""
-        current = self.start_deployment(label, new)
+        current = self.start_deployment(label, new, timeout)
         deadline = time.monotonic() + timeout
         try:
             while current.in_progress:
@@ -515,9 +478,11 @@ class LocalTarget(BasicTarget):
 
     # --- progressive delivery ------------------------------------------------------------
 
-    def start_deployment(self, label: str, new: bool) -> Deployment:
+    def start_deployment(self, label: str, new: bool, timeout: float = 0.0) -> Deployment:
         """Start deploying `label` (copied from the source tree when `new`) and return at
-        once; TargetError when another deployment runs or the version does not exist."""
+        once (so `timeout` bounds nothing here: the Policy's own waits bound the
+        deployment); TargetError when another deployment runs or the version does not
+        exist."""
         with self.lock:
             self._take_deploy_lock()
             try:
@@ -566,6 +531,44 @@ class LocalTarget(BasicTarget):
                 raise TargetError(f"the deployment of {current.label} is driven by another "
                                   "process; only that one can abort it")
             return self.back_to_baseline(rollout, "aborted", f"aborted: {reason}")
+
+    def smoke_canary(self, timeout: float) -> str:
+        """python -m ops.smoke --full against the canary's own port, while it serves its
+        share: a request through nginx cannot choose the version that answers it."""
+        canary = State.load(self.root).canary
+        if canary is None:
+            raise TargetError("no canary runs in this environment")
+        return f"{canary.label}: {run_smoke(canary.url, timeout)}"
+
+    def snapshot(self, label: str, timeout: float) -> str:
+        """python -m ops.backup snapshot of the data directory, to
+        DIR/snapshots/pre-deploy/<label>/<time>, as the pipeline's pre-deploy snapshot
+        goes to S3."""
+        dest = self.root / "snapshots" / "pre-deploy" / label
+        manifest = json.loads(self._ops(["ops.backup", "snapshot", str(dest), "--keep", "3"],
+                                        timeout, "the pre-deploy snapshot"))
+        return f"{dest}/{manifest['name']}"
+
+    def recover(self, snapshot: str, timeout: float) -> str:
+        """python -m ops.recover on the data directory, through nginx: what runs on an
+        instance through SSM on Elastic Beanstalk."""
+        output = self._ops(["ops.recover", snapshot, "--url", self.url,
+                            "--deadline", str(timeout)], timeout + 60, "the recovery")
+        return str(json.loads(output.strip().splitlines()[-1])["summary"])
+
+    def _ops(self, args: list[str], timeout: float, what: str) -> str:
+        """Run python -m <args> on this environment's data, as the versions see it."""
+        env = {**self.instance_env("ops"), "ALERT_WEBHOOK_URL": ""}
+        try:
+            done = subprocess.run([sys.executable, "-m", *args], cwd=REPO_ROOT,  # nosec B603
+                                  env=env, capture_output=True, text=True, timeout=timeout,
+                                  check=False)
+        except subprocess.TimeoutExpired:
+            raise TargetError(f"{what} did not finish within {timeout:g} s") from None
+        if done.returncode != 0:
+            raise TargetError(f"{what} failed (python -m {' '.join(args[:2])} exited "
+                              f"{done.returncode}): {(done.stdout + done.stderr)[-600:]}")
+        return done.stdout
 
     def stop(self) -> list[str]:
         """Abort our deployment if one runs, then stop everything this environment runs
@@ -747,6 +750,7 @@ class Rollout(threading.Thread):
             self.wait_healthy(new)
             self.smoke(new)
             if self.baseline is not None:
+                self.check_baseline_reads(new, self.baseline)
                 self.split(new, self.baseline)
                 self.evaluate(new, self.baseline)
             self.promote(new)
@@ -790,23 +794,28 @@ class Rollout(threading.Thread):
         self.target.event(new, "healthy")
 
     def smoke(self, new: Instance) -> None:
-        """python -m ops.smoke --full against the new version's own port: what a
+        """python -m ops.smoke --full against the new version's own port: what the
         postdeploy hook on each new instance does before it takes traffic."""
-        timeout = self.policy.smoke_timeout
-        cmd = [sys.executable, "-m", "ops.smoke", "--full", new.url, "--timeout", str(timeout)]
         try:
-            done = subprocess.run(cmd, cwd=REPO_ROOT, capture_output=True, text=True,  # nosec B603
-                                  timeout=timeout * 20 + 30, check=False)
-        except subprocess.TimeoutExpired:
+            run_smoke(new.url, self.policy.smoke_timeout)
+        except TargetError as err:
             self.check_aborted()
-            raise TargetError(f"the smoke test of {new.label} did not finish") from None
-        self.check_aborted()
-        if done.returncode != 0:
-            failures = [line for line in done.stdout.splitlines() if line.startswith("FAIL")]
             raise TargetError(f"the smoke test of {new.label} failed on its own port, before "
-                              f"it got traffic: {'; '.join(failures) or done.stderr[-300:]}")
+                              f"it got traffic: {err}") from None
+        self.check_aborted()
         self.target.update(detail=f"{new.label} passed the full smoke test")
         self.target.event(new, "smoke test passed")
+
+    def check_baseline_reads(self, new: Instance, baseline: Instance) -> None:
+        """The old version must still pass /healthz (its store re-reads the file) after
+        the new one wrote: a version whose writes the old one cannot read (class E)
+        would break every request the old version serves, and the rollback target."""
+        healthy, detail = check_health(baseline.url)
+        if not healthy:
+            raise TargetError(f"{baseline.label} (serving) no longer passes its health "
+                              f"check after {new.label} wrote to the store: it cannot read "
+                              f"what {new.label} writes ({detail})")
+        self.target.event(new, f"{baseline.label} still reads the store")
 
     def split(self, new: Instance, baseline: Instance) -> None:
         share = self.policy.new_version_percent
@@ -877,9 +886,25 @@ def check_health(url: str, timeout: float = 5.0) -> tuple[bool, str]:
         with urllib.request.urlopen(f"{url}/healthz", timeout=timeout) as resp:  # nosec B310
             return resp.status == 200, f"HTTP {resp.status}"
     except urllib.error.HTTPError as err:
-        return False, f"/healthz answered HTTP {err.code}: {err.read()[:200]!r}"
+        return False, f"/healthz answered HTTP {err.code}: " \
+                      f"{err.read()[:300].decode(errors='replace')}"
     except (urllib.error.URLError, OSError) as err:
         return False, f"/healthz unreachable: {err}"
+
+
+def run_smoke(url: str, timeout: float) -> str:
+    """python -m ops.smoke --full against url; its last line, or TargetError with the
+    checks that failed."""
+    cmd = [sys.executable, "-m", "ops.smoke", "--full", url, "--timeout", str(timeout)]
+    try:
+        done = subprocess.run(cmd, cwd=REPO_ROOT, capture_output=True, text=True,  # nosec B603
+                              timeout=timeout * 20 + 30, check=False)
+    except subprocess.TimeoutExpired:
+        raise TargetError(f"the smoke test against {url} did not finish") from None
+    if done.returncode != 0:
+        failures = [line for line in done.stdout.splitlines() if line.startswith("FAIL")]
+        raise TargetError("; ".join(failures) or done.stderr[-300:])
+    return done.stdout.strip().splitlines()[-1]
 
 
 def web_command(version_dir: Path, port: int) -> list[str]:

@@ -15,8 +15,9 @@ after. Each case is the committed tree with one small change:
     A     does not start: it imports a module that is not installed
     B     json.load( -> json.loads( on the store's read: /healthz fails (the original
           outage, INC-0001)
-    C     creating a link answers 500 once a worker has served 5 creates: the smoke test
-          before traffic passes, real traffic does not, and /healthz never notices
+    C     creating a link answers 500, except a link to the smoke test's probe URLs
+          (https://example.com/smoke/...): the bug is on a path the synthetic checks
+          do not take, so they pass, real traffic does not, and /healthz never notices
     D     slow: every request but /healthz takes 0.25 s longer
     E     writes data the old version cannot read: created_at becomes a Unix time (a
           number), which the old store refuses as "not an object of strings"; it then
@@ -27,10 +28,12 @@ left it elsewhere (that release is not measured). For each case it prints, and w
 to test-output/rehearsal.json: the release's exit code and outcome, requests sent,
 failed requests (5xx, connection errors, wrong answers: a wrong Location, a known link
 not found, a create refused), how many requests the released version answered and,
-for a bad one, for how long (its first request to its last: the time until traffic
-was back on the last good version; none while it still serves), and the links created
-before and during the release (acknowledged to the client) that the final version
-does not serve.
+for a bad one, for how long (its first request to its last; none while it still
+serves); the detection window (from the canary getting its share to every request
+back on the last good version) with the requests sent in it and the canary's share of
+them, the bound on C's failures; the pre-deploy snapshot the report names and what
+the recovery did; and the links created before and during the release (acknowledged
+to the client) that the final version does not serve.
 
 The client is bounded (`--max-seconds` per case, and its rate); every process the
 rehearsal starts is stopped at the end, also on Ctrl-C.
@@ -66,15 +69,17 @@ OUTPUT = REPO_ROOT / "test-output" / "rehearsal.json"
 GOOD = "v1"
 SEED_LINKS = 40
 
-# `make rehearse`: a canary of 10 % for 10 s; checks every 0.5 s.
-POLICY = Policy(new_version_percent=10, evaluation_time=10, health_check_interval=0.5,
+# `make rehearse`: a canary of 10 % for 20 s; checks every 0.5 s.
+POLICY = Policy(new_version_percent=10, evaluation_time=20, health_check_interval=0.5,
                 healthy_threshold=3, unhealthy_threshold=3, command_timeout=20,
                 smoke_timeout=10)
 # ops.release's options for a local environment: its production defaults wait minutes
-# for CloudWatch; nginx's access log is current to the millisecond.
+# for CloudWatch and Elastic Beanstalk's 10 s instance metrics; nginx's access log is
+# current to the millisecond. With a pre-deploy snapshot, as production takes one.
 RELEASE_OPTIONS = ("--ready-timeout", "60", "--deploy-timeout", "120", "--verify-timeout", "30",
-                   "--watch", "3", "--watch-interval", "0.5", "--min-requests", "5",
-                   "--poll-interval", "0.2", "--smoke-timeout", "5")
+                   "--watch", "3", "--watch-interval", "0.5", "--canary-interval", "2",
+                   "--min-requests", "5", "--max-p99-ratio", "3", "--poll-interval", "0.2",
+                   "--smoke-timeout", "5", "--backup", "--restore-timeout", "120")
 RELEASE_TIMEOUT = 600.0
 # The versions' environment: no rate limit (one client address makes every request),
 # two gunicorn workers each (two versions run side by side on a small machine).
@@ -99,11 +104,16 @@ def committed_tree(dest: Path) -> Path:
     return dest
 
 
+def app_modules(tree: Path) -> list[Path]:
+    """The app's own Python modules in tree: not the operator tools, tests or benchmarks."""
+    return sorted(path for path in tree.rglob("*.py")
+                  if path.relative_to(tree).parts[0] not in ("ops", "tests", "bench"))
+
+
 def replace(tree: Path, old: str, new: str, case: str) -> None:
-    """Replace old with new in the app's own modules (top-level *.py and the store
-    package) of tree."""
+    """Replace old with new in the app's own modules of tree."""
     changed = 0
-    for module in sorted([*tree.glob("*.py"), *tree.glob("linkstore/*.py")]):
+    for module in app_modules(tree):
         text = module.read_text()
         changed += text.count(old)
         module.write_text(text.replace(old, new))
@@ -120,18 +130,23 @@ def append(tree: Path, code: str) -> None:
 MISSING_DEPENDENCY = """
 import rehearsal_missing_dependency  # noqa: E402,F401 - class A: a package not installed
 """
-# More than the three creates of the full smoke test, so that one passes on every worker.
-CREATES_BEFORE_FAILING = 5
-BREAK_CREATES = f"""
-# Rehearsal class C: creating a link breaks once a worker has served a few (a leak).
-import itertools as _itertools  # noqa: E402
-_creates_served = _itertools.count()
+PROBE_TARGETS = "https://example.com/smoke/"  # where every link ops.smoke makes points
 
 
+def break_creates(spare_probes: bool = True) -> str:
+    """Code that makes every create (form or API) answer 500; with spare_probes, except
+    a link to the smoke test's probe URLs, so the synthetic checks pass."""
+    spared = f" and not str(url).startswith({PROBE_TARGETS!r})" if spare_probes else ""
+    return f"""
+# Rehearsal class C: creating a link answers 500.
 @application.before_request
-def _break_creates_after_warm_up() -> None:
+def _break_creates() -> None:
     from flask import request as _request
-    if _request.method == "POST" and next(_creates_served) >= {CREATES_BEFORE_FAILING}:
+    if _request.method != "POST":
+        return
+    body = _request.get_json(silent=True) if _request.is_json else _request.form
+    url = body.get("url") if hasattr(body, "get") else None
+    if url{spared}:
         raise RuntimeError("rehearsal class C: creating a link is broken")
 """
 
@@ -165,8 +180,10 @@ class Case:
 
 
 def unreadable_data(tree: Path) -> None:
+    """Creation times written as numbers, which this version accepts and the old one's
+    store refuses (its shape check wants strings)."""
     replace(tree, 'return datetime.now(timezone.utc).isoformat(timespec="seconds")',
-            "return int(time.time())", "E")
+            "return int(datetime.now(timezone.utc).timestamp())  # type: ignore", "E")
     replace(tree, "isinstance(v, str) for v in record.values()",
             "isinstance(v, (str, int)) for v in record.values()", "E")
 
@@ -177,8 +194,8 @@ CASES = {case.name: case for case in (
          lambda tree: append(tree, MISSING_DEPENDENCY)),
     Case("B", "B-json-loads", "json.load( -> json.loads(: /healthz fails",
          lambda tree: replace(tree, "json.load(", "json.loads(", "B")),
-    Case("C", "C-create-500", "creates answer 500 after 5 per worker",
-         lambda tree: append(tree, BREAK_CREATES)),
+    Case("C", "C-create-500", "creates answer 500 (not the smoke test's)",
+         lambda tree: append(tree, break_creates())),
     Case("D", "D-slow", "every request 0.25 s slower",
          lambda tree: append(tree, slow_down(0.25))),
     Case("E", "E-unreadable-data", "writes data the old version cannot read",
@@ -340,9 +357,19 @@ class CaseResult:
     serving_after: str | None
     p99_new_ms: float | None       # nginx's request time, for the released version
     p99_others_ms: float | None    # and for the versions that served beside it
+    canary_share: int              # % of requests the policy gives the canary
+    window_seconds: float | None   # the canary getting its share -> all traffic back
+    window_requests: int           # requests the client sent in that window
     acknowledged: int
     missing_after: int
     snapshot: str | None           # the pre-deploy snapshot the release report names
+    recovery: str | None           # what restoring it did, when the release had to
+    error: str | None              # why the release failed, as its report says
+
+    @property
+    def window_bound(self) -> float:
+        """The most requests C may fail: the canary's share of the window's requests."""
+        return self.canary_share / 100 * self.window_requests
 
 
 class Rehearsal:
@@ -434,7 +461,11 @@ class Rehearsal:
         self.links += client.acknowledged
         report = json.loads(report_path.read_text()) if report_path.exists() else {}
         log = read_requests(self.root / "logs" / "access.log", started)
-        ports = self.ports_of(case.label, since=started)
+        events = self.events(since=started)
+        ports = {e["port"] for e in events if e["label"] == case.label}
+        window = detection_window(events, case.label)
+        sent_in_window = [o for o in client.outcomes
+                          if window and window[0] <= o.at <= window[1]]
         served = [r for r in log if r.port in ports]
         others = [r for r in log if r.port is not None and r.port not in ports]
         still_serving = self.serving() == case.label
@@ -450,15 +481,28 @@ class Rehearsal:
             still_serving=still_serving, serving_after=self.serving(),
             p99_new_ms=milliseconds(percentile([r.seconds for r in served], 99)),
             p99_others_ms=milliseconds(percentile([r.seconds for r in others], 99)),
+            canary_share=self.policy.new_version_percent,
+            window_seconds=round(window[1] - window[0], 2) if window else None,
+            window_requests=len(sent_in_window),
             acknowledged=len(client.acknowledged),
             missing_after=len(missing_links(self.url, self.links)),
-            snapshot=report.get("snapshot"))
+            snapshot=report.get("backup"), recovery=report.get("recovery"),
+            error=report.get("error"))
 
-    def ports_of(self, label: str, since: float) -> set[int]:
-        """The ports the version `label` ran on since then (each instance has its own)."""
-        events = self.root / "logs" / "events.jsonl"
-        return {entry["port"] for entry in map(json.loads, events.read_text().splitlines())
-                if entry["label"] == label and entry["at"] >= since - 1}
+    def events(self, since: float) -> list[dict[str, Any]]:
+        """logs/events.jsonl since then: what the environment did to which version."""
+        lines = (self.root / "logs" / "events.jsonl").read_text().splitlines()
+        return [e for e in map(json.loads, lines) if e["at"] >= since - 1]
+
+
+def detection_window(events: Sequence[dict[str, Any]], label: str) -> tuple[float, float] | None:
+    """(the canary `label` got its share, every request was back on the last good
+    version), or None when it never got a share or was never moved back."""
+    start = next((e["at"] for e in events if e["label"] == label and e["event"] == "canary"),
+                 None)
+    end = next((e["at"] for e in events if start is not None and e["at"] >= start
+                and e["event"] == "all traffic back"), None)
+    return (start, end) if start is not None and end is not None else None
 
 
 def milliseconds(seconds: float | None) -> float | None:
@@ -468,7 +512,8 @@ def milliseconds(seconds: float | None) -> float | None:
 # --- the table ----------------------------------------------------------------------------
 
 COLUMNS = ("case", "exit", "outcome", "requests", "failed (5xx/conn/wrong)", "new version answered",
-           "p99 new/old ms", "traffic back after", "serving after", "acked", "missing")
+           "p99 new/old ms", "traffic back after", "window: requests, share", "serving after",
+           "acked", "missing", "snapshot restored")
 
 
 def row(result: CaseResult) -> tuple[str, ...]:
@@ -479,12 +524,16 @@ def row(result: CaseResult) -> tuple[str, ...]:
         back = "-" if result.case == "good" else "never got traffic"
     else:
         back = f"{result.exposed_seconds:.1f} s"
+    window = "-" if result.window_seconds is None else (
+        f"{result.window_requests} in {result.window_seconds:.1f} s, "
+        f"{result.canary_share} %: {result.window_bound:.0f}")
     return (result.case, str(result.exit_code), result.outcome or "-", str(result.requests),
             f"{result.failed} ({f.get('5xx', 0)}/{f.get('connection', 0)}/"
             f"{f.get('wrong answer', 0)})",
             str(result.new_version_requests),
-            f"{result.p99_new_ms or '-'}/{result.p99_others_ms or '-'}", back,
-            result.serving_after or "-", str(result.acknowledged), str(result.missing_after))
+            f"{result.p99_new_ms or '-'}/{result.p99_others_ms or '-'}", back, window,
+            result.serving_after or "-", str(result.acknowledged), str(result.missing_after),
+            "yes" if result.recovery else "-")
 
 
 def table(results: Sequence[CaseResult]) -> str:

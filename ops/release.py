@@ -10,19 +10,30 @@ loudly that it does not:
    fix); count its links; find the last good version, the newest one tagged as having
    passed verification; check that the deployment policy and health settings the
    repository declares are the ones the environment runs; find out whether the release
-   changes .ebextensions option settings or resources (an Immutable deployment cannot
-   carry those); and with --backup, snapshot the link store (python -m ops.backup on an
-   instance) under the label's name;
-2. apply a configuration change as its own update first, then `eb deploy ENV --label
-   LABEL` (or `--version LABEL` when that version exists; nothing at all when LABEL is
-   already live: that release only verifies);
-3. verify: the environment is Ready on LABEL, health Green/Ok, /healthz reports LABEL and
-   at least as many links as before, `python -m ops.smoke` creates a link and follows it
-   through the public URL, and the 5xx rate stays under --max-5xx-rate for the --watch
-   window (judged on our own bounded traffic when real traffic is too thin); then tag
-   LABEL as verified;
-4. on any failure or timeout: abort our update if it is still running, redeploy the last
-   good version, verify it the same way, send an alert; exit non-zero.
+   changes .ebextensions option settings or resources (a deployment on new instances
+   cannot carry those); and with --backup, snapshot the link store (python -m ops.backup
+   on an instance) under the label's name;
+2. apply a configuration change as its own update first, then start the deployment:
+   `eb deploy ENV --label LABEL --nohang` (or `--version LABEL` when that version
+   exists; nothing at all when LABEL is already live: that release only verifies);
+3. watch it (step `canary`), every --canary-interval seconds until the target has
+   promoted it: the new version's share of requests (the canary) against the last good
+   version's (the baseline). Abort - every request moves back to the baseline,
+   nothing restarts - as soon as the canary's rate of 5xx and connection errors is over
+   --max-5xx-rate (once --min-requests were counted), its p99 latency is over
+   --max-p99-ratio times the baseline's twice in a row, `python -m ops.smoke --full`
+   against the canary alone fails, or the baseline fails its health checks (a new
+   version that wrote data the old one cannot read: class E);
+4. verify: the environment is Ready on LABEL, health Green/Ok, /healthz reports LABEL and
+   at least as many links as before, `python -m ops.smoke` (--full with --full-smoke)
+   creates links and follows them through the public URL, and the 5xx rate stays under
+   --max-5xx-rate for the --watch window (judged on our own bounded traffic when real
+   traffic is too thin); then tag LABEL as verified;
+5. on any failure or timeout: abort the deployment if it still runs; redeploy the last
+   good version unless traffic is back on it already; if it cannot read the link store
+   (its /healthz says so), restore the pre-deploy snapshot and create again the links
+   written since (python -m ops.recover); verify it the same way, send an alert; exit
+   non-zero.
 
 The release report (--report, JSON) is rewritten atomically after every step, so a job
 killed in the middle still leaves one. Before verifying and before rolling back, the
@@ -39,31 +50,36 @@ Exit codes:
   5  interfered: someone else's deploy changed the environment during the release;
      ops.release stopped without deploying over it; look before acting
 
-`--target local` runs the same logic against a local release directory served by
-gunicorn on loopback (see ops/targets.py): that is how the rollback is rehearsed.
+`--target local` runs the same logic against a local environment: real nginx on
+--port in front of a gunicorn per version, deploying as Elastic Beanstalk's traffic
+splitting does (ops/local.py): that is how releases are rehearsed (`make rehearse`).
 """
 from __future__ import annotations
 
 import argparse
+import concurrent.futures
 import json
 import logging
 import math
 import os
+import signal
 import subprocess  # nosec B404
 import sys
 import tempfile
 import time
 import urllib.error
 import urllib.request
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field, fields
 from datetime import datetime, timezone
 from pathlib import Path
+from types import FrameType
 from typing import Any, Callable, TypeVar
 
 from ops import ebsettings
 from ops.alert import send_alert
-from ops.targets import (EBTarget, EnvState, Health, Target, TargetError, deploy_limit,
-                         run_command)
+from ops.targets import (CanaryMetrics, Deployment, EBTarget, EnvState, Health, Target,
+                         TargetError, deploy_limit, run_command)
 
 LOG = logging.getLogger("ops.release")
 REPO_ROOT = Path(__file__).resolve().parent.parent
@@ -101,15 +117,19 @@ class Options:
     deploy_timeout: float = 1800.0
     verify_timeout: float = 600.0
     backup_timeout: float = 600.0
+    restore_timeout: float = 600.0
     watch: float = 300.0
     watch_interval: float = 60.0
+    canary_interval: float = 10.0
     max_5xx_rate: float = 0.01
+    max_p99_ratio: float = 3.0
     min_requests: int = 20
     poll_interval: float = 10.0
     smoke_timeout: float = 10.0
     allow_unhealthy: bool = False
     backup: bool = False
     existing_only: bool = False
+    full_smoke: bool = False
 
 
 def verification_seconds(o: Options) -> float:
@@ -119,7 +139,7 @@ def verification_seconds(o: Options) -> float:
     return ((o.ready_timeout + poll)                       # ready-after
             + (o.verify_timeout + poll)                     # health
             + (o.verify_timeout + poll)                     # healthz-version
-            + smoke_limit(o)                                # smoke
+            + smoke_limit(o, o.full_smoke)                  # smoke
             + samples * o.watch_interval                    # watch-5xx: CloudWatch samples
             + o.min_requests * o.smoke_timeout)             # ... and our own traffic
 
@@ -130,19 +150,25 @@ def worst_case_seconds(o: Options) -> float:
     must cover it (tests/test_budget.py)."""
     poll = o.poll_interval + HTTP_TIMEOUT
     deploy = deploy_limit(o.deploy_timeout)
-    settle = o.ready_timeout + poll                       # abort-update, then Ready
+    settle = o.ready_timeout + poll                       # abort, then the deployment ends
     prepare = ((o.ready_timeout + poll)                   # wait-ready
                + HTTP_TIMEOUT                             # links-before
                + o.backup_timeout + poll)                 # backup
     config = (o.ready_timeout + poll) + (o.verify_timeout + poll)  # config-update
-    forward = prepare + config + deploy + settle + verification_seconds(o)
-    rollback = config + (o.ready_timeout + poll) + deploy + settle + verification_seconds(o)
+    # deploy (eb uploads, then returns) and canary share one deadline, --deploy-timeout
+    # from the start; the watch may overrun it by one sample, and waits for the canary's
+    # smoke test once the deployment is over.
+    canary = o.canary_interval + HTTP_TIMEOUT + smoke_limit(o, full=True)
+    forward = prepare + config + deploy + canary + settle + verification_seconds(o)
+    recover = o.restore_timeout + poll + HTTP_TIMEOUT     # rollback:data
+    rollback = (config + (o.ready_timeout + poll) + deploy + recover
+                + verification_seconds(o))
     return forward + rollback
 
 
-def smoke_limit(o: Options) -> float:
-    """How long the smoke test may run: it makes a handful of requests."""
-    return o.smoke_timeout * 5 + 30
+def smoke_limit(o: Options, full: bool = False) -> float:
+    """How long a smoke test may run: it makes a handful of requests, --full about 20."""
+    return o.smoke_timeout * (20 if full else 5) + 30
 
 
 @dataclass
@@ -167,6 +193,8 @@ class Report:
     steps: list[Step] = field(default_factory=list)
     backup: str | None = None
     config_change: str | None = None
+    canary: dict[str, Any] | None = None
+    recovery: str | None = None
     watch: dict[str, Any] | None = None
     warnings: list[str] = field(default_factory=list)
     rollback: dict[str, Any] | None = None
@@ -209,6 +237,9 @@ class Release:
         self.change = ebsettings.ConfigChange()
         self.old_settings: dict[ebsettings.Key, str] = {}
         self.config_applied = False
+        self.deadline = 0.0  # when the deployment must be over (--deploy-timeout)
+        self.background = ThreadPoolExecutor(max_workers=1, thread_name_prefix="canary")
+        self.canary_smoke: Future[str] | None = None
 
     # --- the release as a whole --------------------------------------------------
 
@@ -257,11 +288,19 @@ class Release:
             return
         if self.change.settings or self.change.removed:
             self.step("config-update", self.apply_config_change)
+        self.deadline = time.monotonic() + self.opts.deploy_timeout
         try:
-            self.step("deploy", lambda: self.deploy(self.label, not self.exists))
-        except StepFailed:
-            self.step("abort-update", self.abort_our_update)
+            self.step("deploy", self.start_deployment)
+            self.step("canary", self.watch_deployment)
+        except StepFailed as err:
+            reason = str(err)
+            self.step("abort", lambda: self.abort_deployment(reason))
             raise
+        except (KeyboardInterrupt, SystemExit):
+            self.abort_unwatched()
+            raise
+        finally:
+            self.settle_canary_smoke()
 
     def verify(self, label: str, prefix: str = "") -> None:
         self.step(prefix + "ready-after", lambda: self.wait_on_version(label))
@@ -288,6 +327,7 @@ class Release:
                 self.step("rollback:config", self.restore_config)
             self.step("rollback:wait-ready", self.wait_ready_ours)
             self.step("rollback:deploy", lambda: self.redeploy_last_good(last_good))
+            self.step("rollback:data", self.recover_data)
             self.verify(last_good, prefix="rollback:")
             rollback["ok"] = True
         except Interfered as err:
@@ -472,21 +512,124 @@ class Release:
         return f"{len(restore)} setting(s) restored, {len(added)} removed"
 
     def deploy(self, label: str, new: bool) -> str:
+        """A whole deployment, waited for (the rollback's redeploy)."""
         output = self.target.deploy(label, new, self.opts.deploy_timeout)
         for line in output.splitlines():
             LOG.info("  | %s", line)
         return f"{'new' if new else 'existing'} version {label}"
 
-    def abort_our_update(self) -> str:
-        """A failed or killed `eb deploy` may leave the update running: abort it (only
-        ours) and wait until the environment has settled."""
-        state = self.target.state()
-        if state.status == "Ready":
-            return f"nothing to abort: Ready on {state.version}"
-        self.check_ours(state)
-        self.target.abort_update()
-        settled = self.wait_ready()
-        return f"update aborted; Ready on {settled.version}"
+    def start_deployment(self) -> str:
+        started = self.target.start_deployment(self.label, not self.exists,
+                                               self.opts.deploy_timeout)
+        return (f"{'new' if not self.exists else 'existing'} version {self.label}: "
+                f"{started.phase}, {started.detail}")
+
+    def watch_deployment(self) -> str:
+        """Follow the deployment until the target has promoted it, judging the canary
+        against the baseline every --canary-interval seconds (CanaryWatch); stop at the
+        first verdict. Once the canary serves, the full smoke test runs against it
+        alone, beside the watch (canary_smoke)."""
+        watch = CanaryWatch(self.opts)
+        self.report.canary = watch.figures
+        while True:
+            current = self.target.deployment()
+            if current is None:
+                raise StepFailed("the target reports no deployment of ours")
+            if current.phase == "complete":
+                break
+            if current.phase in ("failed", "aborted"):
+                raise StepFailed(f"the deployment of {self.label} {current.phase} "
+                                 f"({current.detail}); traffic is back on {current.baseline}")
+            if current.phase == "canary" and self.canary_smoke is None:
+                self.canary_smoke = self.background.submit(self.target.smoke_canary,
+                                                           self.opts.smoke_timeout)
+            if current.phase in ("launching", "canary"):
+                verdict = watch.judge(current, self.target.canary_metrics(
+                    self.opts.canary_interval)) or smoke_verdict(self.canary_smoke)
+                self.save()
+                if verdict:
+                    raise StepFailed(verdict)
+            if time.monotonic() > self.deadline:
+                raise StepFailed(f"the deployment of {self.label} was not over within "
+                                 f"--deploy-timeout {self.opts.deploy_timeout:g} s (last "
+                                 f"seen: {current.phase}, {current.detail})")
+            time.sleep(self.opts.canary_interval)
+        if self.canary_smoke is not None:
+            watch.figures["smoke"] = self.canary_smoke_result(self.canary_smoke)
+        return f"{current.detail}; {watch.summary()}"
+
+    def canary_smoke_result(self, smoke: Future[str]) -> str:
+        """The canary's smoke test, waited for: it must pass."""
+        try:
+            return smoke.result(timeout=smoke_limit(self.opts, full=True))
+        except TargetError as err:
+            raise StepFailed(f"python -m ops.smoke --full against the canary failed: "
+                             f"{err}") from None
+        except TimeoutError:
+            raise StepFailed("python -m ops.smoke --full against the canary did not "
+                             "finish") from None
+
+    def settle_canary_smoke(self) -> None:
+        """Let the canary's smoke test end (a failure after an abort says nothing new):
+        nothing the release started outlives its deployment steps."""
+        if self.canary_smoke is not None:
+            concurrent.futures.wait([self.canary_smoke], timeout=smoke_limit(self.opts, True))
+        self.background.shutdown(wait=False)
+
+    def abort_unwatched(self) -> None:
+        """ops.release is being stopped (Ctrl-C, a cancelled job's SIGTERM) while its
+        deployment runs: nobody would watch the canary, so move traffic back first."""
+        current = self.target.deployment()
+        if current is not None and current.in_progress:
+            LOG.error("interrupted: aborting the deployment of %s", self.label)
+            try:
+                self.target.abort("interrupted")
+            except Exception as err:  # the interruption goes on, whatever this did
+                LOG.error("could not abort the deployment: %s", err)
+
+    def abort_deployment(self, reason: str) -> str:
+        """After a failure in deploy or canary: abort the deployment if it still runs
+        (traffic back to the baseline, nothing restarted) and wait until it has ended.
+        One that is promoting cannot be aborted: it is waited for, and the rollback
+        deploys the last good version."""
+        current = self.target.deployment()
+        if current is None:
+            state = self.target.state()
+            return f"nothing to abort: the deployment never started ({state.status} on " \
+                   f"{state.version})"
+        note = ""
+        if current.in_progress:
+            try:
+                self.target.abort(reason)
+            except TargetError as err:
+                note = f"could not abort ({err}); "
+                LOG.warning("could not abort the deployment: %s", err)
+        ended = self._poll(self.target.deployment, lambda d: d is None or not d.in_progress,
+                           self.opts.ready_timeout, "the deployment to end",
+                           lambda d: f"{d.phase}: {d.detail}" if d else "none")
+        if ended is None:
+            return note + "the target no longer reports the deployment"
+        seconds = ended.updated_at - current.updated_at
+        return f"{note}{ended.phase} after {max(0.0, seconds):.1f} s: {ended.detail}"
+
+    def recover_data(self) -> str:
+        """The last good version serves again; if it cannot read the link store (its
+        /healthz says the store check failed), the release wrote data it cannot read
+        (class E): restore the pre-deploy snapshot and create again the links written
+        since, through that version (Target.recover, python -m ops.recover)."""
+        url = self.target.state().url + "/healthz"
+        status, body = fetch_json(url)
+        checks = body.get("checks")
+        store = checks.get("store", "ok") if isinstance(checks, dict) else "ok"
+        if status == 200 or store == "ok":
+            return f"{url} reads the store (HTTP {status}): nothing to restore"
+        damage = f"{url} answered HTTP {status}: the store check says {store!r}"
+        if not self.report.backup:
+            raise StepFailed(f"{damage}, and no pre-deploy snapshot was taken (--backup): "
+                             "restore the newest good snapshot by hand (docs/operating.md)")
+        LOG.warning("%s: restoring %s", damage, self.report.backup)
+        self.report.recovery = self.target.recover(self.report.backup, self.opts.restore_timeout)
+        return f"{damage}; {self.report.recovery}"
 
     def redeploy_last_good(self, last_good: str) -> str:
         state = self.target.state()
@@ -526,11 +669,12 @@ class Release:
 
     def smoke(self) -> str:
         url = self.target.state().url
-        cmd = [sys.executable, "-m", "ops.smoke", url, "--timeout", str(self.opts.smoke_timeout)]
+        cmd = [sys.executable, "-m", "ops.smoke", url, "--timeout", str(self.opts.smoke_timeout),
+               *(["--full"] if self.opts.full_smoke else [])]
         try:
             done = subprocess.run(  # nosec B603
                 cmd, cwd=REPO_ROOT, capture_output=True, text=True, check=False,
-                timeout=smoke_limit(self.opts))
+                timeout=smoke_limit(self.opts, self.opts.full_smoke))
         except subprocess.TimeoutExpired:
             raise StepFailed(f"the smoke test against {url} did not finish") from None
         for line in (done.stdout + done.stderr).splitlines():
@@ -539,7 +683,8 @@ class Release:
             failures = [ln for ln in done.stdout.splitlines() if ln.startswith("FAIL")]
             raise StepFailed(f"smoke test failed against {url}: "
                              f"{'; '.join(failures) or done.stderr.strip()[-300:]}")
-        return f"create + follow passed against {url}"
+        return f"{'full smoke test' if self.opts.full_smoke else 'create + follow'} " \
+               f"passed against {url}"
 
     def watch_errors(self) -> str:
         """Sample the 5xx rate since the step began, every --watch-interval seconds for
@@ -617,6 +762,99 @@ class Release:
         return self.report
 
 
+# The latency watch compares versions only on samples where each answered this many
+# requests (a p99 of fewer is one slow request), and aborts when the canary is slower
+# than --max-p99-ratio times the baseline in this many samples in a row (one sample
+# can be one stall of a busy machine).
+LATENCY_MIN_REQUESTS = 5
+SLOW_SAMPLES = 2
+
+
+class CanaryWatch:
+    """Judges each sample of a deployment: the canary's errors add up over the samples,
+    its latency is compared with the baseline's sample by sample, and the baseline must
+    stay healthy. `judge` returns the reason to abort, or None. `figures` is what the
+    release report shows (`canary`)."""
+
+    def __init__(self, opts: Options) -> None:
+        self.opts = opts
+        self.slow_in_a_row = 0
+        self.figures: dict[str, Any] = {
+            "samples": 0, "requests": 0, "failed": 0, "baseline_requests": 0,
+            "baseline_failed": 0, "p99_ms": [], "verdict": None}
+
+    def judge(self, current: Deployment, metrics: CanaryMetrics) -> str | None:
+        canary, baseline = metrics.canary, metrics.baseline
+        f = self.figures
+        f["samples"] += 1
+        f["requests"] += canary.requests
+        f["failed"] += canary.failed
+        f["baseline_requests"] += baseline.requests
+        f["baseline_failed"] += baseline.failed
+        verdict = (self.baseline_fails(current, metrics) or self.too_many_errors(current)
+                   or self.too_slow(current, metrics))
+        if verdict:
+            f["verdict"] = verdict
+            LOG.error("canary: %s", verdict)
+        else:
+            LOG.info("  | %s %s: %d requests, %d failed; baseline %d requests, healthy %s",
+                     current.label, current.phase, canary.requests, canary.failed,
+                     baseline.requests, baseline.healthy)
+        return verdict
+
+    @staticmethod
+    def baseline_fails(current: Deployment, metrics: CanaryMetrics) -> str | None:
+        """Class E: the old version fails while the new one runs beside it on the same
+        store; the likeliest cause is data it cannot read."""
+        baseline = metrics.baseline
+        if baseline.healthy is not False:
+            return None
+        return (f"{baseline.label} (the last good version) fails its health check while "
+                f"{current.label} is deployed beside it ({baseline.health_detail}): "
+                f"{current.label} may have written data {baseline.label} cannot read")
+
+    def too_many_errors(self, current: Deployment) -> str | None:
+        failed, requests = self.figures["failed"], self.figures["requests"]
+        if requests < self.opts.min_requests or failed / requests <= self.opts.max_5xx_rate:
+            return None
+        return (f"{current.label} failed {failed} of the {requests} requests it answered "
+                f"({failed / requests:.1%} 5xx and connection errors, over "
+                f"--max-5xx-rate {self.opts.max_5xx_rate:.1%})")
+
+    def too_slow(self, current: Deployment, metrics: CanaryMetrics) -> str | None:
+        canary, baseline = metrics.canary, metrics.baseline
+        if (canary.p99 is None or baseline.p99 is None
+                or min(canary.requests, baseline.requests) < LATENCY_MIN_REQUESTS):
+            return None
+        self.figures["p99_ms"] = (self.figures["p99_ms"] + [
+            [round(canary.p99 * 1000, 1), round(baseline.p99 * 1000, 1)]])[-20:]
+        slow = canary.p99 > self.opts.max_p99_ratio * baseline.p99
+        self.slow_in_a_row = self.slow_in_a_row + 1 if slow else 0
+        if self.slow_in_a_row < SLOW_SAMPLES:
+            return None
+        return (f"{current.label}'s p99 latency was over --max-p99-ratio "
+                f"{self.opts.max_p99_ratio:g} times the baseline's in {self.slow_in_a_row} "
+                f"samples in a row (last: {canary.p99 * 1000:.0f} ms against "
+                f"{baseline.p99 * 1000:.0f} ms)")
+
+    def summary(self) -> str:
+        f = self.figures
+        if f["requests"] < self.opts.min_requests:
+            errors = (f"its error rate not judged: {f['requests']} requests counted "
+                      f"(< --min-requests {self.opts.min_requests}; the watch after "
+                      "the deployment judges it)")
+        else:
+            errors = f"{f['failed']} of {f['requests']} requests failed"
+        return f"canary watched in {f['samples']} samples: {errors}"
+
+
+def smoke_verdict(smoke: Future[str] | None) -> str | None:
+    """The canary's smoke test, if it has failed already."""
+    if smoke is None or not smoke.done() or smoke.exception() is None:
+        return None
+    return f"python -m ops.smoke --full against the canary failed: {smoke.exception()}"
+
+
 def describe(result: object) -> str:
     if isinstance(result, EnvState):
         return f"{result.status} on {result.version}"
@@ -658,6 +896,8 @@ def alert_text(report: Report) -> str:
                      f"({report.rollback['seconds']} s)")
     if report.backup:
         lines.append(f"pre-deploy snapshot: {report.backup}")
+    if report.recovery:
+        lines.append(f"data: {report.recovery}")
     run_url = os.environ.get("GITHUB_RUN_URL")
     if run_url:
         lines.append(f"run: {run_url}")
@@ -736,8 +976,8 @@ def build_parser() -> argparse.ArgumentParser:
         description="Deploy one version to one environment, verify it, roll back on failure.",
         epilog=exit_codes_epilog(), formatter_class=DefaultsHelpFormatter)
     p.add_argument("--target", choices=["eb", "local"], default="eb",
-                   help="eb: an Elastic Beanstalk environment; local: a local release "
-                        "directory served by gunicorn on loopback (rehearsals)")
+                   help="eb: an Elastic Beanstalk environment; local: a local environment, "
+                        "nginx in front of a gunicorn per version (rehearsals, ops/local.py)")
     p.add_argument("--environment", default=os.environ.get("EB_ENVIRONMENT"),
                    help="Elastic Beanstalk environment name (default: $EB_ENVIRONMENT)")
     p.add_argument("--label", help="version label to deploy (default: $GITHUB_SHA, "
@@ -753,25 +993,41 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--ready-timeout", type=float, default=defaults.ready_timeout,
                    help="seconds to wait for the environment to be Ready")
     p.add_argument("--deploy-timeout", type=float, default=defaults.deploy_timeout,
-                   help="seconds allowed for one eb deploy")
+                   help="seconds allowed for one deployment, from eb deploy to the new "
+                        "version serving everything (the canary evaluation included)")
     p.add_argument("--verify-timeout", type=float, default=defaults.verify_timeout,
                    help="seconds allowed for health Green/Ok and for /healthz to show the "
                         "version")
     p.add_argument("--backup-timeout", type=float, default=defaults.backup_timeout,
                    help="seconds allowed for the pre-deploy snapshot (--backup)")
+    p.add_argument("--restore-timeout", type=float, default=defaults.restore_timeout,
+                   help="seconds allowed to restore that snapshot and create again the links "
+                        "written since, when the last good version cannot read the store")
     p.add_argument("--watch", type=float, default=defaults.watch,
                    help="seconds to watch the 5xx rate after the smoke test (0: skip)")
     p.add_argument("--watch-interval", type=float, default=defaults.watch_interval,
                    help="seconds between 5xx-rate samples")
+    p.add_argument("--canary-interval", type=float, default=defaults.canary_interval,
+                   help="seconds between samples of the canary against the baseline while "
+                        "the deployment runs (Elastic Beanstalk's instance metrics cover the "
+                        "last 10 s)")
     p.add_argument("--max-5xx-rate", type=float, default=defaults.max_5xx_rate,
-                   help="highest acceptable share of 5xx responses in the watch window")
+                   help="highest acceptable share of failed responses (5xx, and for the "
+                        "canary connection errors) in the canary's and the watch's window")
+    p.add_argument("--max-p99-ratio", type=float, default=defaults.max_p99_ratio,
+                   help="abort when the canary's p99 latency is over this many times the "
+                        "baseline's in two samples in a row")
     p.add_argument("--min-requests", type=int, default=defaults.min_requests,
                    help="fewer responses than this prove nothing: ops.release then sends "
                         "this many requests of its own and judges on them")
     p.add_argument("--poll-interval", type=float, default=defaults.poll_interval,
                    help="seconds between state and health polls")
     p.add_argument("--smoke-timeout", type=float, default=defaults.smoke_timeout,
-                   help="seconds per HTTP request of the smoke test")
+                   help="seconds per HTTP request of the smoke tests")
+    p.add_argument("--full-smoke", action="store_true",
+                   help="verify through the public URL with python -m ops.smoke --full "
+                        "(the form, the API, an upload, the 404 page), not only create + "
+                        "follow; the canary always gets the full one")
     p.add_argument("--allow-unhealthy", action="store_true",
                    help="deploy even when the environment is unhealthy before the deploy "
                         "(to ship a fix; the unhealthy version is then never a rollback "
@@ -786,12 +1042,14 @@ def build_parser() -> argparse.ArgumentParser:
                    help="do not release: alert that the deploy job ended without finishing, "
                         "with what --report got to and the environment's state")
     p.add_argument("--local-dir", type=Path,
-                   help="--target local: the release directory (versions, data, logs)")
+                   help="--target local: the environment's directory (versions, data, "
+                        "snapshots, logs)")
     p.add_argument("--source", type=Path,
                    help="--target local: the source tree a new version is copied from "
                         "(default: this checkout)")
     p.add_argument("--port", type=int, default=8080,
-                   help="--target local: loopback port gunicorn serves on")
+                   help="--target local: the loopback port nginx, the environment's one "
+                        "address, listens on (the versions get ports of their own)")
     return p
 
 
@@ -823,9 +1081,16 @@ def execute(target: Target, label: str, options: Options, report_path: Path,
     return EXIT_CODES[report.outcome]
 
 
+def exit_on_sigterm(signum: int, frame: FrameType | None) -> None:
+    """A cancelled job's runner sends SIGTERM: unwind (and abort a deployment being
+    watched) as Ctrl-C does, rather than vanish."""
+    raise SystemExit(128 + signum)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    signal.signal(signal.SIGTERM, exit_on_sigterm)
     logging.basicConfig(level=logging.INFO, stream=sys.stderr,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     if args.notify_interrupted:

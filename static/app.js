@@ -76,8 +76,19 @@ function tooLarge(form, input, max) {
   input.focus();
 }
 
+// The date and time field has no time zone: send the browser's offset from UTC at the
+// chosen moment (daylight saving included). Without script the server reads it as UTC.
+function sendUtcOffset(form) {
+  const offset = form.querySelector(".utc-offset");
+  const expires = form.querySelector("input[name=expires_at]");
+  if (offset && expires && expires.value) {
+    offset.value = String(-new Date(expires.value).getTimezoneOffset());
+  }
+}
+
 document.addEventListener("submit", (event) => {
   const form = event.target;
+  sendUtcOffset(form);
   const max = Number(form.dataset.maxBytes || 0);
   const input = form.querySelector("input[type=file]");
   if (max && input && input.files.length && input.files[0].size > max) {

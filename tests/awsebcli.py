@@ -83,17 +83,20 @@ def outcome_events(env: str, outcome: str, timeout_minutes: int = 1) -> list[Ans
     return [events(env, STARTING)] + [events(env) for _ in range(timeout_minutes * 60 // 5)]
 
 
-def deploy_existing(env: str, running: str, outcome: str = "ok") -> list[Answer]:
-    """`eb deploy ENV --version V`: the environment, the platform, the update, events."""
+def deploy_existing(env: str, running: str, outcome: str | None = "ok") -> list[Answer]:
+    """`eb deploy ENV --version V`: the environment, the platform, the update, events
+    (none with --nohang: outcome None)."""
     return [environment(env, "Ready", running), *platform_checks(),
             answer("update_environment", {"EnvironmentName": env, "Status": "Updating"},
                    request_id=DEPLOY_REQUEST),
-            *outcome_events(env, outcome)]
+            *(outcome_events(env, outcome) if outcome else [])]
 
 
-def deploy_new(env: str, running: str, label: str, outcome: str = "ok") -> list[Answer]:
+def deploy_new(env: str, running: str, label: str,
+               outcome: str | None = "ok") -> list[Answer]:
     """`eb deploy ENV --label L`: also bundles git HEAD, uploads it to the EB bucket and
-    creates the application version before the update."""
+    creates the application version before the update (then no events with --nohang:
+    outcome None)."""
     return [environment(env, "Ready", running), *platform_checks(),
             answer("describe_application_versions", {"ApplicationVersions": []}),
             answer("create_storage_location", {"S3Bucket": BUCKET}),
@@ -103,7 +106,13 @@ def deploy_new(env: str, running: str, label: str, outcome: str = "ok") -> list[
                 "ApplicationName": APP, "VersionLabel": label, "Status": "UNPROCESSED"}}),
             answer("update_environment", {"EnvironmentName": env, "Status": "Updating"},
                    request_id=DEPLOY_REQUEST),
-            *outcome_events(env, outcome)]
+            *(outcome_events(env, outcome) if outcome else [])]
+
+
+def deploy_started(env: str, running: str, label: str, new: bool = True) -> list[Answer]:
+    """`eb deploy ENV --label L --nohang` (or --version): the same calls until the update
+    starts, and no wait for its events."""
+    return deploy_new(env, running, label, None) if new else deploy_existing(env, running, None)
 
 
 class EBCLI:

@@ -18,7 +18,7 @@ import visits
 from application import create_app
 from linkstore import LinkStore, open_url
 from ops.pgserver import PostgresServer, ServerUnavailable
-from tests.helpers import PostForm, csrf_token
+from tests.helpers import CHROME_UA, PostForm, csrf_token
 from tests.servers import GunicornServer, Site
 from visits import VisitStore
 
@@ -43,7 +43,12 @@ def app(data_dir: Path) -> Iterator[Flask]:
 
 @pytest.fixture
 def client(app: Flask) -> FlaskClient:
-    return app.test_client()
+    """A client that says it is a person's browser, as the pages' visitors are: a limited
+    link serves people only, and the statistics count people (a test that is a bot or a
+    link preview says so with its own User-Agent)."""
+    client = app.test_client()
+    client.environ_base["HTTP_USER_AGENT"] = CHROME_UA
+    return client
 
 
 @pytest.fixture

@@ -4,8 +4,10 @@ At the start of the session it notes every process alive, and makes pytest the c
 subreaper of everything it starts (prctl PR_SET_CHILD_SUBREAPER): a process whose parent
 dies is re-parented to pytest instead of init, so it can still be traced to this run.
 At the end, once every fixture is torn down, a process that was not there at the start
-and is alive is left over from this run if it descends from pytest, or works in the
-checkout or in the session's temporary directory. The run then fails, naming each one's
+and is alive is left over from this run if it descends from pytest, works in the
+session's temporary directory, or works in the checkout without belonging to anything
+that was already running (a developer's shell, editor or `make run` in another terminal
+started before the run owns what it starts). The run then fails, naming each one's
 pid, working directory and command line, and the leftovers that descend from pytest are killed
 (SIGKILL) so that they do not pile up on a shared machine (one that only works in our
 directories is reported, not killed: it might be a developer's own).
@@ -21,13 +23,13 @@ import ctypes
 import os
 import signal
 import time
-from collections.abc import Collection, Iterable
+from collections.abc import Collection, Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 
-from ops.processes import descendants, process_table
+from ops.processes import Process, descendants, process_table
 
 CHECKOUT = Path(__file__).resolve().parent.parent
 PR_SET_CHILD_SUBREAPER = 36  # linux/prctl.h
@@ -52,8 +54,9 @@ def running() -> set[tuple[int, int]]:
 
 
 def left_running(before: Collection[tuple[int, int]], root: int,
-                 directories: Iterable[Path]) -> list[Leftover]:
-    """Live processes not in before that descend from root or work in directories."""
+                 directories: Iterable[Path], checkout: Path | None = None) -> list[Leftover]:
+    """Live processes not in before that descend from root, work in directories, or
+    work in checkout and belong to no process that was running before."""
     table = process_table()
     ours = descendants([root], table)
     leftovers = []
@@ -61,10 +64,24 @@ def left_running(before: Collection[tuple[int, int]], root: int,
         if process.zombie or (process.pid, process.started) in before:
             continue
         cwd = _cwd(process.pid)
-        if process.pid in ours or any(_inside(cwd, d) for d in directories):
+        if process.pid in ours or any(_inside(cwd, d) for d in directories) or (
+                checkout is not None and _inside(cwd, checkout)
+                and not _started_by_an_older_process(process, table, before)):
             leftovers.append(Leftover(process.pid, cwd, _command(process.pid),
                                       descends=process.pid in ours))
     return sorted(leftovers, key=lambda leftover: leftover.pid)
+
+
+def _started_by_an_older_process(process: Process, table: Mapping[int, Process],
+                                 before: Collection[tuple[int, int]]) -> bool:
+    """An ancestor of process (init aside) was running before the session: a
+    developer's shell, say, whose processes are theirs, not this run's."""
+    parent = table.get(process.ppid)
+    while parent is not None and parent.pid > 1:
+        if (parent.pid, parent.started) in before:
+            return True
+        parent = table.get(parent.ppid)
+    return False
 
 
 def kill(leftovers: Iterable[Leftover], timeout: float = 10.0) -> None:
@@ -124,8 +141,8 @@ def _note_temp_dir(request: pytest.FixtureRequest,
 @pytest.hookimpl(trylast=True)  # after the session's fixtures are torn down
 def pytest_sessionfinish(session: pytest.Session) -> None:
     before = session.stash[BEFORE]
-    directories = [CHECKOUT, *([session.stash[TEMP_DIR]] if TEMP_DIR in session.stash else [])]
-    leftovers = left_running(before, os.getpid(), directories)
+    directories = [session.stash[TEMP_DIR]] if TEMP_DIR in session.stash else []
+    leftovers = left_running(before, os.getpid(), directories, checkout=CHECKOUT)
     if not leftovers:
         return
     kill(leftover for leftover in leftovers if leftover.descends)

@@ -20,7 +20,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.awsebcli import EB_PYTHON, EBCLI, REPO, deploy_existing, deploy_new, environment
+from tests.awsebcli import (EB_PYTHON, EBCLI, REPO, deploy_existing, deploy_new, deploy_started,
+                            environment)
 
 ENV = "shortener-prod"
 
@@ -57,6 +58,21 @@ def test_a_new_label_is_bundled_from_git_uploaded_and_created_before_the_update(
         < operations.index("UpdateEnvironment")
     upload = next(c for c in eb.log(1)["calls"] if c["operation"] == "PutObject")
     assert upload["params"]["Key"] == "shortener/v2.zip"
+
+
+@pytest.mark.parametrize("flag", ["--label", "--version"])
+def test_nohang_returns_once_the_update_has_started_without_waiting_for_events(
+        eb: EBCLI, flag: str) -> None:
+    """What ops.release starts a deployment with: eb uploads (a new label), calls
+    UpdateEnvironment and exits 0; the deployment's progress is ops.release's to watch
+    (ebcli/controllers/deploy.py sets the timeout to 0 for --nohang)."""
+    eb.queue(deploy_started(ENV, running="v1", label="v2", new=flag == "--label"))
+    done = eb.run("deploy", ENV, flag, "v2", "--nohang")
+    assert done.returncode == 0, done.stdout + done.stderr
+    operations = eb.operations(1)
+    assert operations[-1] == "UpdateEnvironment" and "DescribeEvents" not in operations
+    assert eb.log(1)["calls"][-1]["params"] == {"EnvironmentName": ENV, "VersionLabel": "v2"}
+    assert set(eb.log(1)["unused_responses"].values()) == {0}
 
 
 def test_a_failed_deploy_exits_4_with_the_service_error(eb: EBCLI) -> None:

@@ -26,8 +26,8 @@ from ops.release import Options, build_parser, options_from, worst_case_seconds
 REPO = Path(__file__).resolve().parent.parent
 SETUP_ALLOWANCE = 15 * 60  # checkout, make eb-venv, credentials, eb init: before ops.release
 # Options that are not durations (or are per-sample spacing, counted through `watch`).
-NOT_A_WAIT = {"max_5xx_rate", "poll_interval", "watch_interval", "allow_unhealthy",
-              "backup", "existing_only"}
+NOT_A_WAIT = {"max_5xx_rate", "max_p99_ratio", "poll_interval", "watch_interval",
+              "allow_unhealthy", "backup", "existing_only", "full_smoke"}
 
 
 def release_job() -> dict[str, Any]:
@@ -44,7 +44,7 @@ def options_as_the_workflow_runs_them(job: dict[str, Any]) -> Options:
     """Parse the release step's command line with ops.release's own parser."""
     command = " ".join(step(job, "-m ops.release --environment")["run"].split())
     args = shlex.split(command.split("-m ops.release", 1)[1].replace("$RELEASE_FLAGS", ""))
-    return options_from(build_parser().parse_args(args + ["--backup"]))
+    return options_from(build_parser().parse_args(args + ["--backup", "--full-smoke"]))
 
 
 def test_credentials_outlast_the_job_which_outlasts_the_worst_release() -> None:
@@ -74,3 +74,13 @@ def test_every_wait_of_ops_release_counts_in_its_worst_case() -> None:
 def test_the_worst_case_is_forward_and_rollback_not_just_one_deploy() -> None:
     o = Options()
     assert worst_case_seconds(o) > 2 * (o.deploy_timeout + o.ready_timeout + o.watch)
+
+
+def test_the_canary_evaluation_and_the_data_restore_count_in_the_worst_case() -> None:
+    """The canary is watched inside --deploy-timeout (EB's EvaluationTime must fit in
+    it, tests/test_ebconfig.py); the restore of a snapshot has its own limit."""
+    o = Options()
+    assert worst_case_seconds(replace(o, restore_timeout=o.restore_timeout + 500)) == \
+        worst_case_seconds(o) + 500
+    assert worst_case_seconds(replace(o, canary_interval=o.canary_interval + 50)) == \
+        worst_case_seconds(o) + 50

@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import re
 import subprocess  # nosec B404 - runs git and the hook scripts
+import time
 from pathlib import Path
 from typing import Any
 
@@ -85,12 +86,38 @@ def test_enhanced_health_publishes_the_metrics_ops_release_and_the_alarm_read() 
     assert document["Version"] == 1
 
 
-def test_deployments_are_immutable_or_traffic_splitting_and_the_docs_say_why() -> None:
+def test_deployments_split_traffic_with_a_canary_and_the_docs_say_why() -> None:
+    """TrafficSplitting (docs/deploying.md, "Choosing the deployment policy"), with the
+    option names and ranges of EB's aws:elasticbeanstalk:trafficsplitting namespace."""
     options = all_options()
-    policy = options[("aws:elasticbeanstalk:command", "DeploymentPolicy")]
-    assert policy in ("Immutable", "TrafficSplitting")
+    assert options[("aws:elasticbeanstalk:command", "DeploymentPolicy")] == "TrafficSplitting"
     assert options[("aws:elasticbeanstalk:command", "IgnoreHealthCheck")] == "false"
-    assert f"Why {policy}" in (REPO / "docs" / "deploying.md").read_text()
+    share = int(options[("aws:elasticbeanstalk:trafficsplitting", "NewVersionPercent")])
+    minutes = int(options[("aws:elasticbeanstalk:trafficsplitting", "EvaluationTime")])
+    assert 1 <= share <= 25 and 3 <= minutes <= 600
+    assert options[("aws:elasticbeanstalk:environment", "LoadBalancerType")] == "application"
+    assert "Why TrafficSplitting" in (REPO / "docs" / "deploying.md").read_text()
+
+
+def test_ops_release_watches_the_whole_evaluation_within_its_deploy_timeout() -> None:
+    """The canary is watched until Elastic Beanstalk promotes it: launching the new
+    instances (up to the command Timeout), the evaluation, then the promotion must fit
+    in --deploy-timeout, or ops.release would abort a deployment that was going well."""
+    from ops.release import Options
+
+    options = all_options()
+    evaluation = int(options[("aws:elasticbeanstalk:trafficsplitting", "EvaluationTime")]) * 60
+    launch_and_promotion = 15 * 60
+    assert evaluation + launch_and_promotion <= Options().deploy_timeout
+
+
+def test_the_settings_ops_release_checks_include_the_canary_s_share_and_time() -> None:
+    from ops import ebsettings
+
+    declared = ebsettings.option_settings(ebsettings.read_configs(EBEXT))
+    for key in [("aws:elasticbeanstalk:trafficsplitting", "NewVersionPercent"),
+                ("aws:elasticbeanstalk:trafficsplitting", "EvaluationTime")]:
+        assert key in ebsettings.WATCHED and key in declared
 
 
 def test_logs_and_health_events_stream_to_cloudwatch_with_retention() -> None:
@@ -361,6 +388,75 @@ def test_the_instance_backup_script_prints_the_line_ops_release_reads() -> None:
     assert 'echo "$(stamp) INFO backup: snapshot $dest/$name"' in script
     assert re.search(r'dest="s3://\$BACKUP_BUCKET/\$\{BACKUP_PREFIX:-shortener\}\$\{1:\+/\$1\}"',
                      script)
+
+
+@pytest.mark.parametrize("name", ["SMOKE_SCRIPT", "RECOVER_SCRIPT"])
+def test_the_instance_scripts_ops_release_runs_through_ssm_exist(name: str) -> None:
+    import ops.targets
+
+    path = getattr(ops.targets, name)
+    files = load(EBEXT / "backup.config")["files"]
+    assert files[path]["mode"] == "000755"
+    script = files[path]["content"]
+    subprocess.run(["bash", "-n"], input=script, text=True, check=True)  # nosec B603 B607
+    module = {"SMOKE_SCRIPT": "ops.smoke --full", "RECOVER_SCRIPT": "ops.recover"}[name]
+    assert f'exec "$APP_PYTHON" -m {module} ' in script
+
+
+def test_every_new_instance_runs_the_full_smoke_test_before_it_gets_traffic() -> None:
+    from ops.targets import SMOKE_SCRIPT
+
+    hook = (PLATFORM / "hooks" / "postdeploy" / "03_smoke_test.sh").read_text()
+    assert hook.rstrip().endswith(f"exec {SMOKE_SCRIPT} 10")
+
+
+def test_the_hourly_snapshot_runs_on_every_instance_not_on_a_leader() -> None:
+    """A traffic-splitting deployment has no leader instance (aws/elastic-beanstalk-
+    roadmap#65): a leader_only cron would never be written."""
+    config = load(EBEXT / "backup.config")
+    assert "container_commands" not in config
+    assert "/usr/local/bin/shortener-backup" in config["commands"]["02_backup_cron"]["command"]
+
+
+def hourly_backup(tmp_path: Path) -> Path:
+    """The committed backup script, with its shared settings file pointing at a data
+    directory here and a python that only records that it took a snapshot."""
+    from ops.targets import BACKUP_SCRIPT
+
+    files = load(EBEXT / "backup.config")["files"]
+    data = tmp_path / "efs"
+    data.mkdir(exist_ok=True)
+    python = tmp_path / "python"
+    python.write_text('#!/bin/bash\n[ "$1" = -c ] && exec python3 "$@"\n'  # reads the manifest
+                      'echo snapshot >> "$DATA_DIR/../taken"\nsleep "${HOLD:-0}"\n'
+                      'echo \'{"name": "20261127T051700000000Z"}\'\n')
+    python.chmod(0o755)
+    settings = tmp_path / "app-env"
+    settings.write_text(f"export DATA_DIR={data} BACKUP_BUCKET=b\nAPP_PYTHON={python}\n")
+    script = tmp_path / "shortener-backup"
+    script.write_text(files[BACKUP_SCRIPT]["content"].replace(
+        "/usr/local/lib/shortener-app-env", str(settings)))
+    return script
+
+
+def test_one_hourly_snapshot_is_taken_however_many_instances_run_the_cron(
+        tmp_path: Path) -> None:
+    script = hourly_backup(tmp_path)
+    first = subprocess.Popen(["bash", str(script)], env={"HOLD": "1", "PATH": "/usr/bin:/bin"},
+                             stdout=subprocess.PIPE, text=True)  # nosec B603 B607
+    time.sleep(0.3)  # the first instance holds the lock while it takes the snapshot
+    during = subprocess.run(["bash", str(script)], capture_output=True, text=True,  # nosec
+                            check=True)
+    assert first.communicate(timeout=30)[0].rstrip().endswith(
+        "INFO backup: snapshot s3://b/shortener/20261127T051700000000Z")
+    after = subprocess.run(["bash", str(script)], capture_output=True, text=True,  # nosec
+                           check=True)
+    for run in (during.stdout, after.stdout):
+        assert "another instance takes or took this hour's snapshot" in run
+    assert (tmp_path / "taken").read_text() == "snapshot\n"
+    deploy = subprocess.run(["bash", str(script), "pre-deploy/v2"], capture_output=True,  # nosec
+                            text=True, check=True)
+    assert "snapshot s3://b/shortener/pre-deploy/v2/" in deploy.stdout
 
 
 def test_the_documented_version_lifecycle_policy_is_valid_and_prunes_before_the_quota() -> None:

@@ -7,7 +7,7 @@ import pytest
 from flask import Flask
 from werkzeug.test import EnvironBuilder, run_wsgi_app
 
-from application import FastRedirects
+from application import FastRedirects, create_app
 
 Answer = tuple[str, list[tuple[str, str]], bytes]
 
@@ -37,6 +37,13 @@ def links(app: Flask) -> Flask:
                       ("query", "https://example.com/a?b=c&d=%20e#frag"),
                       ("encoded", "https://example.com/%7Euser/<x>\"'")]:
         assert client.post("/api/links", json={"url": url, "code": code}).status_code == 201
+    options: list[tuple[str, dict[str, object]]] = [
+        ("expiring", {"expires_at": "2999-01-01T00:00:00Z"}), ("limited", {"max_visits": 9}),
+        ("protected", {"password": "12345678"}), ("disabled", {})]
+    for code, option in options:
+        assert client.post("/api/links", json={"url": "https://example.com/", "code": code,
+                                               **option}).status_code == 201
+    app.extensions["link_store"].disable("disabled", "spam", by="test")
     return app
 
 
@@ -51,7 +58,22 @@ def test_a_fast_redirect_is_flask_s_redirect_byte_for_byte(links: Flask, path: s
     assert ours == answer(flask_only, path, base_url=f"{scheme}://localhost")
 
 
+@pytest.mark.parametrize("visits", ["on", "off"])
+@pytest.mark.parametrize("status", ["301", "307", "308"])
+def test_a_fast_redirect_follows_redirect_status_byte_for_byte(tmp_path: Path, status: str,
+                                                               visits: str) -> None:
+    app = create_app({"DATA_DIR": tmp_path, "SECRET_KEY": "x", "CREATE_RATE_LIMIT": "off",
+                      "REDIRECT_STATUS": status, "VISITS": visits})
+    app.test_client().post("/api/links", json={"url": "https://example.com/", "code": "p"})
+    ours = answer(fast_path(app), "/p")
+    bound = "no-store" if visits == "on" else "max-age=60" if status in ("301", "308") else (
+        "s-maxage=60")  # a counted redirect must reach the app every time
+    assert ours[0].startswith(status) and ("Cache-Control", bound) in ours[1]
+    assert ours == answer(fast_path(app).app, "/p")
+
+
 @pytest.mark.parametrize("path, method", [
+    ("/expiring", "GET"), ("/limited", "GET"), ("/protected", "GET"), ("/disabled", "GET"),
     ("/file", "GET"), ("/unknown", "GET"), ("/plain", "HEAD"), ("/plain", "POST"),
     ("/api", "GET"), ("/API", "GET"), ("/healthz", "GET"), ("/plain/x", "GET"),
 ])

@@ -23,7 +23,7 @@ from hypothesis import strategies as st
 from werkzeug.test import TestResponse
 
 from application import checked_url, create_app
-from linkstore.jsonfile import shape_problem
+from linkstore.jsonfile import shape_problem, states_problem
 from tests.helpers import csrf_token
 
 # FUZZ_EXAMPLES=2000 for a deeper run than make test's bounded one.
@@ -54,6 +54,16 @@ json_values = st.recursive(
 link_bodies = st.builds(lambda url, code, extra: {"url": url, "code": code, **extra},
                         urls, codes, st.dictionaries(st.text(max_size=5), json_values,
                                                      max_size=2))
+expiries = st.one_of(st.datetimes(timezones=st.timezones()).map(lambda when: when.isoformat()),
+                     st.datetimes().map(lambda when: when.isoformat()), any_text,
+                     st.sampled_from(["2999-01-01T00:00:00Z", "2999-01-01T00:00",
+                                      "9999-12-31T23:59:59-23:59", "0001-01-01T00:00:00+14:00",
+                                      "2999-02-30T00:00Z"]))
+option_values = st.fixed_dictionaries({}, optional={
+    "expires_at": st.one_of(expiries, json_values),
+    "max_visits": st.one_of(st.integers(-2, 2**64), st.sampled_from(["1", "07", "١", "1e3"]),
+                            json_values),
+    "password": st.one_of(st.text(max_size=300), json_values)})
 raw_bytes = st.binary(max_size=300)
 
 
@@ -73,7 +83,8 @@ def assert_sane(response: TestResponse) -> None:
 
 
 def assert_store_valid(app: Flask) -> None:
-    """Every record on disk is one the app could have made: shaped, checked, dated."""
+    """Every record on disk is one the app could have made: shaped, checked, dated, with
+    lifecycle fields in the form the app writes them."""
     path = Path(app.config["URLS_FILE"])
     if not path.exists():
         return
@@ -84,6 +95,17 @@ def assert_store_valid(app: Flask) -> None:
         assert "created_at" in record
         if "url" in record:
             assert checked_url(record["url"]) == record["url"]
+        assert re.fullmatch(r"[0-9a-f]{64}", record["manage_hash"])
+        assert re.fullmatch(r"[1-9][0-9]{0,9}", record.get("max_visits", "1"))
+        if "password_hash" in record:
+            assert re.fullmatch(r"scrypt\$16384\$8\$1\$[A-Za-z0-9+/=]{24}\$[A-Za-z0-9+/=]{44}",
+                                record["password_hash"])
+        if "expires_at" in record:
+            assert re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\+00:00",
+                                record["expires_at"])
+    state_file = path.with_name(path.name + ".state")
+    if state_file.exists():
+        assert states_problem(json.loads(state_file.read_text(encoding="utf-8"))) is None
 
 
 def assert_redirects_to_itself(client: FlaskClient, code: str, url: str) -> None:
@@ -132,6 +154,42 @@ def test_api_link_bodies_never_fail_and_store_only_what_redirects(
 
 
 @FUZZ
+@given(options=option_values)
+def test_api_lifecycle_options_never_fail_and_store_only_what_was_checked(
+        app: Flask, client: FlaskClient, options: dict[str, Any]) -> None:
+    response = client.post("/api/links", json={"url": "https://example.com/", **options})
+    assert_sane(response)
+    if response.status_code == 400:
+        assert response.get_json()["field"] in ("expires_at", "max_visits", "password")
+    if response.status_code == 201:
+        created = response.get_json()
+        assert created["max_visits"] == options.get("max_visits") or int(
+            options["max_visits"]) == created["max_visits"]
+        assert created["protected"] == bool(options.get("password"))
+        assert "password" not in response.get_data(as_text=True).replace('"protected"', "")
+    assert_store_valid(app)
+
+
+@FUZZ
+@given(code=st.one_of(codes.map(lambda code: code or "x"), st.text(max_size=80)),
+       token=any_text, password=any_text)
+def test_password_and_delete_routes_never_fail_whatever_is_sent(
+        app: Flask, client: FlaskClient, code: str, token: str, password: str) -> None:
+    if client.get("/api/links/locked").status_code == 404:
+        client.post("/api/links", json={"url": "https://example.com/", "code": "locked",
+                                        "password": "open sesame"})
+    for target in (code, "locked"):
+        quoted = quote(target, safe="")
+        assert_sane(client.post(f"/{quoted}/password", data={
+            "csrf_token": csrf_token(client), "password": password}))
+        assert_sane(client.get(f"/manage/{quoted}/{quote(token, safe='')}"))
+        headers = {"X-Manage-Token": token} if token.isascii() and token.isprintable() else {}
+        assert_sane(client.delete(f"/api/links/{quoted}", headers=headers))
+    assert client.get("/locked").status_code == 200, "a guessed token deleted the link"
+    assert_store_valid(app)
+
+
+@FUZZ
 @given(value=json_values)
 def test_api_any_json_value_is_answered_without_5xx(app: Flask, client: FlaskClient,
                                                     value: object) -> None:
@@ -160,6 +218,27 @@ def test_api_pathological_json_is_a_400(client: FlaskClient, body: bytes) -> Non
 
 
 # --- The form --------------------------------------------------------------------------
+
+@FUZZ
+@given(expires_at=st.one_of(expiries.map(str.encode), raw_bytes),
+       utc_offset=st.one_of(st.integers(-2000, 2000).map(lambda n: str(n).encode()), raw_bytes),
+       max_visits=st.one_of(st.integers(-5, 10**12).map(lambda n: str(n).encode()), raw_bytes),
+       password=st.one_of(st.text(max_size=300).map(str.encode), raw_bytes))
+def test_form_more_options_of_any_bytes_never_fail(
+        app: Flask, client: FlaskClient, expires_at: bytes, utc_offset: bytes,
+        max_visits: bytes, password: bytes) -> None:
+    body = multipart([("csrf_token", None, csrf_token(client).encode()),
+                      ("url", None, b"https://example.com/"), ("expires_at", None, expires_at),
+                      ("utc_offset", None, utc_offset), ("max_visits", None, max_visits),
+                      ("password", None, password)])
+    response = post_multipart(client, body)
+    assert_sane(response)
+    if response.status_code != 200:  # the form again: the password field is never filled in
+        [field] = re.findall(r'<input type="password" id="url-password"[^>]*>',
+                             response.get_data(as_text=True))
+        assert "value=" not in field
+    assert_store_valid(app)
+
 
 @FUZZ
 @given(url=st.one_of(urls.map(str.encode), raw_bytes), code=st.one_of(codes.map(
@@ -236,7 +315,8 @@ def test_abusive_paths_reveal_nothing(client: FlaskClient, path: str) -> None:
 @pytest.mark.parametrize("method, path", [
     ("PUT", "/"), ("DELETE", "/"), ("PATCH", "/abc"), ("DELETE", "/abc"),
     ("PUT", "/api/links"), ("DELETE", "/api/links"), ("GET", "/api/links"),
-    ("POST", "/api/links/abc"), ("DELETE", "/api/links/abc"), ("POST", "/healthz"),
+    ("POST", "/api/links/abc"), ("PUT", "/api/links/abc"), ("POST", "/healthz"),
+    ("GET", "/abc/password"), ("DELETE", "/manage/abc/token"),
     ("PUT", "/your-url"), ("POST", "/abc"), ("TRACE", "/"), ("PROPFIND", "/")])
 def test_methods_other_than_the_allowed_ones_are_405(client: FlaskClient, method: str,
                                                      path: str) -> None:

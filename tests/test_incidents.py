@@ -8,6 +8,7 @@ import subprocess
 import sys
 from dataclasses import asdict
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -124,6 +125,56 @@ def test_a_draft_from_a_release_report_is_valid_and_indexed(tmp_path: Path) -> N
     assert "| smoke | FAILED | 1.5 |" in draft.body
     assert incident.schema_problems(draft) == []
     assert incident.check(tmp_path, collect=False) == []  # index refreshed, drafts may TODO
+
+
+def report_ending(outcome: str) -> dict[str, Any]:
+    """A report as ops.release writes one for each way a release can end."""
+    steps = [Step("wait-ready", True, 2.0, "Ready on 9f8e7d6"),
+             Step("canary", outcome in ("deployed", ""), 30.0, "canary watched")]
+    report = Report(environment="shortener-prod", version="a1b2c3d",
+                    last_good_version="9f8e7d6", started_at="2026-11-27T05:12:00+00:00",
+                    finished_at="" if outcome == "" else "2026-11-27T05:19:30+00:00",
+                    outcome=outcome, steps=steps, backup="s3://b/shortener/pre-deploy/x/1")
+    if outcome in ("rolled_back", "rollback_failed", "interfered"):
+        report.failed_step, report.error = "canary", "a1b2c3d failed 3 of the 40 requests"
+        report.rollback = {"version": "9f8e7d6", "ok": outcome == "rolled_back",
+                           "seconds": 12.0, **({} if outcome == "rolled_back" else
+                                               {"error": "rollback:wait-ready: not ours"})}
+    if outcome == "refused":
+        report.failed_step, report.error = "health-before", "production is Red/Severe"
+    return asdict(report)
+
+
+# outcome: the draft's severity and what its title and resolution say
+DRAFTS = {
+    "rolled_back": ("SEV2", "rolled back at canary", "rolled shortener-prod back to 9f8e7d6"),
+    "rollback_failed": ("SEV1", "rollback failed at canary", "rollback to 9f8e7d6 FAILED"),
+    "refused": ("SEV3", "refused at health-before", "refused to deploy"),
+    "interfered": ("SEV2", "stopped by someone else's deploy at canary",
+                   "another deploy changed shortener-prod"),
+    "": ("SEV2", "did not finish (stopped after canary)", "never finished"),
+}
+
+
+@pytest.mark.parametrize("outcome", list(DRAFTS))
+def test_a_draft_tells_each_way_a_release_can_end_as_it_was(outcome: str) -> None:
+    header, _ = incident.parse(incident.draft_from_report(
+        report_ending(outcome), "INC-0002", "report.json"), "draft")
+    severity, title, resolution = DRAFTS[outcome]
+    assert header["severity"] == severity
+    assert header["title"] == f"Release a1b2c3d to shortener-prod: {title}"
+    assert resolution in header["resolution"]
+    assert outcome == "refused" or "refused" not in header["resolution"]
+    record = incident.Incident(Path("INC-0002-draft.md"), header, "")
+    assert incident.schema_problems(record) == []
+
+
+def test_every_outcome_ops_release_writes_has_its_draft_or_is_no_incident() -> None:
+    from ops.release import EXIT_CODES
+
+    assert set(EXIT_CODES) - {"deployed"} | {""} == set(DRAFTS) == set(incident.SEVERITY)
+    with pytest.raises(ValueError, match="no incident to draft"):
+        incident.draft_from_report(report_ending("deployed"), "INC-0002", "report.json")
 
 
 def test_the_command_line_check_passes_on_the_repository() -> None:

@@ -9,7 +9,7 @@ import textwrap
 import uuid
 from pathlib import Path
 
-from ops.processes import spawn, stop
+from ops.processes import process_table, spawn, stop
 from tests.leakcheck import left_running, running
 from tests.servers import REPO
 
@@ -73,7 +73,7 @@ def test_a_daemon_that_double_forked_away_is_still_traced_to_the_run(tmp_path: P
 def test_a_run_that_stops_what_it_starts_passes(tmp_path: Path) -> None:
     done = run_pytest(tmp_path, f"""
         import sys
-        from ops.processes import spawn, stop
+        from ops.processes import process_table, spawn, stop
 
         def test_stops_its_server():
             server = spawn([sys.executable, "-c", {SLEEPER!r}])
@@ -104,5 +104,49 @@ def test_a_new_process_working_in_the_runs_directory_counts_as_the_runs(
         found = left_running(before, no_ancestor, [tmp_path])
         assert [(leftover.pid, leftover.descends) for leftover in found] == [(stray.pid, False)]
         assert left_running(before, no_ancestor, [tmp_path / "elsewhere"]) == []
+    finally:
+        stop(stray)
+
+
+# A developer's shell, running before the suite, that starts a process in the checkout
+# while the suite runs (say `make run` typed in another terminal), and keeps it.
+DEVELOPER = """
+import subprocess, sys, time
+time.sleep(1)
+subprocess.Popen([sys.executable, "-c", "import time; time.sleep(300)", sys.argv[1]])
+time.sleep(300)
+"""
+
+
+def test_what_a_developers_older_shell_starts_in_the_checkout_during_the_run_is_theirs(
+        tmp_path: Path) -> None:
+    marker = f"developer-{uuid.uuid4().hex}"
+    shell = spawn([sys.executable, "-c", DEVELOPER, marker], cwd=REPO)
+    try:
+        done = run_pytest(tmp_path, "import time\ndef test_slow():\n    time.sleep(3)\n")
+        assert len(processes_with(marker)) == 2, "the developer's process never started"
+        assert done.returncode == 0, done.stdout + done.stderr
+    finally:
+        stop(shell)
+
+
+def test_a_new_process_in_the_checkout_that_nothing_older_started_counts_as_the_runs(
+        tmp_path: Path) -> None:
+    """As for an escaped process adopted by init: no process that ran before the run is
+    among its ancestors. Here the snapshot is taken as if this test process and all its
+    ancestors had started after it, and the stray descends from no root."""
+    table = process_table()
+    ancestors, pid = set(), os.getpid()
+    while pid in table and pid > 1:
+        ancestors.add((pid, table[pid].started))
+        pid = table[pid].ppid
+    before = running() - ancestors
+    stray = spawn([sys.executable, "-c", SLEEPER], cwd=REPO)
+    try:
+        no_ancestor = -1
+        found = left_running(before, no_ancestor, [], checkout=REPO)
+        assert (stray.pid, False) in [(leftover.pid, leftover.descends) for leftover in found]
+        elsewhere = left_running(before, no_ancestor, [], checkout=tmp_path)
+        assert stray.pid not in [leftover.pid for leftover in elsewhere]
     finally:
         stop(stray)

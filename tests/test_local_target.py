@@ -25,11 +25,11 @@ from typing import Any
 import pytest
 import requests
 
-from ops.local import (CanaryMetrics, Deployment, LocalTarget, Policy, Request, State,
-                       nginx_binary, parse_request, read_requests, web_command)
+from ops.local import (LocalTarget, Policy, Request, State, nginx_binary, parse_request,
+                       read_requests, web_command)
 from ops.processes import group_members, spawn, stop
-from ops.rehearse import BREAK_CREATES, CASES, append, committed_tree, slow_down
-from ops.targets import TargetError
+from ops.rehearse import CASES, append, break_creates, committed_tree, slow_down
+from ops.targets import CanaryMetrics, Deployment, TargetError
 from tests.servers import REPO, free_port
 
 FAST = Policy(new_version_percent=25, evaluation_time=3, health_check_interval=0.2,
@@ -63,7 +63,7 @@ CHANGES: dict[str, Callable[[Path], None]] = {
     "good": lambda tree: None,
     "does-not-start": CASES["A"].mutate,
     "json-loads": CASES["B"].mutate,
-    "form-500": lambda tree: append(tree, BREAK_CREATES.replace(">= 5", ">= 0")),
+    "form-500": lambda tree: append(tree, break_creates(spare_probes=False)),
     "health-fails-later": lambda tree: append(tree, HEALTH_FAILS_LATER),
     "slow": lambda tree: append(tree, slow_down(0.3, prefix="/followed")),
     "slow-links": lambda tree: append(tree, slow_down(1.0, prefix="/slow")),

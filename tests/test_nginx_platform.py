@@ -19,6 +19,7 @@ from __future__ import annotations
 import contextlib
 import os
 import shutil
+import socket
 import subprocess  # nosec B404 - runs the real nginx
 import time
 from collections.abc import Iterator
@@ -37,6 +38,8 @@ HOOK = PLATFORM / "hooks" / "prebuild" / "00_nginx_cache_dir.sh"
 
 # The Elastic Beanstalk AL2023 nginx.conf, with this machine's differences marked: the
 # port (80 there), the worker user (nginx there), and paths under the temporary prefix.
+# It sets no server_tokens (pages from instances show nginx/1.x): the project's
+# conf.d/server_tokens.conf does, and a second one in the same block would be refused.
 NGINX_CONF = """\
 user                    nobody nogroup;
 error_log               {root}/var/log/nginx/error.log warn;
@@ -49,7 +52,6 @@ events {{
 }}
 
 http {{
-    server_tokens off;
     include       mime.types;
     default_type  application/octet-stream;
 
@@ -214,3 +216,15 @@ def test_a_redirect_is_served_and_cached_per_scheme_the_load_balancer_reports(
     assert plain.headers["X-Cache"] == "MISS", "an http visitor got the https entry"
     assert "Strict-Transport-Security" not in plain.headers
     assert follow("http").headers["X-Cache"] == "HIT"
+
+
+def test_neither_responses_nor_nginx_error_pages_name_the_nginx_version(
+        platform_nginx: tuple[str, GunicornServer]) -> None:
+    url, _ = platform_nginx
+    assert requests.get(f"{url}/healthz", timeout=5).headers["Server"] == "nginx"
+    port = int(url.rsplit(":", 1)[1])
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as sock:
+        sock.sendall(b"NOT A REQUEST\r\n\r\n")  # nginx answers this one itself
+        answer = sock.recv(65536).decode("latin-1")
+    assert answer.startswith("HTTP/1.1 400")
+    assert "\r\nServer: nginx\r\n" in answer and "nginx/" not in answer

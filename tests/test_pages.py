@@ -13,7 +13,7 @@ import pytest
 from flask.testing import FlaskClient
 from werkzeug.test import TestResponse
 
-from tests.helpers import PostForm
+from tests.helpers import PostForm, csrf_token
 from tests.servers import REPO
 
 Attrs = dict[str, str | None]
@@ -65,12 +65,26 @@ class Page(HTMLParser):
 def pages(client: FlaskClient, post_form: PostForm) -> dict[str, TestResponse]:
     """The app's pages in every state a person sees."""
     post_form(url="https://example.com/listed", code="listed")
+    post_form(url="https://example.com/locked", code="locked", password="open sesame")
+    post_form(url="https://example.com/gone", code="gone", max_visits="1")
+    client.get("/gone")
+    result = post_form(url="https://example.com/result", code="result", max_visits="3",
+                       expires_at="2999-01-01T00:00", password="open sesame")
+    [manage_path] = re.findall(r'value="http://localhost(/manage/result/[^"]+)"', result.text)
     return {
         "home": client.get("/"),
         "home with a URL error": post_form(url="javascript:alert(1)", code="kept"),
         "home with a name error": post_form(url="https://example.com/", code="listed"),
         "home with a file error": post_form(file=(b"", ""), code="no-file"),
-        "result": post_form(url="https://example.com/result", code="result"),
+        "home with an expiry error": post_form(url="https://example.com/",
+                                               expires_at="2001-01-01T00:00"),
+        "home with a password error": post_form(url="https://example.com/", password="short"),
+        "result": result,
+        "password": client.get("/locked"),
+        "wrong password": client.post("/locked/password", data={
+            "csrf_token": csrf_token(client), "password": "not it at all"}),
+        "410": client.get("/gone"),
+        "manage": client.get(manage_path),
         "404": client.get("/no-such-link"),
         "405": client.delete("/"),
     }
@@ -93,7 +107,8 @@ def test_every_page_has_a_strict_content_security_policy(
         assert directives.get("frame-ancestors") == "'none'", name
         assert directives.get("object-src") == "'none'", name
         assert response.headers["X-Frame-Options"] == "DENY", name
-        assert response.headers["Referrer-Policy"] == "strict-origin-when-cross-origin", name
+        expected = "no-referrer" if name == "manage" else "strict-origin-when-cross-origin"
+        assert response.headers["Referrer-Policy"] == expected, name  # manage: URL has a secret
         assert response.headers["X-Content-Type-Options"] == "nosniff", name
 
 
@@ -176,6 +191,9 @@ def test_the_forms_keep_their_field_names_ids_and_csrf_inputs(
     ("home with a URL error", "url", "Only http:// and https://"),
     ("home with a name error", "url-code", "is already taken"),
     ("home with a file error", "file", "Choose a file"),
+    ("home with an expiry error", "url-expires", "is in the past"),
+    ("home with a password error", "url-password", "8 to 256 characters"),
+    ("wrong password", "password", "That password is not right"),
 ])
 def test_an_error_sits_in_its_fields_group_and_the_field_gets_the_focus(
         every_page: dict[str, TestResponse], state: str, field_id: str, message: str) -> None:

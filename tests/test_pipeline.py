@@ -119,10 +119,17 @@ def test_every_release_needs_ci_on_the_same_commit() -> None:
     assert "always()" not in production["if"]
 
 
-def test_production_releases_take_a_snapshot_first() -> None:
+def test_every_release_takes_a_snapshot_first() -> None:
+    """The way back from a release that wrote data the old version cannot read."""
     for name, job in release_callers().items():
-        if job["with"]["environment"] == "production":
-            assert "--backup" in job["with"]["flags"], name
+        assert "--backup" in job["with"]["flags"], name
+
+
+def test_staging_runs_the_full_synthetic_check_before_production_is_touched() -> None:
+    jobs = workflow("deploy.yml")["jobs"]
+    assert "--full-smoke" in jobs["staging"]["with"]["flags"].split()
+    assert "staging" in ancestors(jobs, "production")
+    assert "needs.staging.result == 'success'" in jobs["production"]["if"]
 
 
 def test_fix_forward_is_manual_gated_by_production_and_tested_unless_it_redeploys() -> None:

@@ -34,8 +34,9 @@ from botocore.stub import ANY, Stubber
 from ops import ebsettings, release as release_module
 from ops.release import (EXIT_DEPLOYED, EXIT_INTERFERED, EXIT_REFUSED, EXIT_ROLLBACK_FAILED,
                          EXIT_ROLLED_BACK, Options, execute, interrupted_alert)
-from ops.targets import VERIFIED_TAG, EBTarget
-from tests.awsebcli import EB_PYTHON, EBCLI, deploy_existing, deploy_new
+from ops.targets import (BACKUP_SCRIPT, RECOVER_SCRIPT, SMOKE_SCRIPT, VERIFIED_TAG, BasicTarget,
+                         EBTarget, EnvState, TargetError)
+from tests.awsebcli import EB_PYTHON, EBCLI, deploy_existing, deploy_started
 from tests.servers import GunicornServer
 
 REPO = Path(__file__).resolve().parent.parent
@@ -79,6 +80,18 @@ def broken_create_server(efs: Path) -> Iterator[GunicornServer]:
         yield srv
 
 
+@pytest.fixture(scope="module")
+def unreadable_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[GunicornServer]:
+    """The old version on a store a newer version rewrote in a shape it cannot read (a
+    created_at that is a number): its /healthz answers 503 and names the store."""
+    data = tmp_path_factory.mktemp("rewritten") / "data"
+    data.mkdir()
+    (data / "urls.json").write_text(json.dumps(
+        {"abc": {"url": "https://example.com/", "created_at": 1795000000}}))
+    with GunicornServer(data, workers=1, env={"APP_VERSION": OLD}) as srv:
+        yield srv
+
+
 # --- the stubbed API, in the order ops.release calls it -------------------------------
 
 
@@ -94,6 +107,30 @@ def bundle(configs: dict[str, str]) -> bytes:
 
 REPO_CONFIGS = ebsettings.read_configs(REPO / ".ebextensions")
 DECLARED = ebsettings.option_settings(REPO_CONFIGS)
+INSTANCE_ATTRIBUTES = ["HealthStatus", "Causes", "ApplicationMetrics", "Deployment"]
+OLD_ID, CANARY_ID = "i-0aaaaaaaaaaaaaaa1", "i-0bbbbbbbbbbbbbbb2"
+
+
+def instance(instance_id: str, label: str, health: str = "Ok", requests: int = 0,
+             errors: int = 0, p99: float = 0.040, causes: tuple[str, ...] = ()
+             ) -> dict[str, Any]:
+    """One instance as DescribeInstancesHealth reports it: the version it runs, its
+    health, and what it served in the last 10 s (counts; latency in seconds)."""
+    return {"InstanceId": instance_id, "HealthStatus": health, "Causes": list(causes),
+            "Deployment": {"VersionLabel": label, "DeploymentId": 7, "Status": "Deployed"},
+            "ApplicationMetrics": {
+                "Duration": 10, "RequestCount": requests,
+                "StatusCodes": {"Status2xx": requests - errors, "Status3xx": 0,
+                                "Status4xx": 0, "Status5xx": errors},
+                "Latency": {"P99": p99, "P50": p99 / 4}}}
+
+
+def baseline(**figures: Any) -> dict[str, Any]:
+    return instance(OLD_ID, OLD, **figures)
+
+
+def canary(**figures: Any) -> dict[str, Any]:
+    return instance(CANARY_ID, NEW, **figures)
 
 
 class AWS:
@@ -225,17 +262,89 @@ class AWS:
         self.requests(errors, 400)
         self.requests(*second)
 
-    def rolled_back_to_old(self, server: GunicornServer, failed_on: str = NEW,
-                           new_exists: bool = True) -> None:
-        """abort-update (nothing to abort), unverify NEW, wait-ready, rollback:deploy
-        (the environment is already back on OLD: Immutable reverted it), verify OLD."""
-        self.env("Ready", failed_on, server)
+    # --- the deployment, as Elastic Beanstalk reports it while it runs ------------------
+
+    def started(self, eb: EBCLI, server: GunicornServer, running: str | None = OLD,
+                exists: bool = False) -> None:
+        """deploy: the version running now (the baseline), then `eb deploy --nohang`."""
+        self.env("Ready", running, server)
+        eb.queue(deploy_started(ENV, running or OLD, NEW, new=not exists))
+
+    def instances(self, *instances: dict[str, Any]) -> None:
+        self.eb_stub.add_response(
+            "describe_instances_health", {"InstanceHealthList": list(instances)},
+            {"EnvironmentName": ENV, "AttributeNames": INSTANCE_ATTRIBUTES})
+
+    def samples(self, server: GunicornServer, *samples: list[dict[str, Any]]) -> None:
+        """One watch sample each: the environment Updating, and its instances."""
+        for instances in samples:
+            self.env("Updating", OLD, server)
+            self.instances(*instances)
+
+    def canary_smoke(self, status: str = "Success",
+                     output: str = "full smoke test passed against http://127.0.0.1 in 1.2 s"
+                     ) -> None:
+        """SSM Run Command: python -m ops.smoke --full on the canary instance."""
+        invocation = {"CommandId": COMMAND_ID, "InstanceId": CANARY_ID}
+        self.ssm_stub.add_response("send_command", {"Command": {"CommandId": COMMAND_ID}}, {
+            "InstanceIds": [CANARY_ID], "DocumentName": "AWS-RunShellScript",
+            "Comment": f"smoke test of {NEW}", "TimeoutSeconds": 230,
+            "Parameters": {"commands": [f"{SMOKE_SCRIPT} 10"]}})
+        self.ssm_stub.add_response("get_command_invocation", {
+            "Status": status, "StandardOutputContent": output + "\n",
+            "StandardErrorContent": ""}, invocation)
+
+    def deployed(self, eb: EBCLI, old: GunicornServer, new: GunicornServer,
+                 exists: bool = False) -> None:
+        """A deployment Elastic Beanstalk completes: launching, a canary that serves as
+        well as the baseline (its smoke test passes), then Ready on NEW."""
+        self.started(eb, old, exists=exists)
+        self.samples(old, [baseline(), canary(health="Pending")],
+                     [baseline(requests=90), canary(requests=10)])
+        self.canary_smoke()
+        self.env("Ready", NEW, new)
+
+    def back_on_old(self, server: GunicornServer, new_exists: bool = True) -> None:
+        """After the deployment ended with traffic on OLD: NEW loses its tag,
+        rollback:wait-ready, rollback:deploy (nothing: OLD serves), rollback:data (OLD
+        reads the store), and OLD is verified."""
         self.version(NEW, new_exists)
         if new_exists:
             self.eb_stub.add_response("update_tags_for_resource", {},
                                       {"ResourceArn": ARN + NEW, "TagsToRemove": [VERIFIED_TAG]})
-        self.env("Ready", failed_on, server)
-        self.env("Ready", failed_on, server)
+        self.env("Ready", OLD, server)
+        self.env("Ready", OLD, server)
+        self.env("Ready", OLD, server)
+        self.verified(OLD, server)
+
+    def aborted(self, server: GunicornServer) -> None:
+        """abort: the deployment still runs, AbortEnvironmentUpdate, then Elastic
+        Beanstalk has moved traffic back and is Ready on OLD."""
+        self.samples(server, [baseline(), canary(health="Severe")])
+        self.eb_stub.add_response("abort_environment_update", {}, {"EnvironmentName": ENV})
+        self.env("Ready", OLD, server)
+
+    def run_command(self, command: str, comment: str, timeout: int, output: str) -> None:
+        """SSM Run Command on the environment's first instance, which succeeds after it
+        was not registered yet, then in progress."""
+        self.eb_stub.add_response("describe_environment_resources", {"EnvironmentResources": {
+            "EnvironmentName": ENV, "Instances": [{"Id": OLD_ID}]}}, {"EnvironmentName": ENV})
+        self.ssm_stub.add_response("send_command", {"Command": {"CommandId": COMMAND_ID}}, {
+            "InstanceIds": [OLD_ID], "DocumentName": "AWS-RunShellScript", "Comment": comment,
+            "TimeoutSeconds": timeout, "Parameters": {"commands": [command]}})
+        invocation = {"CommandId": COMMAND_ID, "InstanceId": OLD_ID}
+        self.ssm_stub.add_client_error("get_command_invocation", "InvocationDoesNotExist", "",
+                                       400, expected_params=invocation)
+        self.ssm_stub.add_response("get_command_invocation", {"Status": "InProgress"},
+                                   invocation)
+        self.ssm_stub.add_response("get_command_invocation", {
+            "Status": "Success", "StandardErrorContent": "",
+            "StandardOutputContent": output + "\n"}, invocation)
+
+    def snapshot_taken(self, snapshot: str) -> None:
+        """backup: python -m ops.backup on an instance, which names the snapshot."""
+        self.run_command(f"{BACKUP_SCRIPT} pre-deploy/{NEW}", f"pre-deploy snapshot for {NEW}",
+                         600, f"2026-11-27 05:00:00,000 INFO backup: snapshot {snapshot}")
 
     def redeployed_last_good(self, eb: EBCLI, server: GunicornServer,
                              outcome: str = "ok") -> None:
@@ -247,6 +356,7 @@ class AWS:
         self.env("Ready", NEW, server)
         eb.queue(deploy_existing(ENV, NEW, outcome))
         if outcome == "ok":
+            self.env("Ready", OLD, server)   # rollback:data
             self.verified(OLD, server)
 
     def done(self) -> None:
@@ -301,8 +411,8 @@ def eb(tmp_path: Path) -> EBCLI:
 def release(aws: AWS, eb: EBCLI, tmp_path: Path, label: str = NEW,
             **opts: Any) -> tuple[int, dict[str, Any]]:
     settings: dict[str, Any] = dict(ready_timeout=30, deploy_timeout=30, verify_timeout=30,
-                                    watch=0.02, watch_interval=0.01, poll_interval=0,
-                                    min_requests=20)
+                                    watch=0.02, watch_interval=0.01, canary_interval=0.01,
+                                    poll_interval=0, min_requests=20)
     target = aws.target()
     target.eb_command = str(eb.command)
     code = execute(target, label, Options(**{**settings, **opts}), tmp_path / "report.json")
@@ -311,7 +421,13 @@ def release(aws: AWS, eb: EBCLI, tmp_path: Path, label: str = NEW,
 
 
 def deploy_args(flag: str, label: str) -> list[str]:
+    """`eb deploy`, waited for (the rollback's redeploy)."""
     return ["deploy", ENV, flag, label, "--timeout", "1"]
+
+
+def started_args(flag: str = "--label", label: str = NEW) -> list[str]:
+    """`eb deploy --nohang`: a deployment ops.release then watches."""
+    return ["deploy", ENV, flag, label, "--nohang"]
 
 
 def names(report: dict[str, Any]) -> list[str]:
@@ -330,7 +446,7 @@ def test_a_good_version_is_deployed_verified_tagged_and_reported(
         aws: AWS, eb: EBCLI, tmp_path: Path, old_server: GunicornServer,
         new_server: GunicornServer, alerts: AlertSink) -> None:
     aws.prepare(old_server)
-    eb.queue(deploy_new(ENV, OLD, NEW))
+    aws.deployed(eb, old_server, new_server)
     aws.verified(NEW, new_server, second=(1, 400))
     aws.tag(NEW, verified=True)
 
@@ -339,29 +455,132 @@ def test_a_good_version_is_deployed_verified_tagged_and_reported(
     assert code == EXIT_DEPLOYED
     assert report["outcome"] == "deployed" and report["rollback"] is None
     assert report["last_good_version"] == OLD and report["last_good_verified"] is True
-    assert eb.argvs == [deploy_args("--label", NEW)]
-    assert names(report) == PREPARE + ["deploy", *VERIFY, "mark-verified"]
+    assert eb.argvs == [started_args()]
+    assert names(report) == PREPARE + ["deploy", "canary", *VERIFY, "mark-verified"]
+    assert report["canary"]["samples"] == 2 and report["canary"]["requests"] == 10
+    assert report["canary"]["smoke"] == f"{CANARY_ID}: full smoke test passed against " \
+                                        "http://127.0.0.1 in 1.2 s"
     assert report["watch"] == {"requests": 400, "errors": 1, "judged_on": "counted responses"}
     assert all(s["ok"] and s["seconds"] >= 0 for s in report["steps"])
     assert alerts.payloads == []
     aws.done()
 
 
-def test_a_failed_eb_deploy_is_rolled_back_to_the_last_verified_version(
+def test_a_canary_whose_5xx_rate_is_over_the_limit_is_aborted_not_redeployed(
         aws: AWS, eb: EBCLI, tmp_path: Path, old_server: GunicornServer,
         alerts: AlertSink) -> None:
+    """Class C: traffic goes back by AbortEnvironmentUpdate; nothing is deployed again."""
     aws.prepare(old_server)
-    eb.queue(deploy_new(ENV, OLD, NEW, outcome="fail"))
-    aws.rolled_back_to_old(old_server, failed_on=OLD)
-    aws.verified(OLD, old_server)
+    aws.started(eb, old_server)
+    aws.samples(old_server, [baseline(requests=180), canary(requests=12, errors=0)],
+                [baseline(requests=180), canary(requests=12, errors=3)])
+    aws.canary_smoke()
+    aws.aborted(old_server)
+    aws.back_on_old(old_server)
+
+    code, report = release(aws, eb, tmp_path)
+
+    assert code == EXIT_ROLLED_BACK and report["failed_step"] == "canary"
+    assert f"{NEW} failed 3 of the 24 requests it answered (12.5% 5xx" in report["error"]
+    abort = next(step for step in report["steps"] if step["name"] == "abort")
+    assert abort["ok"] and abort["detail"].startswith("aborted after ")
+    assert f"traffic is back on {OLD}" in abort["detail"]
+    assert eb.argvs == [started_args()]
+    assert report["rollback"]["ok"] is True
+    assert "rolled back" in alerts.payloads[0]["text"]
+    aws.done()
+
+
+def test_a_canary_slower_than_the_baseline_in_two_samples_in_a_row_is_aborted(
+        aws: AWS, eb: EBCLI, tmp_path: Path, old_server: GunicornServer) -> None:
+    """Class D: no error at all, only latency; one slow sample is not enough."""
+    aws.prepare(old_server)
+    aws.started(eb, old_server)
+    aws.samples(old_server,
+                [baseline(requests=90, p99=0.05), canary(requests=10, p99=0.4)],
+                [baseline(requests=90, p99=0.05), canary(requests=10, p99=0.06)],
+                [baseline(requests=90, p99=0.05), canary(requests=10, p99=0.4)],
+                [baseline(requests=90, p99=0.05), canary(requests=10, p99=0.5)])
+    aws.canary_smoke()
+    aws.aborted(old_server)
+    aws.back_on_old(old_server)
+
+    code, report = release(aws, eb, tmp_path)
+
+    assert code == EXIT_ROLLED_BACK and report["failed_step"] == "canary"
+    assert "p99 latency was over --max-p99-ratio 3 times the baseline's in 2 samples in a " \
+           "row (last: 500 ms against 50 ms)" in report["error"]
+    assert report["canary"]["p99_ms"] == [[400.0, 50.0], [60.0, 50.0], [400.0, 50.0],
+                                          [500.0, 50.0]]
+    aws.done()
+
+
+def test_an_abort_that_comes_after_the_promotion_began_ends_in_a_redeploy(
+        aws: AWS, eb: EBCLI, tmp_path: Path, old_server: GunicornServer,
+        new_server: GunicornServer) -> None:
+    """What Elastic Beanstalk does with an abort once it promotes is not documented: if
+    the new version ends up serving everything, the last good one is deployed again."""
+    aws.prepare(old_server)
+    aws.started(eb, old_server)
+    aws.samples(old_server, [baseline(requests=90), canary(requests=20, errors=5)])
+    aws.canary_smoke()
+    aws.samples(old_server, [baseline(), canary()])                  # abort: still running
+    aws.eb_stub.add_response("abort_environment_update", {}, {"EnvironmentName": ENV})
+    aws.env("Ready", NEW, new_server)                                # ... promoted anyway
+    aws.redeployed_last_good(eb, old_server)
+
+    code, report = release(aws, eb, tmp_path)
+
+    assert code == EXIT_ROLLED_BACK and report["failed_step"] == "canary"
+    abort = next(step for step in report["steps"] if step["name"] == "abort")
+    assert abort["detail"].startswith("complete after ") and "came too late" in abort["detail"]
+    assert eb.argvs == [started_args(), deploy_args("--version", OLD)]
+    aws.done()
+
+
+def test_a_canary_that_fails_its_full_smoke_test_is_rolled_back(
+        aws: AWS, eb: EBCLI, tmp_path: Path, old_server: GunicornServer,
+        new_server: GunicornServer) -> None:
+    """Here the deployment completes before the smoke test's answer arrives: it still
+    fails the release (an answer that arrives while the canary serves aborts it)."""
+    aws.prepare(old_server)
+    aws.started(eb, old_server)
+    aws.samples(old_server, [baseline(), canary()])
+    aws.canary_smoke("Failed", "FAIL  POST /your-url (url form): expected HTTP 200, got 500")
+    aws.env("Ready", NEW, new_server)
+    aws.redeployed_last_good(eb, old_server)
+
+    code, report = release(aws, eb, tmp_path)
+
+    assert code == EXIT_ROLLED_BACK and report["failed_step"] == "canary"
+    assert "python -m ops.smoke --full against the canary failed" in report["error"]
+    assert "POST /your-url (url form): expected HTTP 200, got 500" in report["error"]
+    assert eb.argvs == [started_args(), deploy_args("--version", OLD)]
+    aws.done()
+
+
+def test_a_deployment_elastic_beanstalk_gives_up_is_rolled_back_without_a_redeploy(
+        aws: AWS, eb: EBCLI, tmp_path: Path, old_server: GunicornServer,
+        alerts: AlertSink) -> None:
+    """The new instances failed their health checks: EB moved traffic back itself and is
+    Ready on OLD; the newest ERROR event says why."""
+    aws.prepare(old_server)
+    aws.started(eb, old_server)
+    aws.samples(old_server, [baseline(), canary(health="Severe")])
+    aws.env("Ready", OLD, old_server)
+    aws.eb_stub.add_response("describe_events", {"Events": [
+        {"Message": "Failed to deploy application.", "Severity": "ERROR",
+         "EnvironmentName": ENV}]},
+        {"EnvironmentName": ENV, "Severity": "ERROR", "MaxRecords": 10, "StartTime": ANY})
+    aws.back_on_old(old_server)
 
     code, report = release(aws, eb, tmp_path)
 
     assert code == EXIT_ROLLED_BACK
-    assert report["outcome"] == "rolled_back" and report["failed_step"] == "deploy"
-    assert "exited with code 4" in report["error"]
-    assert "ServiceError - Failed to deploy application." in report["error"]
-    assert eb.argvs == [deploy_args("--label", NEW)]  # EB itself reverted: no redeploy
+    assert report["outcome"] == "rolled_back" and report["failed_step"] == "canary"
+    assert (f"the deployment of {NEW} failed (Elastic Beanstalk ended the update: Failed to "
+            f"deploy application.; traffic is back on {OLD})") in report["error"]
+    assert eb.argvs == [started_args()]  # EB itself moved traffic back: no redeploy
     assert report["rollback"] == {"version": OLD, "ok": True,
                                   "seconds": report["rollback"]["seconds"]}
     assert "rollback:unverify" in names(report)
@@ -370,29 +589,56 @@ def test_a_failed_eb_deploy_is_rolled_back_to_the_last_verified_version(
     aws.done()
 
 
-def test_an_eb_timeout_exits_4_and_the_running_update_is_aborted_before_the_rollback(
+def test_a_deployment_not_over_within_the_deploy_timeout_is_aborted_before_the_rollback(
         aws: AWS, eb: EBCLI, tmp_path: Path, old_server: GunicornServer) -> None:
-    """awsebcli 3.27.5 exits 4 when its --timeout runs out (the fake it replaces said 0),
-    and the update goes on: ops.release aborts it and waits for it to settle."""
     aws.prepare(old_server)
-    eb.queue(deploy_new(ENV, OLD, NEW, outcome="timeout"))
-    aws.env("Updating", NEW, old_server)                 # our update is still running
-    aws.eb_stub.add_response("abort_environment_update", {}, {"EnvironmentName": ENV})
-    aws.env("Updating", NEW, old_server)                 # settling ...
-    aws.env("Ready", OLD, old_server)                    # ... reverted
+    aws.started(eb, old_server)
+    aws.samples(old_server, [baseline(), canary(health="Pending")])
+    aws.aborted(old_server)
+    aws.back_on_old(old_server)
+
+    code, report = release(aws, eb, tmp_path, deploy_timeout=0)
+
+    assert code == EXIT_ROLLED_BACK and report["failed_step"] == "canary"
+    assert "was not over within --deploy-timeout 0 s (last seen: launching" in report["error"]
+    abort = next(step for step in report["steps"] if step["name"] == "abort")
+    assert abort["ok"] and "aborted after" in abort["detail"]
+    aws.done()
+
+
+def test_a_baseline_that_cannot_read_the_store_is_restored_from_the_snapshot(
+        aws: AWS, eb: EBCLI, tmp_path: Path, old_server: GunicornServer,
+        unreadable_server: GunicornServer) -> None:
+    """Class E: the old version fails its health check while the new one runs; after the
+    abort its /healthz says the store check fails, so the pre-deploy snapshot is
+    restored and the links written since created again, on an instance through SSM."""
+    snapshot = f"s3://backups/shortener/pre-deploy/{NEW}/20261127T050000000000Z"
+    aws.prepare(old_server)
+    aws.snapshot_taken(snapshot)
+    aws.started(eb, old_server)
+    aws.samples(old_server, [baseline(health="Severe", causes=("ELB health is failing",)),
+                             canary(health="Pending")])
+    aws.aborted(old_server)
     aws.version(NEW, True)
     aws.eb_stub.add_response("update_tags_for_resource", {},
                              {"ResourceArn": ARN + NEW, "TagsToRemove": [VERIFIED_TAG]})
     aws.env("Ready", OLD, old_server)
     aws.env("Ready", OLD, old_server)
+    aws.env("Ready", OLD, unreadable_server)       # rollback:data: /healthz says why
+    summary = (f"restored {snapshot} (40 links); created again 6 of the 6 link(s) "
+               "written since")
+    aws.run_command(f"{RECOVER_SCRIPT} {snapshot}", f"restore of {snapshot}"[:100], 600,
+                    f'{{"ok": true, "summary": "{summary}"}}')
     aws.verified(OLD, old_server)
 
-    code, report = release(aws, eb, tmp_path)
+    code, report = release(aws, eb, tmp_path, backup=True, backup_timeout=600)
 
-    assert code == EXIT_ROLLED_BACK
-    assert "TimeoutError - The EB CLI timed out after 1 minute(s)" in report["error"]
-    abort = next(s for s in report["steps"] if s["name"] == "abort-update")
-    assert abort["ok"] and abort["detail"] == f"update aborted; Ready on {OLD}"
+    assert code == EXIT_ROLLED_BACK and report["failed_step"] == "canary"
+    assert f"{OLD} (the last good version) fails its health check" in report["error"]
+    assert "ELB health is failing" in report["error"]
+    assert report["backup"] == snapshot and report["recovery"] == summary
+    data = next(step for step in report["steps"] if step["name"] == "rollback:data")
+    assert "the store check says" in data["detail"] and summary in data["detail"]
     aws.done()
 
 
@@ -400,7 +646,7 @@ def test_health_going_red_after_the_deploy_triggers_a_redeploy_of_the_last_good(
         aws: AWS, eb: EBCLI, tmp_path: Path, old_server: GunicornServer,
         new_server: GunicornServer) -> None:
     aws.prepare(old_server)
-    eb.queue(deploy_new(ENV, OLD, NEW))
+    aws.deployed(eb, old_server, new_server)
     aws.env("Ready", NEW, new_server)
     aws.health("Yellow", "Warning")
     aws.health("Red", "Severe", ["100.0 % of the requests are failing with HTTP 5xx."])
@@ -411,7 +657,7 @@ def test_health_going_red_after_the_deploy_triggers_a_redeploy_of_the_last_good(
     assert code == EXIT_ROLLED_BACK
     assert report["failed_step"] == "health"
     assert "Red/Severe" in report["error"] and "HTTP 5xx" in report["error"]
-    assert eb.argvs == [deploy_args("--label", NEW), deploy_args("--version", OLD)]
+    assert eb.argvs == [started_args(), deploy_args("--version", OLD)]
     assert report["rollback"]["ok"] is True
     aws.done()
 
@@ -420,7 +666,7 @@ def test_a_failing_smoke_test_triggers_a_rollback(
         aws: AWS, eb: EBCLI, tmp_path: Path, old_server: GunicornServer,
         broken_create_server: GunicornServer) -> None:
     aws.prepare(old_server)
-    eb.queue(deploy_new(ENV, OLD, NEW))
+    aws.deployed(eb, old_server, broken_create_server)
     aws.env("Ready", NEW, broken_create_server)
     aws.health("Green", "Ok")
     aws.env("Ready", NEW, broken_create_server)
@@ -439,7 +685,7 @@ def test_a_5xx_rate_rising_in_the_watch_window_triggers_a_rollback(
         aws: AWS, eb: EBCLI, tmp_path: Path, old_server: GunicornServer,
         new_server: GunicornServer) -> None:
     aws.prepare(old_server)
-    eb.queue(deploy_new(ENV, OLD, NEW))
+    aws.deployed(eb, old_server, new_server)
     aws.verified(NEW, new_server, errors=2, second=(60, 400))   # 0.5 %, then 15 %
     aws.redeployed_last_good(eb, old_server)
 
@@ -455,7 +701,7 @@ def test_without_enough_traffic_the_watch_judges_on_its_own_requests(
         aws: AWS, eb: EBCLI, tmp_path: Path, old_server: GunicornServer,
         new_server: GunicornServer) -> None:
     aws.prepare(old_server)
-    eb.queue(deploy_new(ENV, OLD, NEW))
+    aws.deployed(eb, old_server, new_server)
     aws.verified(NEW, new_server, second=(0, 3))   # only 3 requests counted: no evidence
     aws.env("Ready", NEW, new_server)              # the URL our own traffic goes to
     aws.tag(NEW, verified=True)
@@ -473,7 +719,7 @@ def test_without_traffic_a_watch_that_cannot_reach_the_site_fails_closed(
         new_server: GunicornServer) -> None:
     closed = GunicornServer(tmp_path / "nothing")  # a free port nothing listens on
     aws.prepare(old_server)
-    eb.queue(deploy_new(ENV, OLD, NEW))
+    aws.deployed(eb, old_server, new_server)
     aws.verified(NEW, new_server, second=(0, 0))
     aws.env("Ready", NEW, closed)
     aws.redeployed_last_good(eb, old_server)
@@ -490,7 +736,7 @@ def test_an_aws_api_error_during_verification_triggers_a_rollback(
         aws: AWS, eb: EBCLI, tmp_path: Path, old_server: GunicornServer,
         new_server: GunicornServer) -> None:
     aws.prepare(old_server)
-    eb.queue(deploy_new(ENV, OLD, NEW))
+    aws.deployed(eb, old_server, new_server)
     aws.env("Ready", NEW, new_server)
     aws.eb_stub.add_client_error("describe_environment_health", "Throttling",
                                  "Rate exceeded", 400)
@@ -508,14 +754,14 @@ def test_a_label_that_already_exists_is_redeployed_with_version(
         aws: AWS, eb: EBCLI, tmp_path: Path, old_server: GunicornServer,
         new_server: GunicornServer) -> None:
     aws.prepare(old_server, exists=True, tagged={NEW: None, OLD: "2026-11-27T05:00:00+00:00"})
-    eb.queue(deploy_existing(ENV, OLD))
+    aws.deployed(eb, old_server, new_server, exists=True)
     aws.verified(NEW, new_server)
     aws.tag(NEW, verified=True)
 
     code, report = release(aws, eb, tmp_path)
 
     assert code == EXIT_DEPLOYED
-    assert eb.argvs == [deploy_args("--version", NEW)]
+    assert eb.argvs == [started_args("--version", NEW)]
     assert report["steps"][3]["detail"] == "exists"
     aws.done()
 
@@ -560,16 +806,23 @@ def test_the_rollback_target_is_the_newest_verified_version_not_what_runs(
     aws.prepare(old_server, running=OTHER, last_good_configs=REPO_CONFIGS,
                 tagged={OTHER: None, "v-older": "2026-11-20T05:00:00+00:00",
                         OLD: "2026-11-27T05:00:00+00:00"})
-    eb.queue(deploy_new(ENV, OTHER, NEW, outcome="fail"))
-    aws.rolled_back_to_old(old_server, failed_on=OTHER)
+    aws.started(eb, old_server, running=OTHER)
+    aws.env("Ready", OTHER, old_server)      # Elastic Beanstalk gave the deployment up
+    aws.eb_stub.add_response("describe_events", {"Events": []})
+    aws.version(NEW, True)
+    aws.eb_stub.add_response("update_tags_for_resource", {},
+                             {"ResourceArn": ARN + NEW, "TagsToRemove": [VERIFIED_TAG]})
+    aws.env("Ready", OTHER, old_server)
+    aws.env("Ready", OTHER, old_server)
     eb.queue(deploy_existing(ENV, OTHER))
+    aws.env("Ready", OLD, old_server)
     aws.verified(OLD, old_server)
 
     code, report = release(aws, eb, tmp_path)
 
     assert code == EXIT_ROLLED_BACK
     assert report["last_good_version"] == OLD and report["last_good_verified"]
-    assert eb.argvs == [deploy_args("--label", NEW), deploy_args("--version", OLD)]
+    assert eb.argvs == [started_args(), deploy_args("--version", OLD)]
     aws.done()
 
 
@@ -577,15 +830,20 @@ def test_someone_elses_deploy_during_the_release_stops_it_with_exit_5(
         aws: AWS, eb: EBCLI, tmp_path: Path, old_server: GunicornServer,
         alerts: AlertSink) -> None:
     aws.prepare(old_server)
-    eb.queue(deploy_new(ENV, OLD, NEW))
-    aws.env("Ready", OTHER, old_server)   # ready-after: a version that is not ours
+    aws.started(eb, old_server)
+    aws.env("Ready", OTHER, old_server)   # the deployment ended on a version not ours
+    aws.eb_stub.add_response("describe_events", {"Events": []})
+    aws.version(NEW, True)
+    aws.eb_stub.add_response("update_tags_for_resource", {},
+                             {"ResourceArn": ARN + NEW, "TagsToRemove": [VERIFIED_TAG]})
+    aws.env("Ready", OTHER, old_server)   # rollback:wait-ready finds it
 
     code, report = release(aws, eb, tmp_path)
 
     assert code == EXIT_INTERFERED
-    assert report["outcome"] == "interfered" and report["failed_step"] == "ready-after"
-    assert "someone else deployed" in report["error"] and report["rollback"] is None
-    assert eb.argvs == [deploy_args("--label", NEW)]  # nothing deployed over it
+    assert report["outcome"] == "interfered" and report["failed_step"] == "canary"
+    assert "someone else deployed" in report["rollback"]["error"]
+    assert eb.argvs == [started_args()]  # nothing deployed over it
     assert "STOPPED" in alerts.payloads[0]["text"]
     aws.done()
 
@@ -613,12 +871,12 @@ def test_the_settings_check_reads_the_declared_values_from_the_repository(
     configs = dict(REPO_CONFIGS)
     policy = ("aws:elasticbeanstalk:command", "DeploymentPolicy")
     configs["02-deploy.config"] = configs["02-deploy.config"].replace(
-        f"DeploymentPolicy: {DECLARED[policy]}", "DeploymentPolicy: TrafficSplitting")
+        f"DeploymentPolicy: {DECLARED[policy]}", "DeploymentPolicy: Immutable")
     declared = ebsettings.option_settings(configs)
-    assert declared[policy] == "TrafficSplitting"
-    effective = {**{k: DECLARED.get(k) for k in ebsettings.WATCHED}, policy: "Immutable"}
+    assert declared[policy] == "Immutable"
+    effective = {**{k: DECLARED.get(k) for k in ebsettings.WATCHED}, policy: "TrafficSplitting"}
     [problem] = ebsettings.setting_differences(declared, effective, ENV)
-    assert "DeploymentPolicy is 'Immutable'" in problem and "'TrafficSplitting'" in problem
+    assert "DeploymentPolicy is 'TrafficSplitting'" in problem and "'Immutable'" in problem
 
 
 def test_a_release_that_changes_option_settings_applies_them_first_then_deploys(
@@ -637,7 +895,7 @@ def test_a_release_that_changes_option_settings_applies_them_first_then_deploys(
     aws.env("Updating", OLD, old_server)
     aws.env("Ready", OLD, old_server)
     aws.health("Green", "Ok")
-    eb.queue(deploy_new(ENV, OLD, NEW))
+    aws.deployed(eb, old_server, new_server)
     aws.verified(NEW, new_server)
     aws.tag(NEW, verified=True)
 
@@ -663,7 +921,7 @@ def test_a_configuration_change_is_undone_when_the_release_is_rolled_back(
         "OptionsToRemove": []})
     aws.env("Ready", OLD, old_server)
     aws.health("Green", "Ok")
-    eb.queue(deploy_new(ENV, OLD, NEW))
+    aws.deployed(eb, old_server, new_server)
     aws.env("Ready", NEW, new_server)
     aws.health("Red", "Severe", ["Following services are not running: web."])
     aws.tag(NEW, verified=False)
@@ -674,6 +932,7 @@ def test_a_configuration_change_is_undone_when_the_release_is_rolled_back(
     aws.env("Ready", NEW, old_server)
     aws.env("Ready", NEW, old_server)
     eb.queue(deploy_existing(ENV, NEW))
+    aws.env("Ready", OLD, old_server)      # rollback:data
     aws.verified(OLD, old_server)
 
     code, report = release(aws, eb, tmp_path)
@@ -703,22 +962,8 @@ def test_the_pre_deploy_snapshot_is_taken_on_an_instance_and_named_in_the_report
         new_server: GunicornServer) -> None:
     snapshot = f"s3://backups/shortener/pre-deploy/{NEW}/20261127T050000000000Z"
     aws.prepare(old_server)
-    aws.eb_stub.add_response("describe_environment_resources", {"EnvironmentResources": {
-        "EnvironmentName": ENV, "Instances": [{"Id": "i-0123456789abcdef0"}]}},
-        {"EnvironmentName": ENV})
-    aws.ssm_stub.add_response("send_command", {"Command": {"CommandId": COMMAND_ID}}, {
-        "InstanceIds": ["i-0123456789abcdef0"], "DocumentName": "AWS-RunShellScript",
-        "Comment": f"pre-deploy snapshot for {NEW}", "TimeoutSeconds": 600,
-        "Parameters": {"commands": [f"/usr/local/bin/shortener-backup pre-deploy/{NEW}"]}})
-    invocation = {"CommandId": COMMAND_ID, "InstanceId": "i-0123456789abcdef0"}
-    aws.ssm_stub.add_client_error("get_command_invocation", "InvocationDoesNotExist", "",
-                                  400, expected_params=invocation)
-    aws.ssm_stub.add_response("get_command_invocation", {"Status": "InProgress"}, invocation)
-    aws.ssm_stub.add_response("get_command_invocation", {
-        "Status": "Success", "StandardErrorContent": "",
-        "StandardOutputContent": f"2026-11-27 05:00:00,000 INFO backup: snapshot {snapshot}\n"},
-        invocation)
-    eb.queue(deploy_new(ENV, OLD, NEW))
+    aws.snapshot_taken(snapshot)
+    aws.deployed(eb, old_server, new_server)
     aws.verified(NEW, new_server)
     aws.tag(NEW, verified=True)
 
@@ -733,7 +978,7 @@ def test_a_failed_snapshot_refuses_the_release(
         aws: AWS, eb: EBCLI, tmp_path: Path, old_server: GunicornServer) -> None:
     aws.prepare(old_server)
     aws.eb_stub.add_response("describe_environment_resources", {"EnvironmentResources": {
-        "EnvironmentName": ENV, "Instances": [{"Id": "i-0123456789abcdef0"}]}})
+        "EnvironmentName": ENV, "Instances": [{"Id": OLD_ID}]}})
     aws.ssm_stub.add_response("send_command", {"Command": {"CommandId": COMMAND_ID}})
     aws.ssm_stub.add_response("get_command_invocation", {
         "Status": "Failed", "StandardOutputContent": "ERROR backup: BACKUP_BUCKET is not set"})
@@ -749,7 +994,7 @@ def test_a_missing_version_lifecycle_policy_is_a_warning_in_the_report(
         aws: AWS, eb: EBCLI, tmp_path: Path, old_server: GunicornServer,
         new_server: GunicornServer) -> None:
     aws.prepare(old_server, lifecycle=None)
-    eb.queue(deploy_new(ENV, OLD, NEW))
+    aws.deployed(eb, old_server, new_server)
     aws.verified(NEW, new_server)
     aws.tag(NEW, verified=True)
 
@@ -787,11 +1032,13 @@ def test_an_unhealthy_environment_is_refused_before_the_deploy(
 
 
 def test_a_failed_rollback_is_reported_loudly_with_its_own_exit_code(
-        aws: AWS, eb: EBCLI, tmp_path: Path, old_server: GunicornServer, alerts: AlertSink,
+        aws: AWS, eb: EBCLI, tmp_path: Path, old_server: GunicornServer,
+        new_server: GunicornServer, alerts: AlertSink,
         capsys: pytest.CaptureFixture[str]) -> None:
     aws.prepare(old_server)
-    eb.queue(deploy_new(ENV, OLD, NEW, outcome="fail"))
-    aws.env("Ready", NEW, old_server)     # in place, it stayed on NEW
+    aws.deployed(eb, old_server, new_server)
+    aws.env("Ready", NEW, new_server)
+    aws.health("Red", "Severe", ["Following services are not running: web."])
     aws.redeployed_last_good(eb, old_server, outcome="fail")
 
     code, report = release(aws, eb, tmp_path)
@@ -815,13 +1062,14 @@ def test_a_failed_first_deploy_with_nothing_healthy_before_says_it_cannot_roll_b
     aws.verified_versions({})
     aws.settings()
     aws.lifecycle()
-    eb.queue(deploy_new(ENV, OLD, NEW, outcome="fail"))
-    aws.env("Ready", None, old_server)
+    aws.started(eb, old_server, running=None)
+    aws.env("Ready", None, old_server)       # Elastic Beanstalk gave the deployment up
+    aws.eb_stub.add_response("describe_events", {"Events": []})
 
     code, report = release(aws, eb, tmp_path, allow_unhealthy=True)
 
     assert code == EXIT_ROLLBACK_FAILED
-    assert report["last_good_version"] is None and report["failed_step"] == "deploy"
+    assert report["last_good_version"] is None and report["failed_step"] == "canary"
     assert report["rollback"]["error"].startswith("no earlier version is known")
     aws.done()
 
@@ -960,3 +1208,34 @@ def report_names(path: Path) -> list[str]:
         return names(json.loads(path.read_text()))
     except FileNotFoundError:
         return []
+
+
+# --- a target without progressive delivery ---------------------------------------------
+
+
+class AllAtOnce(BasicTarget):
+    """A target that deploys all at once (BasicTarget's defaults): `deploy` blocks."""
+
+    def __init__(self, fails: bool) -> None:
+        self.fails = fails
+
+    def state(self) -> EnvState:
+        return EnvState("Ready", OLD, "http://127.0.0.1:9")
+
+    def deploy(self, label: str, new: bool, timeout: float) -> str:
+        if self.fails:
+            raise TargetError(f"{label} did not start")
+        return f"{label} deployed"
+
+
+@pytest.mark.parametrize("fails", [False, True])
+def test_a_target_without_a_canary_reports_its_deployment_over_when_it_starts(
+        fails: bool) -> None:
+    """ops.release then goes straight from `canary` to verifying (or rolling back)."""
+    target = AllAtOnce(fails)
+    started = target.start_deployment(NEW, True, 60)
+    assert not started.in_progress and started.baseline == OLD
+    assert (started.phase, started.detail) == (("failed", f"{NEW} did not start") if fails
+                                               else ("complete", f"{NEW} deployed"))
+    assert target.deployment() == target.abort("too late") == started
+    assert target.canary_metrics(10).canary.healthy is None

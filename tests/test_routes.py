@@ -294,8 +294,10 @@ def test_the_list_of_codes_stays_small_enough_for_a_cookie(client: FlaskClient) 
 def test_the_api_creates_a_link(app: Flask, client: FlaskClient) -> None:
     response = create(client, "https://example.com/api", "via-api")
     assert response.status_code == 201
-    assert response.json == {"code": "via-api", "short_url": "http://localhost/via-api",
-                             "url": "https://example.com/api"}
+    assert response.json is not None
+    assert {key: response.json[key] for key in ("code", "short_url", "url")} == {
+        "code": "via-api", "short_url": "http://localhost/via-api",
+        "url": "https://example.com/api"}
     assert links_on_disk(urls_file(app))["via-api"]["url"] == "https://example.com/api"
 
 

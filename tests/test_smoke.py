@@ -134,8 +134,10 @@ def app_copy(tmp_path: Path, appended: str = "", replace: tuple[str, str] = ("",
     piece of it replaced: a version with one route broken, as a bad commit would."""
     app = tmp_path / "app"
     app.mkdir()
-    for name in ("templates", "static"):
-        shutil.copytree(REPO / name, app / name)
+    for name in ("linkstore", "templates", "static"):
+        shutil.copytree(REPO / name, app / name, ignore=shutil.ignore_patterns("__pycache__"))
+    for module in REPO.glob("*.py"):  # the modules application.py imports
+        shutil.copy2(module, app / module.name)
     source = (REPO / "application.py").read_text()
     old, new = replace
     assert old in source, f"application.py no longer contains {old!r}"

@@ -347,3 +347,80 @@ def test_an_import_too_large_for_the_journal_makes_other_workers_parse_the_file(
     parses = count_parses(store, monkeypatch)
     assert store.get("n99") == Link("n99", url="https://n99.example/")
     assert parses == [1]
+
+
+# --- the state sidecar ---------------------------------------------------------------
+
+def sidecar(urls_file: Path) -> dict[str, dict[str, object]]:
+    states: dict[str, dict[str, object]] = json.loads(
+        urls_file.with_name("urls.json.state").read_text())
+    return states
+
+
+def test_a_visit_or_a_takedown_leaves_the_links_file_byte_for_byte(urls_file: Path,
+                                                                   store: FileStore) -> None:
+    store.add(Link("once", url="https://once.example/", max_visits=2))
+    store.add(Link("bad", url="https://bad.example/"))
+    before, identity = urls_file.read_bytes(), os.stat(urls_file).st_ino
+    assert store.consume_visit("once") is not None
+    store.disable("bad", "phishing", by="alice", note="ticket 42")
+    assert urls_file.read_bytes() == before and os.stat(urls_file).st_ino == identity
+    assert sidecar(urls_file) == {
+        "once": {"visits": 1},
+        "bad": {"state": "disabled", "reason": "phishing", "note": "ticket 42", "by": "alice",
+                "at": store.get("bad").changed_at}}  # type: ignore[union-attr]
+
+
+def test_the_lifecycle_fields_are_strings_an_older_release_can_read(
+        urls_file: Path, store: FileStore) -> None:
+    """The release before this one reads every field as a string and keeps what it does not
+    know as extra: a rollback still serves the file."""
+    store.add(Link("l", url="https://l.example/", expires_at="2030-01-01T00:00:00+00:00",
+                   max_visits=5, password_hash="scrypt$1$2$3$4$5", manage_hash="ab"))
+    record = links_on_disk(urls_file)["l"]
+    assert record == {"url": "https://l.example/", "expires_at": "2030-01-01T00:00:00+00:00",
+                      "max_visits": "5", "password_hash": "scrypt$1$2$3$4$5",
+                      "manage_hash": "ab"}
+    assert all(isinstance(value, str) for value in record.values())
+
+
+def test_an_audit_line_is_kept_for_every_change(urls_file: Path, store: FileStore) -> None:
+    store.add(Link("x", url="https://x.example/"))
+    store.disable("x", "spam", by="alice")
+    store.enable("x", by="bob")
+    store.delete("x", by="carol", reason="operator")
+    lines = [json.loads(line) for line in
+             urls_file.with_name("urls.json.audit").read_text().splitlines()]
+    assert [(line["action"], line["by"]) for line in lines] == [
+        ("disable", "alice"), ("enable", "bob"), ("delete", "carol")]
+
+
+@pytest.mark.parametrize("content, problem", [
+    ("{not json", "not valid JSON"),
+    ("[]", "expected a JSON object of link states"),
+    ('{"x": {"visits": -1}}', "not a whole number"),
+    ('{"x": {"state": "gone"}}', "not one of active, disabled, deleted"),
+    ('{"x": {"colour": "red"}}', "not an object of"),
+])
+def test_an_unusable_sidecar_is_never_overwritten_and_the_last_good_copy_serves(
+        urls_file: Path, store: FileStore, content: str, problem: str) -> None:
+    store.add(Link("x", url="https://x.example/"))
+    store.disable("x", "malware", by="ops")
+    state_file = urls_file.with_name("urls.json.state")
+    state_file.write_text(content)
+    assert store.get("x").state == "disabled"  # type: ignore[union-attr]
+    with pytest.raises(StoreUnavailable, match=problem):
+        store.enable("x", by="ops")
+    assert store.problem() is not None and problem in store.problem()  # type: ignore[operator]
+    assert state_file.read_text() == content
+
+
+def test_a_missing_sidecar_after_a_takedown_is_an_error_not_a_fresh_start(
+        urls_file: Path, store: FileStore) -> None:
+    store.add(Link("x", url="https://x.example/"))
+    store.disable("x", "malware", by="ops")
+    urls_file.with_name("urls.json.state").unlink()
+    fresh = FileStore(urls_file)
+    assert fresh.problem() is not None and "missing" in fresh.problem()  # type: ignore[operator]
+    with pytest.raises(StoreUnavailable, match="missing"):
+        fresh.consume_visit("x")

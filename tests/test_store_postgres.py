@@ -13,7 +13,7 @@ from flask.testing import FlaskClient
 
 from application import create_app
 from linkstore import Link, StoreUnavailable
-from linkstore.postgres import PostgresStore
+from linkstore.postgres import MIGRATIONS, PostgresStore
 from ops.pgserver import PostgresServer, free_port
 from tests.helpers import eventually
 
@@ -57,8 +57,51 @@ def test_workers_starting_together_apply_each_migration_once(make_store: StoreMa
         thread.join(timeout=60)
     with psycopg.connect(database_url) as conn:
         rows = conn.execute("SELECT version, name FROM schema_migrations").fetchall()
-    assert rows == [(1, "0001_links.sql")]
+    files = sorted(MIGRATIONS.glob("[0-9][0-9][0-9][0-9]_*.sql"))
+    assert [name for _, name in sorted(rows)] == [path.name for path in files]
+    assert (2, "0002_lifecycle.sql") in rows
     assert all(store.problem() is None for store in stores)
+
+
+def test_the_lifecycle_migration_keeps_old_links_and_the_old_release_s_writes_work(
+        database_url: str, make_store: StoreMaker) -> None:
+    """0002 is additive: links stored under 0001 come through as active, and the INSERT
+    of the release before it (0001's columns only), which a rollback brings back, works."""
+    first = Path(__file__).parent.parent / "linkstore" / "migrations" / "0001_links.sql"
+    with psycopg.connect(database_url, autocommit=True) as conn:
+        conn.execute(first.read_text().encode())
+        conn.execute("CREATE TABLE schema_migrations (version int PRIMARY KEY, name text NOT "
+                     "NULL, applied_at timestamptz NOT NULL DEFAULT now())")
+        conn.execute("INSERT INTO schema_migrations (version, name) VALUES (1, '0001_links.sql')")
+        conn.execute("INSERT INTO links (code, url, created_at) VALUES ('old', 'https://o/', 't')")
+    store = make_store()
+    assert store.get("old") == Link("old", url="https://o/", created_at="t")
+    sql(database_url, "INSERT INTO links (code, url, file, name, created_at, extra) "
+                      "VALUES ('older', 'https://p/', NULL, NULL, 't', '{}')")
+    assert store.get("older") == Link("older", url="https://p/", created_at="t")
+
+
+def test_a_visit_is_not_logged_for_the_caches_but_a_state_change_is(
+        make_store: StoreMaker, database_url: str) -> None:
+    store = make_store()
+    store.add(Link("counted", url="https://c.example/", max_visits=10))
+    for _ in range(5):
+        assert store.consume_visit("counted") is not None
+    store.disable("counted", "spam", by="ops")
+    with psycopg.connect(database_url) as conn:
+        logged = conn.execute("SELECT code FROM link_changes").fetchall()
+        events = conn.execute("SELECT code, action, changed_by, reason FROM link_events"
+                              ).fetchall()
+    assert logged == [("counted",)]
+    assert events == [("counted", "disable", "ops", "spam")]
+
+
+def test_the_database_refuses_more_visits_than_the_limit_even_by_hand(
+        make_store: StoreMaker, database_url: str) -> None:
+    store = make_store()
+    store.add(Link("two", url="https://two.example/", max_visits=2))
+    with pytest.raises(psycopg.errors.CheckViolation):
+        sql(database_url, "UPDATE links SET visits = 3 WHERE code = 'two'")
 
 
 # --- the cache and the change log --------------------------------------------------------

@@ -5,11 +5,13 @@ from __future__ import annotations
 from typing import Any, Literal
 
 import pytest
-from playwright.sync_api import Browser
+from playwright.sync_api import Browser, expect
 
 from tests.browser.actions import (FAILING_IMPACTS, axe_findings, describe_findings, error_for,
                                    shorten)
-from tests.browser.conftest import DESKTOP, PHONE, PageProblems, new_context, save_screenshot
+from tests.browser.conftest import (DESKTOP, PHONE, PageProblems, TargetSite, new_context,
+                                    save_screenshot)
+from tests.helpers import CHROME_UA
 from tests.servers import GunicornServer
 
 Scheme = Literal["light", "dark"]
@@ -22,9 +24,13 @@ LAYOUTS: dict[str, tuple[dict[str, int], Scheme, str]] = {
 
 @pytest.mark.parametrize("layout", LAYOUTS)
 def test_every_page_passes_axe_and_fits_the_screen(browser: Browser, app_server: GunicornServer,
-                                                   axe_source: str, layout: str) -> None:
+                                                   target_site: TargetSite, axe_source: str,
+                                                   layout: str) -> None:
     viewport, scheme, suffix = LAYOUTS[layout]
-    context = new_context(browser, app_server, viewport=viewport, color_scheme=scheme)
+    # A person's User-Agent: headless Chromium's counts as a bot, which a limited link
+    # does not serve (it gets the "open this link in a browser" page instead).
+    context = new_context(browser, app_server, viewport=viewport, color_scheme=scheme,
+                          user_agent=CHROME_UA)
     page = context.new_page()
     seen = PageProblems()
     page.on("console", seen.on_console)
@@ -61,6 +67,36 @@ def test_every_page_passes_axe_and_fits_the_screen(browser: Browser, app_server:
         save_screenshot(page, f"home{suffix}.png")
         page.goto("/no-such-link-here")
         check("404")
+        page.goto("/")
+        page.fill("#url", f"{target_site.url}/a/protected/page")
+        page.fill("#url-code", f"protected{suffix}")
+        page.locator("#url-form summary").click()
+        page.fill("#url-max-visits", "0")
+        page.fill("#url-password", "a good password")
+        page.click("#url-form button[type=submit]")
+        assert "whole number from 1" in error_for(page, "url-max-visits")
+        check("home, more options with an error")
+        page.fill("#url-max-visits", "1")
+        page.fill("#url-password", "a good password")
+        page.click("#url-form button[type=submit]")
+        check("result with conditions")
+        manage_url = page.input_value("#manage-url")
+        page.goto(f"/protected{suffix}")
+        check("password page")
+        page.fill("#password", "a wrong password")
+        page.click("#password-form button[type=submit]")
+        assert "not right" in error_for(page, "password")
+        check("wrong password")
+        page.fill("#password", "a good password")
+        page.click("#password-form button[type=submit]")
+        expect(page).to_have_url(f"{target_site.url}/a/protected/page")
+        page.goto(f"/protected{suffix}")
+        check("410")
+        save_screenshot(page, f"gone{suffix}.png")
+        page.goto(manage_url)
+        check("management page")
+        page.get_by_role("button", name="Delete this link").click()
+        check("management page, deleted")
     finally:
         context.close()
 

@@ -53,7 +53,7 @@ def test_this_browsers_links_are_listed_newest_first_and_survive_a_reload(
     for _ in range(2):
         items = page.locator(".links li")
         expect(items).to_have_count(2)
-        newest, oldest = items.nth(0).locator("a"), items.nth(1).locator("a")
+        newest, oldest = items.nth(0).locator("a.short"), items.nth(1).locator("a.short")
         expect(newest).to_have_attribute("href", f"{app_server.url}/listed-second")
         expect(newest).to_have_text(f"127.0.0.1:{app_server.port}/listed-second")
         expect(items.nth(0).locator(".target")).to_have_text("https://example.com/second-of-two")
@@ -84,7 +84,7 @@ def test_the_whole_flow_works_with_the_keyboard_alone(
     page.keyboard.press("Enter")  # Enter submits
     expect(page.get_by_role("heading", level=1)).to_have_text(RESULT_HEADING)
 
-    tab_to(page, "button.copy")
+    tab_to(page, ".result button.copy")
     outline = page.evaluate("getComputedStyle(document.activeElement).outlineStyle")
     assert outline != "none", "the focused button shows no focus indicator"
     page.keyboard.press("Enter")
@@ -114,7 +114,10 @@ def test_the_page_works_without_javascript(browser: Browser, app_server: Gunicor
         page = context.new_page()
         short = shorten(page, f"{target_site.url}/no-script", "no-script")
         assert short == f"{app_server.url}/no-script"
-        expect(page.locator("button.copy")).to_be_hidden()  # it could not work without script
+        copy_buttons = page.locator("button.copy")
+        expect(copy_buttons).to_have_count(2)  # the short URL's and the management link's
+        for button in copy_buttons.all():
+            expect(button).to_be_hidden()  # it could not work without script
         follow_open_link(page, target_site, "/no-script")
     finally:
         context.close()
