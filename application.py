@@ -6,7 +6,9 @@ store behind one interface (``linkstore``): the JSON file at ``URLS_FILE`` by de
 PostgreSQL when ``DATABASE_URL`` is set. ``FastRedirects`` answers redirects of plain
 links from the store before Flask's request machinery; everything else (links that
 expire, count their visits, ask for a password or have stopped) goes through the
-blueprint, where ``follow`` decides what a visit gets.
+blueprint, where ``follow`` decides what a visit gets. Both redirect paths hand each
+visit they serve to the visit counter (``visits.py``), which counts it in memory and
+stores it later, off the redirect's path.
 """
 from __future__ import annotations
 
@@ -42,6 +44,8 @@ from werkzeug.urls import iri_to_uri
 from werkzeug.utils import secure_filename
 from werkzeug.wrappers import Response
 
+import visitors
+import visits
 from linkstore import (DELETED, CodeTaken, Link, LinkDeleted, LinkStore, StoreUnavailable,
                        hash_password, is_postgres_url, new_manage_token, redacted)
 from linkstore.jsonfile import FileStore, identity_of, write_atomically
@@ -68,6 +72,8 @@ REDIRECT_STATUSES = (301, 302, 307, 308)
 # permanent status, by browsers), so that a takedown reaches every visitor within it
 # (README, "Links that stop").
 REDIRECT_MAX_AGE = 60
+# A response no cache may keep: a link that can stop, and every counted redirect, which
+# must reach the app each time (docs/visits.md, "The nginx redirect cache").
 NOT_CACHED = "no-store"
 TEMPORARY_TWIN = {301: 302, 302: 302, 307: 307, 308: 307}  # same method rules, never cached
 MIN_PASSWORD, MAX_PASSWORD = 8, 256
@@ -105,6 +111,13 @@ def load_config(overrides: Mapping[str, Any] | None) -> dict[str, Any]:
             "postgresql://user:password@host:5432/dbname, or unset to keep the links in "
             f"the JSON file at URLS_FILE; it is {redacted(database_url)!r}")
     rate_limit = str(setting("CREATE_RATE_LIMIT", "60/minute"))
+    counting = str(setting("VISITS", "on")).lower()
+    if counting not in ("on", "off"):
+        raise ConfigError(f"VISITS must be on or off, not {counting!r}")
+    flush_seconds = number("VISITS_FLUSH_SECONDS", "10")
+    if not 0 < flush_seconds <= 3600:
+        raise ConfigError("VISITS_FLUSH_SECONDS must be more than 0 and at most 3600 "
+                          f"(seconds between writes of the visit counts), not {flush_seconds:g}")
     password_limit = str(setting("PASSWORD_RATE_LIMIT", "10/minute"))
     redirect_status = setting("REDIRECT_STATUS", "302")
     if str(redirect_status) not in map(str, REDIRECT_STATUSES):
@@ -129,6 +142,8 @@ def load_config(overrides: Mapping[str, Any] | None) -> dict[str, Any]:
         "RATELIMIT_HEADERS_ENABLED": True,
         "LOCK_TIMEOUT": number("LOCK_TIMEOUT", "5"),
         "TRUSTED_PROXY_HOPS": int(number("TRUSTED_PROXY_HOPS", "1")),
+        "VISITS": counting == "on",
+        "VISITS_FLUSH_SECONDS": flush_seconds,
         "REDIRECT_STATUS": int(redirect_status),
         "BLOCKED_DOMAINS": str(setting("BLOCKED_DOMAINS", "")),
         "SESSION_COOKIE_SAMESITE": "Lax",
@@ -407,6 +422,18 @@ def store() -> LinkStore:
     return current_app.extensions["link_store"]  # type: ignore[no-any-return]
 
 
+def visit_store() -> visits.VisitStore:
+    return current_app.extensions["visit_store"]  # type: ignore[no-any-return]
+
+
+def count_visit(code: str) -> bool:
+    """Hand this request to the visit counter; False when visits are not counted."""
+    recorder: visits.Recorder | None = current_app.extensions["visits"]
+    if recorder is not None:
+        recorder.record(code, request.environ)
+    return recorder is not None
+
+
 def short_url(code: str) -> str:
     return f"{base_url()}/{code}"
 
@@ -472,6 +499,12 @@ def render_home(errors: Mapping[str, str] | None = None, status: int = 200, form
             if link:
                 links.append({"code": code, "short_url": short_url(code),
                               "target": link.url or link.name or link.file})
+    counts: dict[str, int] | None = None
+    if links and current_app.config["VISITS"]:
+        with contextlib.suppress(StoreUnavailable):
+            counts = visit_store().totals([item["code"] for item in links])
+    for item in links:
+        item["visits"] = None if counts is None else counts.get(item["code"], 0)
     max_upload_mb = current_app.config["MAX_UPLOAD_BYTES"] / (1024 * 1024)
     return render_template("home.html", errors=errors or {}, form=form, links=links,
                            values=request.form if values is None else values,
@@ -591,31 +624,46 @@ def unlock(code: str) -> ResponseReturnValue:
 
 
 def serve(link: Link, after_post: bool = False) -> ResponseReturnValue:
-    """Redirect to the link's URL (or send its file), counting the visit first when the
-    link has a limit: a visit the store refuses is not served."""
+    """Redirect to the link's URL (or send its file), and hand the visit to the visit
+    counter. A link with a limit counts the visit first (a visit the store refuses is not
+    served), and only a person's: a HEAD request, a bot or a link preview gets a page
+    saying so, uses up nothing and does not learn the target (docs/visits.md)."""
     if link.max_visits is not None:
+        if visitors.classify(visitors.hit(request.method, request.headers)).kind != "person":
+            return people_only(link)
         counted = store().consume_visit(link.code)
         if counted is None:
             return gone(store().current(link.code) or link, fallback="limit_reached")
         link = counted
+    cacheable = link.plain and not count_visit(link.code)
     if link.url is None:
         response = send_upload(link.file or "", link.name)
-        if not link.plain:
+        if not cacheable:
             response.headers["Cache-Control"] = NOT_CACHED
         return response
-    return redirect_to(link, 303 if after_post else None)
+    return redirect_to(link, 303 if after_post else None, cacheable)
 
 
-def redirect_to(link: Link, status: int | None = None) -> Response:
+def people_only(link: Link) -> Response:
+    """What a HEAD request, a bot or a link preview gets from a link with a visit limit."""
+    left = max((link.max_visits or 0) - link.visits, 0)
+    page = render_template("people_only.html", left=left, short_url=short_url(link.code))
+    response = make_response(page)
+    response.headers["Cache-Control"] = NOT_CACHED
+    return response
+
+
+def redirect_to(link: Link, status: int | None = None, cacheable: bool = True) -> Response:
     """The redirect of a link with REDIRECT_STATUS and cache headers to match: a plain link
-    may be cached for REDIRECT_MAX_AGE; one that can stop, counts or asks for a password
-    is never cached and never permanent. status: 303 after the password form's POST."""
+    may be cached for REDIRECT_MAX_AGE, unless its visits are counted; one that can stop,
+    counts or asks for a password is never cached and never permanent. status: 303 after
+    the password form's POST."""
     configured = current_app.config["REDIRECT_STATUS"]
     if status is None:
         status = configured if link.plain else TEMPORARY_TWIN[configured]
     response = redirect(link.url or "", status)
-    response.headers["Cache-Control"] = (redirect_cache_control(status) if link.plain
-                                         and status != 303 else NOT_CACHED)
+    response.headers["Cache-Control"] = (redirect_cache_control(status) if cacheable
+                                         and link.plain and status != 303 else NOT_CACHED)
     return response
 
 
@@ -673,6 +721,20 @@ def gone(link: Link, fallback: str = "") -> ResponseReturnValue:
 def prefers_json() -> bool:
     return request.accept_mimetypes.best_match(["text/html", "application/json"]) == (
         "application/json")
+
+
+@bp.get("/<code>+")
+def stats_page(code: str) -> ResponseReturnValue:
+    link = store().current(code)
+    if link is None:
+        raise NotFound()
+    stats = visit_store().stats(code)
+    last_day = visits.today()
+    return render_template("stats.html", link=link, target=details_of(link),
+                           short_url=short_url(code), stats=stats,
+                           chart=visits.chart(stats, last_day), last_day=last_day,
+                           details=visits.DETAILS, counting=current_app.config["VISITS"],
+                           flush_seconds=current_app.config["VISITS_FLUSH_SECONDS"])
 
 
 def send_upload(stored_name: str, name: str | None) -> Response:
@@ -794,6 +856,15 @@ def details_of(link: Link) -> dict[str, Any]:
         "protected": link.password_hash is not None}
 
 
+@bp.get("/api/links/<code>/stats")
+def link_stats(code: str) -> ResponseReturnValue:
+    link = store().current(code)
+    if link is None:
+        return api_error(f"No link has the code '{code}'.", 404)
+    return jsonify(visits.document(link, visit_store().stats(code), current_app.config["VISITS"],
+                                   current_app.config["VISITS_FLUSH_SECONDS"]))
+
+
 @bp.get("/healthz")
 def healthz() -> ResponseReturnValue:
     checks = {"store": store().problem() or "ok", "data_dir": "ok"}
@@ -900,14 +971,17 @@ class FastRedirects:
     answer is byte for byte what ``follow`` sends (tests/test_fast_path.py): the same
     status, Location, Cache-Control, body and security headers. Anything else (other
     routes, uploaded files, unknown codes, links that expire, count visits, ask for a
-    password or have stopped, other methods, a store that raises) goes to Flask.
+    password or have stopped, other methods, a store that raises) goes to Flask. A
+    redirect is handed to the visit counter, when there is one, as ``follow`` does, and
+    is then never cached.
     """
 
     def __init__(self, app: Any, links: LinkStore, reserved: frozenset[str],
-                 status: int = 302) -> None:
-        self.app, self.links, self.reserved = app, links, reserved
+                 counter: visits.Recorder | None, status: int = 302) -> None:
+        self.app, self.links, self.reserved, self.counter = app, links, reserved, counter
         self.status = f"{status} {HTTPStatus(status).phrase.upper()}"
-        self.cache_control = ("Cache-Control", redirect_cache_control(status))
+        self.cache_control = ("Cache-Control",
+                              NOT_CACHED if counter else redirect_cache_control(status))
 
     def __call__(self, environ: dict[str, Any], start_response: Any) -> Any:
         path = environ.get("PATH_INFO", "")
@@ -919,6 +993,8 @@ class FastRedirects:
                 except Exception:  # Flask looks again, then logs and shows its error page
                     link = None
                 if link is not None and link.url is not None and link.plain:
+                    if self.counter is not None:
+                        self.counter.record(code, environ)
                     return self.redirect(link.url, environ, start_response)
         return self.app(environ, start_response)
 
@@ -969,10 +1045,14 @@ def create_app(config: Mapping[str, Any] | None = None) -> Flask:
     if app.config["BLOCKED_DOMAINS"]:
         app.extensions["blocked_domains"] = BlockedDomains(Path(app.config["BLOCKED_DOMAINS"]))
     links = app.extensions["link_store"] = open_store(app.config)
+    counts = app.extensions["visit_store"] = visits.open_store(links)
+    counter = app.extensions["visits"] = (
+        visits.Recorder(counts, app.config["VISITS_FLUSH_SECONDS"]) if app.config["VISITS"]
+        else None)
     # Each proxy appends the address it saw to X-Forwarded-For (on Elastic Beanstalk the
     # load balancer, then nginx: 2 hops); X-Forwarded-Proto is set once, by the first.
     hops = app.config["TRUSTED_PROXY_HOPS"]
-    fast = FastRedirects(app.wsgi_app, links, app.config["RESERVED_CODES"],
+    fast = FastRedirects(app.wsgi_app, links, app.config["RESERVED_CODES"], counter,
                          app.config["REDIRECT_STATUS"])
     app.wsgi_app = ProxyFix(fast, x_for=hops, x_proto=min(hops, 1))  # type: ignore[method-assign]
     return app

@@ -7,7 +7,8 @@ import json
 import shutil
 # runs wrk, a fixed local program, with argument lists
 import subprocess  # nosec B404
-from dataclasses import dataclass
+from collections.abc import Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 
 SCRIPT = Path(__file__).with_name("redirects.lua")
@@ -30,6 +31,7 @@ class Load:
     max_ms: float
     errors: int
     bad_status: int
+    sent: dict[str, int] = field(default_factory=dict)  # what another script counted it sent
 
 
 def wrk_path() -> str:
@@ -41,13 +43,14 @@ def wrk_path() -> str:
 
 
 def run_wrk(base_url: str, paths_file: Path, duration: float, connections: int,
-            threads: int = 2) -> Load:
-    """Run wrk against base_url for `duration` seconds; requests cycle through paths_file."""
+            threads: int = 2, script: Path = SCRIPT, script_args: Sequence[str] = ()) -> Load:
+    """Run wrk against base_url for `duration` seconds; requests cycle through paths_file.
+    Another script (bench/visits.lua) takes script_args after the paths file."""
     seconds = max(1, round(duration))
     command = [
         wrk_path(), f"--threads={min(threads, connections)}", f"--connections={connections}",
-        f"--duration={seconds}s", f"--timeout={max(2, seconds)}s", f"--script={SCRIPT}",
-        base_url, "--", str(paths_file),
+        f"--duration={seconds}s", f"--timeout={max(2, seconds)}s", f"--script={script}",
+        base_url, "--", str(paths_file), *script_args,
     ]
     # fixed executable, no shell
     done = subprocess.run(  # nosec B603
@@ -70,4 +73,5 @@ def parse_wrk(stdout: str) -> Load:
         rps=round(raw["requests"] / seconds, 1) if seconds else 0.0,
         p50_ms=raw["p50_us"] / 1000, p99_ms=raw["p99_us"] / 1000, max_ms=raw["max_us"] / 1000,
         errors=errors, bad_status=raw["bad_status"],
+        sent={key: raw[key] for key in ("people", "bots", "probes") if key in raw},
     )

@@ -1,7 +1,8 @@
 """Single HTTP requests the benchmark makes itself: correctness checks, creates, polling.
 
 Each request uses a fresh connection (like a new visitor, and so that gunicorn's
-listening socket hands it to whichever worker is free).
+listening socket hands it to whichever worker is free), and says it is the app's own
+probe (visitors.PROBE_AGENT), so that the app does not count it as a visit.
 """
 import http.client
 import json
@@ -14,6 +15,8 @@ from dataclasses import dataclass
 from bench.data import Link
 from bench.servers import HOST
 
+PROBE = {"User-Agent": "shortener-probe/1 (+bench)"}
+
 
 class ProbeError(RuntimeError):
     """A server answered something other than what the contract promises."""
@@ -23,7 +26,7 @@ def get(port: int, path: str, timeout: float = 30.0) -> tuple[int, str | None]:
     """GET path; return (status, Location header)."""
     connection = http.client.HTTPConnection(HOST, port, timeout=timeout)
     try:
-        connection.request("GET", path)
+        connection.request("GET", path, headers=PROBE)
         response = connection.getresponse()
         response.read()
         return response.status, response.getheader("Location")
@@ -49,7 +52,8 @@ def create(port: int, url: str, code: str | None = None,
     connection = http.client.HTTPConnection(HOST, port, timeout=timeout)
     started = time.perf_counter()
     try:
-        connection.request("POST", "/api/links", body, {"Content-Type": "application/json"})
+        connection.request("POST", "/api/links", body,
+                           {"Content-Type": "application/json", **PROBE})
         response = connection.getresponse()
         answer = response.read()
     finally:

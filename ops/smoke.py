@@ -56,7 +56,7 @@ from typing import Any
 
 PROBE_PREFIX = "smoke-"
 PROBE_TARGETS = "https://example.com/smoke/"
-USER_AGENT = "ops.smoke (synthetic check; links it makes start with smoke-)"
+USER_AGENT = "shortener-probe/1 (+ops.smoke)"  # visitors.PROBE_AGENT: never counted as a visit
 CSRF_FIELD = re.compile(r'name="csrf_token" value="([^"]+)"')
 SHORT_URL_FIELD = re.compile(r'id="short-url" value="([^"]+)"')
 

@@ -14,11 +14,13 @@ from flask import Flask
 from flask.testing import FlaskClient
 from werkzeug.test import TestResponse
 
+import visits
 from application import create_app
 from linkstore import LinkStore, open_url
 from ops.pgserver import PostgresServer, ServerUnavailable
-from tests.helpers import PostForm, csrf_token
-from tests.servers import GunicornServer
+from tests.helpers import CHROME_UA, PostForm, csrf_token
+from tests.servers import GunicornServer, Site
+from visits import VisitStore
 
 pytest_plugins = ["tests.leakcheck"]  # the run fails if it leaves a process running
 BACKENDS = ["file", "postgresql"]
@@ -31,14 +33,22 @@ def data_dir(tmp_path: Path) -> Path:
 
 
 @pytest.fixture
-def app(data_dir: Path) -> Flask:
-    return create_app({"DATA_DIR": data_dir, "TESTING": True, "SECRET_KEY": "test-secret",
-                       "CREATE_RATE_LIMIT": "off"})
+def app(data_dir: Path) -> Iterator[Flask]:
+    app = create_app({"DATA_DIR": data_dir, "TESTING": True, "SECRET_KEY": "test-secret",
+                      "CREATE_RATE_LIMIT": "off"})
+    yield app
+    if app.extensions["visits"]:
+        app.extensions["visits"].close()  # its flushing thread
 
 
 @pytest.fixture
 def client(app: Flask) -> FlaskClient:
-    return app.test_client()
+    """A client that says it is a person's browser, as the pages' visitors are: a limited
+    link serves people only, and the statistics count people (a test that is a bot or a
+    link preview says so with its own User-Agent)."""
+    client = app.test_client()
+    client.environ_base["HTTP_USER_AGENT"] = CHROME_UA
+    return client
 
 
 @pytest.fixture
@@ -109,3 +119,17 @@ def open_store(location: str) -> Iterator[Callable[[], LinkStore]]:
 def store(open_store: Callable[[], LinkStore]) -> LinkStore:
     """The link store on each backend in turn: the contract suite runs on both."""
     return open_store()
+
+
+@pytest.fixture(params=BACKENDS)
+def site(request: pytest.FixtureRequest, tmp_path: Path) -> Site:
+    """The app under gunicorn on each backend in turn, and what it stores."""
+    if request.param == "file":
+        return Site(tmp_path, None)
+    return Site(tmp_path, str(request.getfixturevalue("database_url")))
+
+
+@pytest.fixture
+def visit_store(store: LinkStore) -> VisitStore:
+    """The visit counts beside the link store, on each backend in turn."""
+    return visits.open_store(store)

@@ -18,7 +18,11 @@ from typing import Any, NoReturn
 import pytest
 import requests
 
+import visits
+from linkstore import LinkStore, open_url
+from linkstore.visits_file import FileVisits
 from ops import processes
+from tests.helpers import everything_stored
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -133,3 +137,69 @@ class GunicornServer:
 
     def log(self) -> str:
         return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
+
+
+class Site:
+    """The app on one backend (the JSON file, or PostgreSQL at database_url): its
+    gunicorn servers, and what its stores hold, read as another process would."""
+
+    def __init__(self, tmp_path: Path, database_url: str | None) -> None:
+        self.data_dir = tmp_path / "data"
+        self.database_url = database_url
+        self.access_log = tmp_path / "access.log"
+
+    def server(self, **env: str) -> GunicornServer:
+        """3 sync workers, so that concurrent clients reach several of them (gunicorn
+        runs gthread whenever threads > 1); visits are stored only when it stops
+        (VISITS_FLUSH_SECONDS=3600), unless env says otherwise; the access log says
+        which worker answered what."""
+        settings = {"GUNICORN_WORKER_CLASS": "sync", "GUNICORN_THREADS": "1",
+                    "VISITS_FLUSH_SECONDS": "3600", "TRUSTED_PROXY_HOPS": "1",
+                    "GUNICORN_CMD_ARGS": f"--access-logfile {self.access_log} "
+                                         "--access-logformat '%(p)s %(U)s %(s)s'"}
+        if self.database_url:
+            settings["DATABASE_URL"] = self.database_url
+        return GunicornServer(self.data_dir, workers=3, env=settings | env)
+
+    def environment(self) -> dict[str, str]:
+        """Where an operator's tool finds this site's links: DATABASE_URL, or DATA_DIR."""
+        if self.database_url:
+            return {"DATABASE_URL": self.database_url}
+        return {"DATA_DIR": str(self.data_dir)}
+
+    def links(self) -> LinkStore:
+        return open_url(self.database_url or (self.data_dir / "urls.json").as_uri())
+
+    def stats(self, code: str) -> visits.Stats:
+        links = self.links()
+        try:
+            return visits.open_store(links).stats(code)
+        finally:
+            links.close()
+
+    def stored(self) -> bytes:
+        """Every byte kept: the data directory's files, and every row of the database.
+        The file store's logs are folded first, so that its totals are searched too."""
+        if not self.database_url:
+            FileVisits(self.data_dir / "visits").fold()
+        return everything_stored(self.data_dir, self.database_url)
+
+    def served_by(self, path: str) -> set[str]:
+        """The pids of the workers that answered path."""
+        return {line.split()[0] for line in self.access_log.read_text().splitlines()
+                if line.split()[1] == path}
+
+
+def create_link(server: GunicornServer, code: str, session: requests.Session | None = None
+                ) -> None:
+    response = (session or requests).post(f"{server.url}/api/links", timeout=10, json={
+        "url": f"https://example.com/{code}", "code": code})
+    assert response.status_code == 201, response.text
+
+
+def follow(server: GunicornServer, code: str, method: str = "GET", **headers: str) -> None:
+    """Follow a short link with these headers (underscores in their names become dashes)."""
+    response = requests.request(method, f"{server.url}/{code}", allow_redirects=False,
+                                timeout=10, headers={name.replace("_", "-"): value
+                                                     for name, value in headers.items()})
+    assert response.status_code == 302

@@ -58,14 +58,16 @@ def test_a_fast_redirect_is_flask_s_redirect_byte_for_byte(links: Flask, path: s
     assert ours == answer(flask_only, path, base_url=f"{scheme}://localhost")
 
 
+@pytest.mark.parametrize("visits", ["on", "off"])
 @pytest.mark.parametrize("status", ["301", "307", "308"])
-def test_a_fast_redirect_follows_redirect_status_byte_for_byte(tmp_path: Path,
-                                                               status: str) -> None:
+def test_a_fast_redirect_follows_redirect_status_byte_for_byte(tmp_path: Path, status: str,
+                                                               visits: str) -> None:
     app = create_app({"DATA_DIR": tmp_path, "SECRET_KEY": "x", "CREATE_RATE_LIMIT": "off",
-                      "REDIRECT_STATUS": status})
+                      "REDIRECT_STATUS": status, "VISITS": visits})
     app.test_client().post("/api/links", json={"url": "https://example.com/", "code": "p"})
     ours = answer(fast_path(app), "/p")
-    bound = "max-age=60" if status in ("301", "308") else "s-maxage=60"
+    bound = "no-store" if visits == "on" else "max-age=60" if status in ("301", "308") else (
+        "s-maxage=60")  # a counted redirect must reach the app every time
     assert ours[0].startswith(status) and ("Cache-Control", bound) in ours[1]
     assert ours == answer(fast_path(app).app, "/p")
 

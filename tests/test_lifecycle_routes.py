@@ -20,7 +20,7 @@ from werkzeug.test import TestResponse
 
 from application import ConfigError, create_app
 from linkstore import Link, LinkStore
-from tests.helpers import PostForm, csrf_token
+from tests.helpers import CHROME_UA, PostForm, csrf_token
 
 FUTURE = "2999-01-01T00:00:00+00:00"
 PASSWORD = "correct horse battery"
@@ -199,6 +199,36 @@ def test_a_limited_link_redirects_exactly_max_visits_times_then_says_why(
     assert client.get("/api/links/twice").json["visits"] == 2  # type: ignore[index]
 
 
+@pytest.mark.parametrize("method, agent", [
+    ("HEAD", CHROME_UA),
+    ("GET", "Slackbot-LinkExpanding 1.0 (+https://api.slack.com/robots)"),
+    ("GET", "Mozilla/5.0 (compatible; Discordbot/2.0; +https://discordapp.com)"),
+    ("GET", "curl/8.5.0"), ("GET", "shortener-probe/1 (+ops.smoke)")])
+def test_previews_bots_and_head_requests_use_up_no_visit_and_never_see_the_target(
+        client: FlaskClient, method: str, agent: str) -> None:
+    api(client, code="once", max_visits=1)
+    for _ in range(3):
+        answer = client.open("/once", method=method, headers={"User-Agent": agent})
+        assert answer.status_code == 200 and "Location" not in answer.headers
+        assert answer.headers["Cache-Control"] == "no-store"
+        assert "example.com" not in answer.text
+        assert method == "HEAD" or "can be opened 1 more time, by people only" in answer.text
+    assert client.get("/api/links/once").json["visits"] == 0  # type: ignore[index]
+    assert client.get("/once").status_code == 302  # the person still gets it
+    assert client.get("/api/links/once/stats").json["visits_used"] == 1  # type: ignore[index]
+
+
+def test_the_stats_page_shows_no_target_a_visit_would_have_to_earn(client: FlaskClient) -> None:
+    api(client, code="locked", password="open sesame")
+    api(client, code="limited", max_visits=3)
+    api(client, code="open")
+    for code in ("locked", "limited"):
+        page = client.get(f"/{code}+")
+        assert page.status_code == 200 and "example.com" not in page.text
+    assert "0 of 3\n  visits used" in client.get("/limited+").text
+    assert "https://example.com/target" in client.get("/open+").text
+
+
 def test_a_stopped_link_answers_json_to_a_client_that_asks_for_it(client: FlaskClient) -> None:
     api(client, code="once", max_visits=1)
     client.get("/once")
@@ -247,7 +277,9 @@ def test_a_link_the_operator_deleted_says_so(app: Flask, client: FlaskClient) ->
 def test_redirect_status_is_never_permanent_or_cacheable_for_a_link_that_can_stop(
         app_with: Callable[..., Flask], status: int, plain: int, cache_control: str,
         other: int) -> None:
-    client = app_with(REDIRECT_STATUS=str(status)).test_client()
+    # VISITS=off: a counted redirect is never cached (tests/test_visits_routes.py)
+    client = app_with(REDIRECT_STATUS=str(status), VISITS="off").test_client()
+    client.environ_base["HTTP_USER_AGENT"] = CHROME_UA
     api(client, code="plain")
     api(client, code="expiring", expires_at=FUTURE)
     api(client, code="limited", max_visits=5)

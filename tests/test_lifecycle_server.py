@@ -15,6 +15,7 @@ import pytest
 import requests
 
 from linkstore import open_url
+from tests.helpers import CHROME_UA
 from tests.servers import GunicornServer
 
 PASSWORD = "a password nobody logs"
@@ -53,7 +54,8 @@ def create(server: GunicornServer, **body: str | int) -> dict[str, object]:
 
 def visits(base: str, code: str, count: int, clients: int = 12) -> Counter[int]:
     def visit(_: int) -> int:
-        return requests.get(f"{base}/{code}", allow_redirects=False, timeout=30).status_code
+        return requests.get(f"{base}/{code}", allow_redirects=False, timeout=30,
+                            headers={"User-Agent": CHROME_UA}).status_code  # a person
     with ThreadPoolExecutor(max_workers=clients) as pool:
         return Counter(pool.map(visit, range(count)))
 

@@ -160,7 +160,8 @@ def test_the_prebuild_hook_makes_the_configuration_valid(instance: Path) -> None
 
 @pytest.fixture
 def platform_nginx(tmp_path: Path) -> Iterator[tuple[str, GunicornServer]]:
-    with nginx_in_front(tmp_path) as (url, app):
+    # VISITS=off: a counted redirect is never cached (tests/test_visits_nginx.py).
+    with nginx_in_front(tmp_path, VISITS="off") as (url, app):
         yield url, app
 
 

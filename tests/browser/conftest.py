@@ -27,6 +27,7 @@ CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-backg
 AXE_PATH = REPO / "node_modules" / "axe-core" / "axe.min.js"
 OUTPUT_DIR = REPO / "test-output"
 MAX_UPLOAD_MB = 1
+VISITS_FLUSH_SECONDS = 1  # a visit shows on the statistics within a second or two
 DESKTOP = {"width": 1280, "height": 800}
 PHONE = {"width": 360, "height": 740}
 
@@ -98,13 +99,15 @@ def axe_source() -> str:
 
 @pytest.fixture(scope="session")
 def app_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[GunicornServer]:
-    """One gunicorn for the whole browser suite, with a 1 MB upload limit.
+    """One gunicorn for the whole browser suite, with a 1 MB upload limit, counting
+    visits every second.
 
     Tests share it and use short names of their own; each gets a fresh browser context,
     so "this browser's links" start empty for every test.
     """
     with GunicornServer(tmp_path_factory.mktemp("browser") / "data", workers=2,
-                        env={"MAX_UPLOAD_MB": str(MAX_UPLOAD_MB)}) as server:
+                        env={"MAX_UPLOAD_MB": str(MAX_UPLOAD_MB),
+                             "VISITS_FLUSH_SECONDS": str(VISITS_FLUSH_SECONDS)}) as server:
         yield server
 
 

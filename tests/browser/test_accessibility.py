@@ -11,6 +11,7 @@ from tests.browser.actions import (FAILING_IMPACTS, axe_findings, describe_findi
                                    shorten)
 from tests.browser.conftest import (DESKTOP, PHONE, PageProblems, TargetSite, new_context,
                                     save_screenshot)
+from tests.helpers import CHROME_UA
 from tests.servers import GunicornServer
 
 Scheme = Literal["light", "dark"]
@@ -26,7 +27,10 @@ def test_every_page_passes_axe_and_fits_the_screen(browser: Browser, app_server:
                                                    target_site: TargetSite, axe_source: str,
                                                    layout: str) -> None:
     viewport, scheme, suffix = LAYOUTS[layout]
-    context = new_context(browser, app_server, viewport=viewport, color_scheme=scheme)
+    # A person's User-Agent: headless Chromium's counts as a bot, which a limited link
+    # does not serve (it gets the "open this link in a browser" page instead).
+    context = new_context(browser, app_server, viewport=viewport, color_scheme=scheme,
+                          user_agent=CHROME_UA)
     page = context.new_page()
     seen = PageProblems()
     page.on("console", seen.on_console)

@@ -53,7 +53,7 @@ def test_this_browsers_links_are_listed_newest_first_and_survive_a_reload(
     for _ in range(2):
         items = page.locator(".links li")
         expect(items).to_have_count(2)
-        newest, oldest = items.nth(0).locator("a"), items.nth(1).locator("a")
+        newest, oldest = items.nth(0).locator("a.short"), items.nth(1).locator("a.short")
         expect(newest).to_have_attribute("href", f"{app_server.url}/listed-second")
         expect(newest).to_have_text(f"127.0.0.1:{app_server.port}/listed-second")
         expect(items.nth(0).locator(".target")).to_have_text("https://example.com/second-of-two")

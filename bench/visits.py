@@ -1,0 +1,464 @@
+"""What counting visits costs a redirect, measured side by side, and whether it counts right.
+
+Usage: python -m bench.visits [--sizes 100000,1000000] [--duration 10] [--rounds 5]
+       [--connections 16] [--workers 2] [--out bench/results] [--quick] [--no-postgres]
+
+For each size and backend (the JSON file; PostgreSQL when it is installed), the app runs
+with VISITS=off and with VISITS=on in turn, `rounds` times each, alternating which goes
+first, each on fresh counts, under the same gunicorn settings as `python -m bench` (sync
+workers, no gunicorn.conf.py) and the same 1,000 sampled codes. wrk sends a known mix
+(bench/visits.lua): people, every 10th request a bot, then the app's own probe once its
+quota is sent. After each VISITS=on run the server is stopped gracefully (each worker
+flushes) and the counts are read back from the store: they must equal what wrk sent,
+people and bots, exactly.
+
+At the first size, on the file, the nginx redirect cache (.platform/nginx, as deployed)
+with each way of counting: not counted (VISITS=off, the cache answers); counted from
+nginx's access log (VISITS=off, every redirect logged, classified afterwards as the
+app would); counted by the app (VISITS=on: counted redirects say no-store, so every one
+reaches the app). docs/visits.md has the method and the figures.
+"""
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import os
+import resource
+import secrets
+import shutil
+import statistics
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import psycopg
+
+import visitors
+import visits
+from bench import postgres, probe, servers
+from bench.data import Link, sample_of, write_links
+from bench.loadgen import Load, LoadError, run_wrk, wrk_path
+from bench.run import CACHE_HTTP, CACHE_LOCATION, PROXY
+from linkstore import open_url
+from linkstore.visits_file import FileVisits
+from ops import processes
+from ops.pgserver import PostgresServer, ServerUnavailable
+
+SCRIPT = Path(__file__).with_name("visits.lua")
+SIZES = [100_000, 1_000_000]
+COUNTED_SHARE = 0.6  # of a run's expected requests; the rest are probes (not counted)
+VISIT_LOG = ("log_format visits escape=json '{\"status\":\"$status\",\"method\":"
+             "\"$request_method\",\"uri\":\"$uri\",\"agent\":\"$http_user_agent\","
+             "\"referer\":\"$http_referer\",\"dnt\":\"$http_dnt\",\"gpc\":\"$http_sec_gpc\"}';")
+
+
+@dataclass
+class Run:
+    """One wrk run against one contender."""
+
+    contender: str
+    links: int
+    visits: str  # "on" or "off"
+    round: int
+    rps: float
+    p50_ms: float
+    p99_ms: float
+    errors: int
+    sent_people: int
+    sent_bots: int
+    counted_people: int | None  # None: this contender does not count
+    counted_bots: int | None
+    load1: float
+    app_cpu_us: float | None = None  # CPU per redirect: gunicorn, its final flush included
+    database_cpu_us: float | None = None  # and PostgreSQL's, for the same redirects
+
+    @property
+    def exact(self) -> bool | None:
+        if self.counted_people is None:
+            return None
+        return (self.counted_people, self.counted_bots) == (self.sent_people, self.sent_bots)
+
+
+@dataclass
+class Results:
+    settings: dict[str, Any]
+    machine: dict[str, Any]
+    runs: list[Run] = field(default_factory=list)
+    targets: dict[str, Any] = field(default_factory=dict)
+
+
+def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="python -m bench.visits",
+                                     description=(__doc__ or "").split("\n\n")[0])
+    parser.add_argument("--sizes", help="comma-separated link counts (default 100000,1000000;"
+                        " with --quick 1000)")
+    parser.add_argument("--duration", type=float, help="seconds per wrk run, 2-60 (default 10;"
+                        " with --quick 2)")
+    parser.add_argument("--rounds", type=int, help="runs of each mode per contender, 1-10 "
+                        "(default 5; with --quick 1)")
+    parser.add_argument("--connections", type=int, default=16, help="wrk connections, 1-256")
+    parser.add_argument("--workers", type=int, default=2, help="gunicorn sync workers, 1-16")
+    parser.add_argument("--out", type=Path, default=Path("bench/results"),
+                        help="where visits.json and visits.md go (default bench/results)")
+    parser.add_argument("--quick", action="store_true", help="1,000 links, short runs")
+    parser.add_argument("--no-postgres", action="store_true", help="the file only")
+    args = parser.parse_args(argv)
+    args.sizes = [int(s) for s in args.sizes.split(",")] if args.sizes else (
+        [1_000] if args.quick else SIZES)
+    args.duration = args.duration or (2.0 if args.quick else 10.0)
+    args.rounds = args.rounds or (1 if args.quick else 5)
+    if not (all(1 <= s <= 2_000_000 for s in args.sizes) and 2 <= args.duration <= 60
+            and 1 <= args.rounds <= 10 and 1 <= args.connections <= 256
+            and 1 <= args.workers <= 16):
+        parser.error("--sizes 1-2,000,000, --duration 2-60, --rounds 1-10, "
+                     "--connections 1-256, --workers 1-16")
+    return args
+
+
+def load1() -> float:
+    return round(os.getloadavg()[0], 2)
+
+
+class VisitsBench:
+    """One run of the benchmark: a temporary directory, the settings, the runs so far."""
+
+    def __init__(self, args: argparse.Namespace, tmp: Path,
+                 database: PostgresServer | None) -> None:
+        self.args, self.tmp, self.database = args, tmp, database
+        self.wrk_cpu = 0.0  # CPU seconds of the wrk runs since a server started
+        self.results = Results(
+            settings={k: v for k, v in vars(args).items() if k != "out"} | {
+                "worker_class": "sync", "counted_share": COUNTED_SHARE},
+            machine={"cpus": os.cpu_count(), "load_before": [round(x, 2)
+                                                             for x in os.getloadavg()],
+                     "started_at": datetime.datetime.now(datetime.UTC).isoformat(
+                         timespec="seconds")})
+
+    def log(self, message: str) -> None:
+        print(f"[bench.visits {time.strftime('%H:%M:%S')} load {load1():.2f}] {message}",
+              file=sys.stderr, flush=True)
+
+    # --- the app on one backend, counting and not ------------------------------------------
+
+    def size(self, count: int) -> None:
+        base = self.tmp / f"links-{count}"
+        sample = sample_of(count)
+        paths = base / "paths.txt"
+        write_links(base / "urls.json", count)
+        paths.write_text("".join(f"/{link.code}\n" for link in sample))
+        self.log(f"{count:,} links written")
+
+        def file_env(run: str) -> dict[str, str]:
+            data = base / run
+            data.mkdir()
+            os.link(base / "urls.json", data / "urls.json")
+            return {"DATA_DIR": str(data)}
+        self.contender("file", count, sample, paths, file_env,
+                       lambda env: counted_in(open_url(Path(env["DATA_DIR"], "urls.json")
+                                                       .as_uri()), sample, fold=True))
+        if count == self.args.sizes[0] and servers.nginx_available():
+            self.nginx(count, sample, paths, file_env)
+        if self.database is not None:
+            self.log(f"loading {count:,} links into PostgreSQL")
+            url, _ = postgres.load(self.database, count)
+
+            def database_env(run: str) -> dict[str, str]:
+                with psycopg.connect(url, autocommit=True) as conn:  # fresh counts
+                    conn.execute("TRUNCATE visit_counts, visit_visitors, visit_unique_days, "
+                                 "visit_batches")
+                data = base / run
+                data.mkdir()
+                return {"DATA_DIR": str(data), "DATABASE_URL": url}
+            try:
+                self.contender("postgresql", count, sample, paths, database_env,
+                               lambda env: counted_in(open_url(env["DATABASE_URL"]), sample))
+            finally:
+                self.database.drop_database(f"links_{count}")
+        shutil.rmtree(base)
+
+    def contender(self, name: str, count: int, sample: list[Link], paths: Path,
+                  env_for: Callable[[str], dict[str, str]],
+                  counted: Callable[[dict[str, str]], tuple[int, int]]) -> None:
+        """VISITS=off and on, round after round, each measured in wall-clock time (wrk)
+        and in CPU time: the server's, from just before the run until it has exited
+        (its last flush included), and the database's over the same span."""
+        quota = 0
+        for number in range(self.args.rounds):
+            for mode in ("off", "on") if number % 2 == 0 else ("on", "off"):
+                env = env_for(f"{name}-{mode}-{number}")
+                self.wrk_cpu, reaped_before = 0.0, children_cpu()
+                server = self.gunicorn(f"{name} VISITS={mode}", env | {"VISITS": mode})
+                try:
+                    rate = self.warm(server, sample, paths)
+                    quota = quota or self.quota(rate)
+                    before = load1()
+                    app_before, database_before = cpu_of(server.process.pid), self.database_cpu()
+                    load = self.load(server.base_url, paths, quota)
+                finally:
+                    server.stop()  # gracefully: every worker flushes what it counted
+                database = self.database_cpu() - database_before
+                app = children_cpu() - reaped_before - self.wrk_cpu - app_before
+                people, bots = counted(env) if mode == "on" else (None, None)
+                self.record(Run(name, count, mode, number + 1, load.rps, load.p50_ms,
+                                load.p99_ms, load.errors + load.bad_status,
+                                load.sent["people"], load.sent["bots"], people, bots, before,
+                                round(app / load.requests * 1e6, 1),
+                                round(database / load.requests * 1e6, 1)
+                                if "DATABASE_URL" in env else None))
+
+    def database_cpu(self) -> float:
+        return cpu_of(self.database.process.pid) if self.database and self.database.process \
+            else 0.0
+
+    def gunicorn(self, name: str, env: dict[str, str]) -> servers.Server:
+        environment = {"CREATE_RATE_LIMIT": "off", "SECRET_KEY": secrets.token_hex(16),
+                       "APP_VERSION": "bench", "TRUSTED_PROXY_HOPS": "1"} | env
+        server = servers.start_gunicorn(name, "application:application", self.args.workers,
+                                        self.tmp, self.tmp / f"{name.replace(' ', '-')}.log",
+                                        environment)
+        try:
+            servers.wait_until_listening(server, 120)
+        except servers.ServerError:
+            server.stop()
+            raise
+        return server
+
+    def warm(self, server: servers.Server, sample: list[Link], paths: Path) -> float:
+        """Every worker has the links and serves the sampled codes (the probe's requests:
+        not counted); return the rate of a 2 s run, which sizes the counted quota."""
+        probe.until_served_everywhere(server.port, sample[0], 4 * self.args.workers, 120)
+        return self.load(server.base_url, paths, 0, seconds=2).rps
+
+    def quota(self, rate: float) -> int:
+        """Counted requests per wrk thread: a share of what the run can send, so that
+        each is answered before the run ends."""
+        threads = min(2, self.args.connections)
+        return max(1, int(rate * self.args.duration * COUNTED_SHARE / threads))
+
+    def load(self, base_url: str, paths: Path, quota: int, seconds: float | None = None) -> Load:
+        """A wrk run; its own CPU time is kept apart (wrk is a child of this process too)."""
+        reaped = children_cpu()
+        try:
+            return run_wrk(base_url, paths, seconds or self.args.duration,
+                           self.args.connections, script=SCRIPT, script_args=[str(quota)])
+        finally:
+            self.wrk_cpu += children_cpu() - reaped
+
+    def record(self, run: Run) -> None:
+        self.results.runs.append(run)
+        counts = "" if run.exact is None else (
+            f", counted {run.counted_people}/{run.sent_people} people "
+            f"{run.counted_bots}/{run.sent_bots} bots")
+        self.log(f"{run.contender} @ {run.links:,} VISITS={run.visits} round {run.round}: "
+                 f"{run.rps:,.0f}/s p99 {run.p99_ms} ms{counts}")
+
+    # --- the nginx redirect cache and the two ways of counting -----------------------------
+
+    def nginx(self, count: int, sample: list[Link], paths: Path,
+              env_for: Callable[[str], dict[str, str]]) -> None:
+        contenders = [("nginx cache, not counted", "off", False),
+                      ("nginx cache, counted from its log", "off", True),
+                      ("nginx, counted by the app", "on", False)]
+        quotas: dict[str, int] = {}
+        for number in range(self.args.rounds):
+            for name, mode, logged in contenders[number % 3:] + contenders[:number % 3]:
+                env = env_for(f"{name.replace(' ', '-')}-{number}")
+                upstream = self.gunicorn(f"{name} upstream", env | {
+                    "VISITS": mode, "TRUSTED_PROXY_HOPS": "2"})
+                workdir = self.tmp / f"nginx-{number}-{name.replace(' ', '-')}"
+                log = workdir / "visits.log"
+                location = CACHE_LOCATION + (f"access_log {log} visits;" if logged else "")
+                proxy = servers.start_nginx(name, workdir, PROXY % (upstream.port, location),
+                                            self.args.workers,
+                                            CACHE_HTTP % workdir + (VISIT_LOG if logged else ""))
+                try:
+                    servers.wait_until_listening(proxy, 10)
+                    rate = self.warm(proxy, sample, paths)
+                    quota = quotas.setdefault(name, self.quota(rate))
+                    before = load1()
+                    load = self.load(proxy.base_url, paths, quota)
+                finally:
+                    proxy.stop()
+                    upstream.stop()
+                people, bots = (counted_from_log(log) if logged else
+                                counted_in(open_url(Path(env["DATA_DIR"], "urls.json").as_uri()),
+                                           sample, fold=True) if mode == "on" else (None, None))
+                self.record(Run(name, count, mode, number + 1, load.rps, load.p50_ms,
+                                load.p99_ms, load.errors + load.bad_status,
+                                load.sent["people"], load.sent["bots"], people, bots, before))
+
+
+def children_cpu() -> float:
+    """CPU seconds of every process this one has waited for, with their own children
+    they waited for: a stopped gunicorn brings its workers' time with it."""
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
+
+
+def cpu_of(leader: int) -> float:
+    """CPU seconds a running server has used: each live process of it, and what its
+    exited processes used (added to their parent's cutime and cstime when reaped)."""
+    ticks = 0
+    for pid in processes.members(leader):
+        try:
+            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue  # exited since it was listed
+        ticks += sum(int(value) for value in fields[11:15])  # utime stime cutime cstime
+    return ticks / os.sysconf("SC_CLK_TCK")
+
+
+def counted_in(links: Any, sample: list[Link], fold: bool = False) -> tuple[int, int]:
+    """People and bots the store has counted for the sampled codes."""
+    try:
+        store = visits.open_store(links)
+        if fold and isinstance(store, FileVisits):
+            store.fold()
+        people = bots = 0
+        for link in sample:
+            stats = store.stats(link.code)
+            people, bots = people + stats.visits, bots + stats.bots
+        return people, bots
+    finally:
+        links.close()
+
+
+def counted_from_log(log: Path) -> tuple[int, int]:
+    """People and bots among the redirects nginx logged, classified as the app would."""
+    people = bots = 0
+    with open(log, encoding="utf-8") as lines:
+        for line in lines:
+            entry = json.loads(line)
+            if entry["status"] != "302":
+                continue
+            visit = visitors.classify(visitors.hit(entry["method"], {
+                "User-Agent": entry["agent"], "Referer": entry["referer"], "DNT": entry["dnt"],
+                "Sec-GPC": entry["gpc"]}))
+            people += visit.kind == "person"
+            bots += visit.kind == "bot"
+    return people, bots
+
+
+# --- Figures and targets -------------------------------------------------------------------
+
+def summary(runs: list[Run]) -> list[dict[str, Any]]:
+    """Per contender and size: the medians with VISITS off and on, their ratios, and
+    whether every counted run counted exactly what was sent."""
+    rows = []
+    for contender, links in dict.fromkeys((r.contender, r.links) for r in runs):
+        mine = [r for r in runs if (r.contender, r.links) == (contender, links)]
+        off = [r for r in mine if r.visits == "off"]
+        on = [r for r in mine if r.visits == "on"]
+        row: dict[str, Any] = {"contender": contender, "links": links,
+                               "load": [min(r.load1 for r in mine), max(r.load1 for r in mine)],
+                               "exact": all(r.exact for r in mine if r.exact is not None)
+                               if any(r.exact is not None for r in mine) else None}
+        for mode, group in (("off", off), ("on", on)):
+            if group:
+                row[f"rps_{mode}"] = statistics.median(r.rps for r in group)
+                row[f"p99_{mode}"] = statistics.median(r.p99_ms for r in group)
+            if group and group[0].app_cpu_us is not None:
+                row[f"cpu_{mode}"] = statistics.median(
+                    (r.app_cpu_us or 0) + (r.database_cpu_us or 0) for r in group)
+        if off and on:
+            row["rps_ratio"] = round(row["rps_on"] / row["rps_off"], 3)
+            row["p99_ratio"] = round(row["p99_on"] / row["p99_off"], 3)
+        if "cpu_off" in row and "cpu_on" in row:  # redirects the same CPU serves, on / off
+            row["cpu_ratio"] = round(row["cpu_off"] / row["cpu_on"], 3)
+        rows.append(row)
+    return rows
+
+
+def targets(rows: list[dict[str, Any]]) -> dict[str, Any]:
+    """Issue 14's targets, judged per backend and size on this run's own figures."""
+    judged = {}
+    for row in rows:
+        if "rps_ratio" not in row:
+            continue
+        where = f"{row['contender']} at {row['links']:,} links"
+        judged[f"{where}: redirects/s on / off"] = {
+            "target": ">= 0.95", "measured": row["rps_ratio"], "met": row["rps_ratio"] >= 0.95}
+        judged[f"{where}: p99 on / off"] = {
+            "target": "<= 1.1", "measured": row["p99_ratio"], "met": row["p99_ratio"] <= 1.1}
+        judged[f"{where}: counts equal what was sent"] = {
+            "target": "exact", "measured": row["exact"], "met": bool(row["exact"])}
+    return judged
+
+
+def markdown(results: Results) -> str:
+    rows = summary(results.runs)
+    lines = [f"Visit counting, measured {results.machine['started_at']} "
+             f"(load {results.machine['load_before'][0]} before, "
+             f"{results.machine.get('load_after', ['?'])[0]} after)", "",
+             "| contender | links | VISITS=off /s | VISITS=on /s | on / off | p99 off ms "
+             "| p99 on ms | p99 on / off | CPU µs off | CPU µs on | by CPU, on / off "
+             "| counts exact | load |",
+             "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|---|"]
+    for row in rows:
+        def cell(key: str, digits: int = 0) -> str:
+            return f"{row[key]:,.{digits}f}" if key in row else "-"
+        exact = {True: "yes", False: "**no**", None: "not counted"}[row["exact"]]
+        lines.append(f"| {row['contender']} | {row['links']:,} | {cell('rps_off')} | "
+                     f"{cell('rps_on')} | {cell('rps_ratio', 3)} | {cell('p99_off', 2)} | "
+                     f"{cell('p99_on', 2)} | {cell('p99_ratio', 3)} | {cell('cpu_off', 1)} | "
+                     f"{cell('cpu_on', 1)} | {cell('cpu_ratio', 3)} | {exact} | "
+                     f"{row['load'][0]}-{row['load'][1]} |")
+    lines += ["", "| contender | links | VISITS | round | redirects/s | p99 ms | CPU µs app "
+              "| CPU µs database | people sent | counted | bots sent | counted | errors | load |",
+              "|---|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
+    for run in results.runs:
+        lines.append(f"| {run.contender} | {run.links:,} | {run.visits} | {run.round} | "
+                     f"{run.rps:,.0f} | {run.p99_ms} | {run.app_cpu_us or '-'} | "
+                     f"{run.database_cpu_us or '-'} | {run.sent_people:,} | "
+                     f"{'-' if run.counted_people is None else f'{run.counted_people:,}'} | "
+                     f"{run.sent_bots:,} | "
+                     f"{'-' if run.counted_bots is None else f'{run.counted_bots:,}'} | "
+                     f"{run.errors} | {run.load1} |")
+    lines += ["", "| target | measured | met |", "|---|---:|---|"]
+    lines += [f"| {name} | {t['measured']} | {'yes' if t['met'] else '**no**'} |"
+              for name, t in results.targets.items()]
+    return "\n".join(lines) + "\n"
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = parse_args(argv)
+    tmp = Path(tempfile.mkdtemp(prefix="bench-visits-"))
+    database = None
+    try:
+        wrk_path()
+        if postgres.available() and not args.no_postgres:
+            database = postgres.start()
+        bench = VisitsBench(args, tmp, database)
+        for count in args.sizes:
+            bench.size(count)
+    except (LoadError, servers.ServerError, probe.ProbeError, ServerUnavailable) as error:
+        print(f"bench.visits: {error}", file=sys.stderr)
+        return 1
+    finally:
+        if database is not None:
+            database.close()
+        shutil.rmtree(tmp, ignore_errors=True)
+    results = bench.results
+    results.machine["load_after"] = [round(x, 2) for x in os.getloadavg()]
+    results.targets = targets(summary(results.runs))
+    args.out.mkdir(parents=True, exist_ok=True)
+    text = markdown(results)
+    (args.out / "visits.md").write_text(text)
+    (args.out / "visits.json").write_text(json.dumps(
+        {"settings": results.settings, "machine": results.machine,
+         "summary": summary(results.runs), "targets": results.targets,
+         "runs": [asdict(run) | {"exact": run.exact} for run in results.runs]},
+        indent=2, default=str) + "\n")
+    print(text)
+    print(f"wrote {args.out}/visits.json and visits.md")
+    return 0
+
+
+if __name__ == "__main__":
+    with servers.stopped_at_exit():
+        raise SystemExit(main())

@@ -1,0 +1,354 @@
+"""Visit counts beside the JSON links file: logs appended per worker, folded into totals.
+
+Everything lives in a ``visits/`` directory beside ``urls.json`` (on EFS on Elastic
+Beanstalk, shared by every instance); ``urls.json`` is never touched::
+
+    visits/salt-2026-11-29                 the day's salt (mode 0600), deleted after its day
+    visits/log/2026-11-29/HOST-PID.jsonl   one worker's flushes that day, one JSON line each
+    visits/totals/SHARD-GENERATION.json    folded totals of the links in a shard (by code)
+    visits/manifest.json                   which totals are current; how far each log is folded
+    visits/fold.lock
+
+- **Writing** (every flush): one ``write`` of one line, appended with ``O_APPEND`` to the
+  worker's own log, then ``fsync``. Each process has a log of its own: appends by two
+  NFS clients to one file can overwrite each other, and an append by one writer
+  cannot. A line cut short by a crash is skipped by readers, and the next append
+  starts on a new line.
+- **Folding** (every ``fold_seconds``, by whichever worker gets ``fold.lock`` first, on
+  any instance): under the lock, read every log from where the manifest says it was
+  folded to, add those lines to the totals of the shards they touch, write each shard
+  as a new file, then commit by replacing the manifest (write, fsync, rename). A reader
+  sees the previous fold or the new one, never a mix; a fold that dies before the
+  rename leaves the previous one whole, and its files are removed by the next.
+- **Reading**: the manifest, the shard of the code, and every log from where it was
+  folded: counts are complete up to each worker's last flush, folded or not.
+- **Forgetting**: a day's visitor hashes are kept, to count each visitor once, until an
+  hour after the day ends (``visits.CLOSE_AFTER_SECONDS``); the next fold keeps only their
+  number. A day's logs are deleted once folded and a day older than that, when no
+  instance's clock can still be on that day.
+"""
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import os
+import secrets
+import socket
+import time
+import zlib
+from collections import Counter
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from linkstore import StoreUnavailable
+from linkstore.jsonfile import exclusive_lock, write_atomically
+from visits import (DETAILS, Batch, Day, DayCount, Stats, Tally, add_days, closed_before, day_of,
+                    no_details)
+
+log = logging.getLogger("shortener.visits")
+
+SHARDS = 16
+FOLD_SECONDS = 60.0
+
+
+def shard_of(code: str) -> int:
+    return zlib.crc32(code.encode()) % SHARDS
+
+
+@dataclass
+class LinkTotals:
+    """One link's counts as a totals file keeps them: the all-time totals and details,
+    [visits, bots, unique visitors] per day, and the hashes of days not closed yet."""
+
+    visits: int = 0
+    bots: int = 0
+    private: int = 0
+    details: dict[str, Counter[str]] = field(default_factory=no_details)
+    days: dict[Day, list[int]] = field(default_factory=dict)
+    open: dict[Day, set[int]] = field(default_factory=dict)
+
+    def add(self, day: Day, tally: Tally, closed: Day) -> None:
+        self.visits += tally.visits
+        self.bots += tally.bots
+        self.private += tally.private
+        for kind, counts in tally.details.items():
+            self.details[kind].update(counts)
+        on_day = self.days.setdefault(day, [0, 0, 0])
+        on_day[0] += tally.visits
+        on_day[1] += tally.bots
+        if day < closed:  # a flush that came after its day was closed: counted as new
+            on_day[2] += len(tally.visitors)
+        elif tally.visitors:
+            seen = self.open.setdefault(day, set[int]())
+            seen |= tally.visitors
+            on_day[2] = len(seen)
+
+    def close(self, before: Day) -> None:
+        self.open = {day: seen for day, seen in self.open.items() if day >= before}
+
+    def stats(self) -> Stats:
+        return Stats(self.visits, self.bots, self.private,
+                     {day: DayCount(*counts) for day, counts in self.days.items()},
+                     {kind: Counter(counts) for kind, counts in self.details.items()})
+
+    def to_json(self) -> dict[str, Any]:
+        return {"visits": self.visits, "bots": self.bots, "private": self.private,
+                **{kind: dict(counts) for kind, counts in self.details.items()},
+                "days": self.days, "open": {day: sorted(seen) for day, seen in self.open.items()}}
+
+    @classmethod
+    def from_json(cls, data: Mapping[str, Any]) -> LinkTotals:
+        return cls(data["visits"], data["bots"], data["private"],
+                   {kind: Counter(data[kind]) for kind in DETAILS}, dict(data["days"]),
+                   {day: set(seen) for day, seen in data["open"].items()})
+
+
+@dataclass
+class Manifest:
+    generation: int = 0
+    folded: dict[str, int] = field(default_factory=dict)  # log path: bytes folded
+    totals: dict[str, str] = field(default_factory=dict)  # shard: its current totals file
+    open: dict[str, Day] = field(default_factory=dict)  # shard: its oldest day with hashes
+
+
+class FileVisits:
+    """The JSON file backend of ``visits.VisitStore``."""
+
+    def __init__(self, directory: Path, lock_timeout: float = 5.0,
+                 fold_seconds: float = FOLD_SECONDS) -> None:
+        self.dir = directory
+        self.lock_path = directory / "fold.lock"
+        self.lock_timeout = lock_timeout
+        self.fold_seconds = fold_seconds
+        self._next_fold = time.monotonic() + fold_seconds
+
+    # --- salts ---------------------------------------------------------------------------
+
+    def salts(self, day: Day) -> dict[Day, bytes]:
+        try:
+            self.dir.mkdir(exist_ok=True)
+            wanted = {wanted: self._salt(wanted) for wanted in (day, add_days(day, 1))}
+            for old in self.dir.glob("salt-*"):
+                if old.name[5:] < day:
+                    old.unlink(missing_ok=True)
+        except (OSError, ValueError) as exc:
+            raise StoreUnavailable(f"cannot keep the visitor salt in {self.dir}: {exc}") from exc
+        return wanted
+
+    def _salt(self, day: Day) -> bytes:
+        """The salt of day; the first worker to ask makes it, atomically (link(2) fails
+        if another got there first), so every worker and instance shares one."""
+        path = self.dir / f"salt-{day}"
+        if not path.exists():
+            draft = self.dir / f".salt-{day}.{secrets.token_hex(8)}"
+            fd = os.open(draft, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+            try:
+                os.write(fd, secrets.token_hex(32).encode())
+                os.fsync(fd)
+                os.close(fd)
+                with contextlib.suppress(FileExistsError):
+                    os.link(draft, path)
+            finally:
+                draft.unlink(missing_ok=True)
+        return bytes.fromhex(path.read_text())
+
+    # --- writing -------------------------------------------------------------------------
+
+    def add(self, batch: Batch) -> None:
+        rows = [{"code": code, "day": day, **tally.to_json()}
+                for (code, day), tally in batch.tallies.items()]
+        line = json.dumps({"rows": rows}, separators=(",", ":")) + "\n"
+        path = self.dir / "log" / day_of(int(time.time() // 86400)) / \
+            f"{socket.gethostname()}-{os.getpid()}.jsonl"
+        try:
+            self.dir.mkdir(exist_ok=True)
+            path.parent.mkdir(parents=True, exist_ok=True)
+            fd = os.open(path, os.O_RDWR | os.O_APPEND | os.O_CREAT, 0o600)
+        except OSError as exc:
+            raise StoreUnavailable(f"cannot append to {path}: {exc.strerror}") from exc
+        try:
+            size = os.fstat(fd).st_size
+            if size and os.pread(fd, 1, size - 1) != b"\n":
+                line = "\n" + line  # the last append was cut short: start a new line
+            data = line.encode()
+            while data:
+                data = data[os.write(fd, data):]
+        except OSError as exc:  # nothing, or part of a line that readers skip: not counted
+            os.close(fd)
+            raise StoreUnavailable(f"cannot append to {path}: {exc.strerror}") from exc
+        try:  # the line is complete: counted, even if it might not outlive a power cut
+            os.fsync(fd)
+        except OSError as exc:
+            log.warning("fsync of %s failed (%s); its last visits may not survive a "
+                        "crash of this machine", path, exc.strerror)
+        finally:
+            os.close(fd)
+
+    # --- folding -------------------------------------------------------------------------
+
+    def maintain(self, now: float | None = None) -> None:
+        """Fold, at most every fold_seconds per process, unless another process is."""
+        if now is not None:
+            self.fold(now=now)
+            return
+        if time.monotonic() < self._next_fold:
+            return
+        self._next_fold = time.monotonic() + self.fold_seconds
+        if not self.lock_path.exists() and not (self.dir / "log").exists():
+            return  # nothing was ever counted here
+        try:
+            self.fold(wait=0.0)
+        except StoreUnavailable as exc:
+            if "locked by another process" not in str(exc):
+                raise
+
+    def fold(self, wait: float | None = None, now: float | None = None) -> None:
+        """Fold every log into the totals (see the module docstring). Waits at most
+        `wait` seconds (default: the lock timeout) for another fold to finish."""
+        now = time.time() if now is None else now
+        with exclusive_lock(self.lock_path, self.lock_timeout if wait is None else wait):
+            try:
+                closed = closed_before(now)
+                self._fold(self._manifest(), closed, add_days(closed, -1))
+            except OSError as exc:
+                raise StoreUnavailable(f"cannot fold the visit logs in {self.dir}: "
+                                       f"{exc.strerror}") from exc
+
+    def _fold(self, manifest: Manifest, closed: Day, expired_before: Day) -> None:
+        pending: dict[str, dict[tuple[str, Day], Tally]] = {}
+        folded = dict(manifest.folded)
+        expired = []
+        for rel in self._logs():
+            start = manifest.folded.get(rel, 0)
+            batches, end = read_lines(self.dir / rel, start)
+            for code, day, tally in rows_of(batches, rel):
+                rows = pending.setdefault(str(shard_of(code)), {})
+                rows.setdefault((code, day), Tally()).add(tally)
+            folded[rel] = end
+            if end == start and rel.split("/")[1] < expired_before:
+                expired.append(rel)  # folded whole by an earlier, committed fold
+        closing = {shard for shard, day in manifest.open.items() if day < closed}
+        if not pending and not closing and not expired:
+            return
+        new = Manifest(manifest.generation + 1, folded, dict(manifest.totals),
+                       dict(manifest.open))
+        for shard in sorted(set(pending) | closing):
+            links = self._totals(manifest, shard)
+            for (code, day), tally in pending.get(shard, {}).items():
+                links.setdefault(code, LinkTotals()).add(day, tally, closed)
+            for totals in links.values():
+                totals.close(closed)
+            name = f"totals/{shard}-{new.generation}.json"
+            (self.dir / "totals").mkdir(exist_ok=True)
+            write_atomically(self.dir / name, [json.dumps(
+                {code: totals.to_json() for code, totals in links.items()},
+                separators=(",", ":")).encode()])
+            new.totals[shard] = name
+            open_days = [day for totals in links.values() for day in totals.open]
+            new.open.pop(shard, None)
+            if open_days:
+                new.open[shard] = min(open_days)
+        for rel in expired:  # before the commit: the committed manifest had them folded
+            (self.dir / rel).unlink(missing_ok=True)
+            with contextlib.suppress(OSError):
+                (self.dir / rel).parent.rmdir()  # once its last log is gone
+            del new.folded[rel]
+        write_atomically(self.dir / "manifest.json", [json.dumps(new.__dict__).encode()])
+        current = set(new.totals.values())
+        for stale in (self.dir / "totals").glob("*.json"):
+            if f"totals/{stale.name}" not in current:
+                stale.unlink(missing_ok=True)
+
+    # --- reading -------------------------------------------------------------------------
+
+    def stats(self, code: str) -> Stats:
+        totals = self._read(lambda manifest: self._totals(manifest, str(shard_of(code))),
+                            {code})
+        return totals.get(code, LinkTotals()).stats()
+
+    def totals(self, codes: Sequence[str]) -> dict[str, int]:
+        def shards(manifest: Manifest) -> dict[str, LinkTotals]:
+            found: dict[str, LinkTotals] = {}
+            for shard in {str(shard_of(code)) for code in codes}:
+                found |= self._totals(manifest, shard)
+            return found
+        totals = self._read(shards, set(codes))
+        return {code: totals[code].visits for code in codes if code in totals}
+
+    def _read(self, load: Any, codes: set[str]) -> dict[str, LinkTotals]:
+        """The folded totals that load() picks, plus every unfolded line for codes.
+        A fold may replace a totals file between the manifest and the file: read again."""
+        for _ in range(5):
+            manifest = self._manifest()
+            try:
+                found: dict[str, LinkTotals] = load(manifest)
+                for rel in self._logs():
+                    batches, _ = read_lines(self.dir / rel, manifest.folded.get(rel, 0))
+                    for code, day, tally in rows_of(batches, rel):
+                        if code in codes:
+                            found.setdefault(code, LinkTotals()).add(day, tally, "")
+            except FileNotFoundError:
+                continue
+            except OSError as exc:
+                raise StoreUnavailable(f"cannot read the visits in {self.dir}: "
+                                       f"{exc.strerror}") from exc
+            return {code: totals for code, totals in found.items() if code in codes}
+        raise StoreUnavailable(f"the visits in {self.dir} kept changing while read; try again")
+
+    def _manifest(self) -> Manifest:
+        path = self.dir / "manifest.json"
+        try:
+            return Manifest(**json.loads(path.read_bytes()))
+        except FileNotFoundError:
+            return Manifest()
+        except (OSError, ValueError, TypeError) as exc:
+            raise StoreUnavailable(f"cannot read {path}: {exc}") from exc
+
+    def _totals(self, manifest: Manifest, shard: str) -> dict[str, LinkTotals]:
+        """The folded totals of a shard. FileNotFoundError when a fold replaced the file
+        after the manifest was read (read again)."""
+        name = manifest.totals.get(shard)
+        if name is None:
+            return {}
+        data = (self.dir / name).read_bytes()
+        try:
+            return {code: LinkTotals.from_json(totals)
+                    for code, totals in json.loads(data).items()}
+        except (ValueError, TypeError, KeyError, AttributeError) as exc:
+            raise StoreUnavailable(f"{self.dir / name} is damaged ({exc!r}); the visit "
+                                   "counts of its links cannot be read") from exc
+
+    def _logs(self) -> list[str]:
+        return sorted(str(path.relative_to(self.dir))
+                      for path in self.dir.glob("log/*/*.jsonl"))
+
+
+def read_lines(path: Path, start: int) -> tuple[list[bytes], int]:
+    """The complete lines of a log from byte start on, and where the last one ends: a
+    line still being written, or cut short by a crash, is not complete."""
+    try:
+        with open(path, "rb") as log_file:
+            log_file.seek(start)
+            data = log_file.read()
+    except FileNotFoundError:
+        return [], start
+    complete = data[:data.rfind(b"\n") + 1]
+    return complete.splitlines(), start + len(complete)
+
+
+def rows_of(lines: list[bytes], where: str) -> Iterator[tuple[str, Day, Tally]]:
+    """The (code, day, tally) rows of log lines; a line that does not parse (a write
+    cut short, then a newline) is skipped, with a warning."""
+    for line in lines:
+        try:
+            batch = json.loads(line)
+            rows = [(str(row["code"]), str(row["day"]), Tally.from_json(row))
+                    for row in batch["rows"]]
+        except (ValueError, TypeError, KeyError, AttributeError):
+            log.warning("skipped a visit log line in %s that does not parse (%d bytes: "
+                        "a write cut short by a crash)", where, len(line))
+            continue
+        yield from rows

@@ -1,0 +1,155 @@
+"""Visit counts in PostgreSQL, beside the links (tables: migrations/0003_visits.sql).
+
+- **Writing** (every flush): one transaction per batch. The batch's id goes into
+  ``visit_batches`` first, so a batch sent again after a lost connection (it may have
+  committed) is not counted twice. Then one ``INSERT ... SELECT FROM unnest(...) ON
+  CONFLICT DO UPDATE`` adds every (link, day) of the batch to the counters of this
+  worker's shard, and one ``INSERT ... ON CONFLICT DO NOTHING`` the visitor hashes.
+  Writers take row locks only on their own shard's rows, so however hot a link is,
+  no worker waits for another's flush; rows go in sorted order, so two workers that
+  share a shard (16 shards, picked by host and process) wait briefly, never deadlock.
+- **Reading**: sums over the shards.
+- **Forgetting** (hourly, by any worker): the hashes of closed days (``visits.
+  closed_before``) are replaced by their number, and batch ids older than a day go.
+
+Statements go through the link store's connections (``PostgresStore._call``: its pool,
+timeouts, fail-fast and schema migrations), so visits add no connection to the
+database and the same errors read the same way.
+"""
+from __future__ import annotations
+
+import os
+import secrets
+import socket
+import time
+import zlib
+from collections.abc import Sequence
+from typing import Any
+
+from psycopg.types.json import Jsonb
+
+from linkstore.postgres import Connection, PostgresStore
+from visits import DETAILS, Batch, Day, DayCount, Stats, add_days, closed_before
+
+SHARDS = 16
+MAINTAIN_SECONDS = 3600.0
+
+TAKE_BATCH = "INSERT INTO visit_batches (id) VALUES (%s) ON CONFLICT (id) DO NOTHING"
+ADD_COUNTS = """
+INSERT INTO visit_counts AS c (code, day, shard, visits, bots, private, details)
+SELECT code, day, %s, visits, bots, private, details
+  FROM unnest(%s::text[], %s::text[]::date[], %s::bigint[], %s::bigint[], %s::bigint[],
+              %s::jsonb[]) AS t(code, day, visits, bots, private, details)
+    ON CONFLICT (code, day, shard) DO UPDATE
+   SET visits = c.visits + excluded.visits, bots = c.bots + excluded.bots,
+       private = c.private + excluded.private,
+       details = visit_details_add(c.details, excluded.details)"""
+ADD_VISITORS = """
+INSERT INTO visit_visitors (code, day, visitor)
+SELECT * FROM unnest(%s::text[], %s::text[]::date[], %s::bigint[])
+    ON CONFLICT DO NOTHING"""
+DAYS = """
+SELECT day::text, sum(visits)::bigint, sum(bots)::bigint, sum(private)::bigint
+  FROM visit_counts WHERE code = %s GROUP BY day"""
+DETAIL_COUNTS = """
+SELECT kind.key, value.key, sum(value.value::bigint)::bigint
+  FROM visit_counts, jsonb_each(details) AS kind, jsonb_each_text(kind.value) AS value
+ WHERE code = %s GROUP BY 1, 2"""
+UNIQUE_VISITORS = """
+SELECT day::text, sum(n)::bigint FROM (
+    SELECT day, visitors AS n FROM visit_unique_days WHERE code = %s
+    UNION ALL
+    SELECT day, count(*) FROM visit_visitors WHERE code = %s GROUP BY day) AS counted
+ GROUP BY day"""
+CLOSE_DAYS = """
+WITH moved AS (DELETE FROM visit_visitors WHERE day < %s::date RETURNING code, day)
+INSERT INTO visit_unique_days (code, day, visitors)
+SELECT code, day, count(*) FROM moved GROUP BY code, day
+    ON CONFLICT (code, day) DO UPDATE SET visitors = visit_unique_days.visitors +
+                                                     excluded.visitors"""
+
+
+class PostgresVisits:
+    """The PostgreSQL backend of ``visits.VisitStore``."""
+
+    def __init__(self, links: PostgresStore, shard: int | None = None) -> None:
+        self.links = links
+        self._shard = shard  # None: by host and process (tests pin one)
+        self._next_maintenance = time.monotonic() + MAINTAIN_SECONDS
+
+    def salts(self, day: Day) -> dict[Day, bytes]:
+        wanted = (day, add_days(day, 1))
+
+        def work(conn: Connection) -> dict[Day, bytes]:
+            with conn.transaction():
+                conn.execute("DELETE FROM visit_salts WHERE day < %s::date", (day,))
+                for each in wanted:
+                    conn.execute("INSERT INTO visit_salts (day, salt) VALUES (%s::date, %s)"
+                                 " ON CONFLICT (day) DO NOTHING",
+                                 (each, secrets.token_bytes(32)))
+            rows = conn.execute("SELECT day::text, salt FROM visit_salts"
+                                " WHERE day = ANY(%s::text[]::date[])", (list(wanted),))
+            return {str(found): bytes(salt) for found, salt in rows}
+        return self.links._call(work, retry=True)
+
+    def add(self, batch: Batch) -> None:
+        counted = sorted(batch.tallies.items())
+        visitors = sorted((code, day, visitor)
+                          for (code, day), tally in counted for visitor in tally.visitors)
+        shard = self.shard()
+
+        def work(conn: Connection) -> None:
+            with conn.transaction():
+                if conn.execute(TAKE_BATCH, (batch.id,)).rowcount == 0:
+                    return  # taken before: the commit happened, its answer was lost
+                conn.execute(ADD_COUNTS, (
+                    shard, [code for (code, _), _ in counted], [day for (_, day), _ in counted],
+                    [t.visits for _, t in counted], [t.bots for _, t in counted],
+                    [t.private for _, t in counted],
+                    [Jsonb({kind: dict(t.details[kind]) for kind in DETAILS if t.details[kind]})
+                     for _, t in counted]))
+                if visitors:
+                    conn.execute(ADD_VISITORS, tuple(map(list, zip(*visitors))))
+        # Retried on a new connection if the first was lost: the batch id makes it safe.
+        self.links._call(work, retry=True)
+
+    def stats(self, code: str) -> Stats:
+        def work(conn: Connection) -> tuple[list[Any], list[Any], list[Any]]:
+            return (conn.execute(DAYS, (code,)).fetchall(),
+                    conn.execute(DETAIL_COUNTS, (code,)).fetchall(),
+                    conn.execute(UNIQUE_VISITORS, (code, code)).fetchall())
+        days, details, uniques = self.links._call(work, retry=True)
+        unique = {day: int(n) for day, n in uniques}
+        stats = Stats(days={day: DayCount(int(v), int(b), unique.get(day, 0))
+                            for day, v, b, _ in days})
+        stats.visits = sum(count.visits for count in stats.days.values())
+        stats.bots = sum(count.bots for count in stats.days.values())
+        stats.private = sum(int(p) for *_, p in days)
+        for kind, value, n in details:
+            if kind in stats.details:
+                stats.details[kind][value] = int(n)
+        return stats
+
+    def totals(self, codes: Sequence[str]) -> dict[str, int]:
+        rows = self.links._call(lambda conn: conn.execute(
+            "SELECT code, sum(visits)::bigint FROM visit_counts WHERE code = ANY(%s)"
+            " GROUP BY code", (list(codes),)).fetchall(), retry=True)
+        return {code: int(n) for code, n in rows}
+
+    def maintain(self, now: float | None = None) -> None:
+        """Close the days an hour after they end; forget batch ids older than a day."""
+        if now is None and time.monotonic() < self._next_maintenance:
+            return
+        self._next_maintenance = time.monotonic() + MAINTAIN_SECONDS
+
+        def work(conn: Connection) -> None:
+            with conn.transaction():
+                conn.execute(CLOSE_DAYS, (closed_before(now),))
+                conn.execute("DELETE FROM visit_batches WHERE added_at < now() - interval "
+                             "'1 day'")
+        self.links._call(work, retry=False)
+
+    def shard(self) -> int:
+        if self._shard is not None:
+            return self._shard
+        return zlib.crc32(f"{socket.gethostname()}-{os.getpid()}".encode()) % SHARDS

@@ -1,0 +1,30 @@
+"""bench.visits runs end to end on a tiny size, and every counted run counts exactly what
+wrk sent. Speed is never asserted here: that is the benchmark's job."""
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess  # nosec B404
+import sys
+from pathlib import Path
+
+import pytest
+
+from tests.servers import REPO
+
+
+@pytest.mark.skipif(shutil.which("wrk") is None, reason="wrk is not installed "
+                    "(apt-get install wrk); the benchmark cannot run without it")
+def test_the_quick_visits_benchmark_counts_every_request_it_sent(tmp_path: Path) -> None:
+    done = subprocess.run(  # nosec B603
+        [sys.executable, "-m", "bench.visits", "--quick", "--sizes", "300", "--duration", "2",
+         "--connections", "4", "--out", str(tmp_path)],
+        cwd=REPO, capture_output=True, text=True, timeout=300, check=False)
+    assert done.returncode == 0, done.stderr[-3000:]
+    results = json.loads((tmp_path / "visits.json").read_text())
+    counted = [run for run in results["runs"] if run["counted_people"] is not None]
+    assert counted and all(run["exact"] for run in counted), counted
+    assert all(run["errors"] == 0 and run["sent_people"] > 0 for run in results["runs"])
+    assert {(run["contender"], run["visits"]) for run in results["runs"]} >= {
+        ("file", "off"), ("file", "on")}
+    assert "| file | 300 |" in (tmp_path / "visits.md").read_text()

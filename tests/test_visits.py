@@ -1,0 +1,368 @@
+"""Counting visits: the recorder on the redirect's path, and the visit stores beside the
+links on both backends (the JSON file's logs and totals, PostgreSQL's sharded counters).
+
+Everything here runs on the real stores: files in a temporary directory, and the real
+PostgreSQL server the suite starts. tests/test_visits_server.py does it through gunicorn.
+"""
+from __future__ import annotations
+
+import json
+import os
+import threading
+import time
+from collections.abc import Callable, Iterator
+from concurrent.futures import ProcessPoolExecutor
+from pathlib import Path
+from typing import Any
+from urllib.parse import unquote, urlsplit
+
+import psycopg
+import pytest
+
+import visits
+from linkstore import Link, LinkStore, StoreUnavailable, is_postgres_url
+from linkstore.jsonfile import FileStore, write_atomically
+from linkstore.postgres import PostgresStore
+from linkstore.visits_file import FileVisits, shard_of
+from linkstore.visits_postgres import PostgresVisits
+from tests.helpers import CHROME_UA, everything_stored
+from visitors import BOT, Visit
+from visits import Batch, DayCount, Recorder, VisitStore
+
+CHROME = Visit("person", "Chrome", "Windows", "desktop", "t.co")
+FIREFOX = Visit("person", "Firefox", "Linux", "desktop", "direct")
+PRIVATE = Visit("person")  # asked not to be tracked: no details
+DAY = 86400
+NOW = time.time()
+TODAY = visits.today(NOW)
+YESTERDAY = visits.add_days(TODAY, -1)
+
+
+def batch(*visits_: tuple[Visit, int | None], code: str = "abc", day: str = TODAY) -> Batch:
+    """A batch of one link's visits on one day, each with its visitor hash (or None)."""
+    made = Batch()
+    for visit, visitor in visits_:
+        made.tally(code, day).count(visit)
+        if visitor is not None:
+            made.tally(code, day).visitors.add(visitor)
+    return made
+
+
+@pytest.fixture
+def stored(location: str) -> Callable[[], bytes]:
+    """Every byte the visit store (and the links beside it) keeps, on either backend."""
+    if is_postgres_url(location):
+        return lambda: everything_stored(database_url=location)
+    return lambda: everything_stored(data_dir=Path(unquote(urlsplit(location).path)).parent)
+
+
+def another_worker(open_store: Callable[[], LinkStore]) -> VisitStore:
+    """The same visit store as another worker, or another instance, opens it."""
+    return visits.open_store(open_store())
+
+
+# --- What every visit store does -----------------------------------------------------------
+
+def test_a_batch_is_counted_per_day_with_the_details_of_people(visit_store: VisitStore) -> None:
+    visit_store.add(batch((CHROME, 0x01), (CHROME, 0x02), (FIREFOX, 0x03), (PRIVATE, None),
+                          (BOT, None)))
+    visit_store.add(batch((CHROME, 0x04), day=YESTERDAY))
+    stats = visit_store.stats("abc")
+    assert (stats.visits, stats.bots, stats.private) == (5, 1, 1)
+    assert stats.days == {TODAY: DayCount(4, 1, 3), YESTERDAY: DayCount(1, 0, 1)}
+    assert stats.details["referrer"] == {"t.co": 3, "direct": 1}
+    assert stats.details["browser"] == {"Chrome": 3, "Firefox": 1}
+    assert stats.details["os"] == {"Windows": 3, "Linux": 1}
+    assert stats.details["device"] == {"desktop": 4}
+
+
+def test_a_link_never_visited_has_nothing_counted(visit_store: VisitStore) -> None:
+    stats = visit_store.stats("nobody")
+    assert (stats.visits, stats.bots, stats.days) == (0, 0, {})
+    assert visit_store.totals(["nobody"]) == {}
+
+
+def test_a_visitor_counts_once_a_day_whichever_worker_saw_them(
+        visit_store: VisitStore, open_store: Callable[[], LinkStore]) -> None:
+    other = another_worker(open_store)
+    visit_store.add(batch((CHROME, 0xaa), (CHROME, 0xbb)))
+    other.add(batch((CHROME, 0xaa), (FIREFOX, 0xcc)))
+    visit_store.add(batch((CHROME, 0xbb)))
+    visit_store.add(batch((CHROME, 0xaa), day=YESTERDAY))
+    assert other.stats("abc").days == {TODAY: DayCount(5, 0, 3), YESTERDAY: DayCount(1, 0, 1)}
+
+
+def test_the_home_page_reads_the_visits_of_several_links_at_once(visit_store: VisitStore) -> None:
+    visit_store.add(batch((CHROME, None), (FIREFOX, None), code="one"))
+    visit_store.add(batch((BOT, None), code="bots-only"))
+    visit_store.add(batch((CHROME, None), code="one", day=YESTERDAY))
+    visit_store.add(batch((PRIVATE, None), code="two"))
+    assert visit_store.totals(["one", "two", "bots-only", "none"]) == {
+        "one": 3, "two": 1, "bots-only": 0}
+
+
+def test_every_worker_gets_the_same_salt_and_earlier_days_salts_are_deleted(
+        visit_store: VisitStore, open_store: Callable[[], LinkStore],
+        stored: Callable[[], bytes]) -> None:
+    first = visit_store.salts(YESTERDAY)
+    assert set(first) == {YESTERDAY, TODAY} and len(first[YESTERDAY]) == 32
+    assert first[YESTERDAY] != first[TODAY]
+    assert another_worker(open_store).salts(YESTERDAY) == first
+    assert first[YESTERDAY] in stored() or first[YESTERDAY].hex().encode() in stored()
+    second = visit_store.salts(TODAY)
+    assert second[TODAY] == first[TODAY]
+    everything = stored()
+    assert first[YESTERDAY] not in everything and first[YESTERDAY].hex().encode() not in everything
+
+
+def test_a_closed_day_keeps_its_number_of_visitors_and_forgets_their_hashes(
+        visit_store: VisitStore, stored: Callable[[], bytes]) -> None:
+    hashes = [0x7a3f9e01c2d4b5a6, -0x0b1c2d3e4f5a6b7c]
+    visit_store.add(batch(*[(CHROME, h) for h in hashes], day=YESTERDAY))
+    visit_store.maintain(now=NOW)  # yesterday ended less than a day ago: may still be open
+    visit_store.maintain(now=NOW + 2 * DAY)
+    assert visit_store.stats("abc").days == {YESTERDAY: DayCount(2, 0, 2)}
+    everything = stored()
+    for visitor in hashes:
+        assert str(visitor).encode() not in everything
+
+
+def test_a_flush_that_arrives_after_its_day_closed_still_counts(visit_store: VisitStore) -> None:
+    visit_store.add(batch((CHROME, 0x01), day=YESTERDAY))
+    visit_store.maintain(now=NOW + 2 * DAY)
+    visit_store.add(batch((CHROME, 0x02), (BOT, None), day=YESTERDAY))
+    visit_store.maintain(now=NOW + 3 * DAY)
+    assert visit_store.stats("abc").days == {YESTERDAY: DayCount(2, 1, 2)}
+
+
+# --- The JSON file's logs and totals -------------------------------------------------------
+
+@pytest.fixture
+def file_visits(tmp_path: Path) -> Iterator[FileVisits]:
+    urls_file = tmp_path / "urls.json"
+    links = FileStore(urls_file)
+    links.add(Link("abc", url="https://example.com/"))
+    store = visits.open_store(links)
+    assert isinstance(store, FileVisits)
+    yield store
+
+
+def test_counting_never_writes_the_links_file(file_visits: FileVisits) -> None:
+    urls_file = file_visits.dir.parent / "urls.json"
+    before = (urls_file.read_bytes(), urls_file.stat().st_mtime_ns, urls_file.stat().st_ino)
+    file_visits.salts(TODAY)
+    file_visits.add(batch((CHROME, 0x01)))
+    file_visits.fold()
+    assert file_visits.dir == urls_file.with_name("visits")
+    assert (urls_file.read_bytes(), urls_file.stat().st_mtime_ns, urls_file.stat().st_ino) \
+        == before
+
+
+def test_each_worker_appends_to_its_own_log_beside_the_links_file(
+        file_visits: FileVisits) -> None:
+    file_visits.add(batch((CHROME, 0x01)))
+    file_visits.add(batch((FIREFOX, 0x02)))
+    [log] = file_visits.dir.glob("log/*/*.jsonl")
+    assert log.parent.name == visits.today()
+    assert log.name.endswith(f"-{os.getpid()}.jsonl")
+    assert [len(json.loads(line)["rows"]) for line in log.read_text().splitlines()] == [1, 1]
+
+
+def test_a_line_cut_short_by_a_crash_is_skipped_and_the_next_starts_afresh(
+        file_visits: FileVisits) -> None:
+    file_visits.add(batch((CHROME, 0x01)))
+    [log] = file_visits.dir.glob("log/*/*.jsonl")
+    whole = log.read_bytes()
+    with open(log, "ab") as torn:
+        torn.write(whole[:len(whole) // 2])  # a write that a power cut stopped halfway
+    assert file_visits.stats("abc").visits == 1  # the torn line is not complete: unread
+    file_visits.add(batch((FIREFOX, 0x02)))
+    file_visits.fold()
+    assert file_visits.stats("abc").visits == 2
+    file_visits.add(batch((FIREFOX, 0x03)))
+    assert file_visits.stats("abc").visits == 3
+
+
+def test_stats_include_what_is_flushed_but_not_folded_yet(file_visits: FileVisits) -> None:
+    file_visits.add(batch((CHROME, 0x01), (CHROME, 0x02)))
+    file_visits.fold()
+    file_visits.add(batch((CHROME, 0x02), (FIREFOX, 0x03)))
+    assert file_visits.stats("abc").days == {TODAY: DayCount(4, 0, 3)}
+    file_visits.fold()
+    assert file_visits.stats("abc").days == {TODAY: DayCount(4, 0, 3)}
+    manifest = json.loads((file_visits.dir / "manifest.json").read_text())
+    assert manifest["generation"] == 2
+    assert [p.name for p in (file_visits.dir / "totals").iterdir()] == [
+        Path(manifest["totals"][str(shard_of("abc"))]).name]
+
+
+def test_a_fold_that_dies_before_its_commit_leaves_the_previous_one_whole(
+        file_visits: FileVisits, monkeypatch: pytest.MonkeyPatch) -> None:
+    file_visits.add(batch((CHROME, 0x01)))
+    file_visits.fold()
+    file_visits.add(batch((FIREFOX, 0x02)))
+
+    def dies_at_the_commit(path: Path, chunks: Any) -> Any:
+        if path.name == "manifest.json":
+            raise OSError(5, "Input/output error")  # the process died here
+        return write_atomically(path, chunks)
+    monkeypatch.setattr("linkstore.visits_file.write_atomically", dies_at_the_commit)
+    with pytest.raises(StoreUnavailable, match="cannot fold"):
+        file_visits.fold()
+    assert file_visits.stats("abc").visits == 2  # the old fold, and the log after it
+    monkeypatch.undo()
+    file_visits.fold()
+    assert file_visits.stats("abc").visits == 2
+    assert len(list((file_visits.dir / "totals").iterdir())) == 1  # the orphan is gone
+
+
+def test_a_days_logs_are_deleted_once_folded_and_a_day_older_than_its_close(
+        file_visits: FileVisits) -> None:
+    file_visits.add(batch((CHROME, 0x01)))
+    file_visits.fold(now=NOW)
+    file_visits.fold(now=NOW + DAY)
+    assert list(file_visits.dir.glob("log/*/*.jsonl")), "deleted while an instance's clock " \
+        "could still be on that day"
+    file_visits.fold(now=NOW + 3 * DAY)
+    assert not list(file_visits.dir.glob("log/*"))
+    assert file_visits.stats("abc").days == {TODAY: DayCount(1, 0, 1)}
+    assert json.loads((file_visits.dir / "manifest.json").read_text())["folded"] == {}
+
+
+def count_and_fold(directory: str, worker: int, batches: int) -> None:
+    """One process, as one gunicorn worker of one instance: flush, and fold sometimes."""
+    store = FileVisits(Path(directory), lock_timeout=30)
+    for n in range(batches):
+        store.add(batch((CHROME, worker << 32 | n)))
+        if n % 7 == 0:
+            store.fold()
+
+
+def test_concurrent_workers_and_folds_count_every_visit_exactly_once(
+        file_visits: FileVisits) -> None:
+    with ProcessPoolExecutor(max_workers=4) as pool:
+        list(pool.map(count_and_fold, [str(file_visits.dir)] * 4, range(4), [40] * 4))
+    assert file_visits.stats("abc").days == {TODAY: DayCount(160, 0, 160)}
+    file_visits.fold()
+    assert file_visits.stats("abc").days == {TODAY: DayCount(160, 0, 160)}
+
+
+# --- PostgreSQL's sharded counters ---------------------------------------------------------
+
+@pytest.fixture
+def pg_links(database_url: str) -> Iterator[PostgresStore]:
+    links = PostgresStore(database_url, timeout=2)
+    yield links
+    links.close()
+
+
+def test_a_batch_sent_again_after_a_lost_answer_is_counted_once(pg_links: PostgresStore
+                                                                ) -> None:
+    store = PostgresVisits(pg_links)
+    sent = batch((CHROME, 0x01), (BOT, None))
+    store.add(sent)
+    store.add(sent)  # the connection died after the commit: the recorder tries again
+    assert (store.stats("abc").visits, store.stats("abc").bots) == (1, 1)
+
+
+def test_one_hot_link_never_makes_one_workers_flush_wait_for_anothers(
+        pg_links: PostgresStore, database_url: str) -> None:
+    PostgresVisits(pg_links, shard=0).add(batch((CHROME, None)))
+    PostgresVisits(pg_links, shard=1).add(batch((CHROME, None)))
+    with psycopg.connect(database_url) as flushing:  # worker 0, mid-flush: its row locked
+        flushing.execute("UPDATE visit_counts SET visits = visits + 1 WHERE code = 'abc' "
+                         "AND shard = 0")
+        started = time.monotonic()
+        PostgresVisits(pg_links, shard=1).add(batch((FIREFOX, None)))  # not held up
+        assert time.monotonic() - started < 2, "waited for the other worker's lock"
+        with pytest.raises(StoreUnavailable, match="did not answer"):
+            PostgresVisits(pg_links, shard=0).add(batch((FIREFOX, None)))  # its own shard
+        flushing.rollback()
+    assert PostgresVisits(pg_links).stats("abc").visits == 3
+
+
+# --- The recorder, on the redirect's path -------------------------------------------------
+
+def environ(remote_addr: str = "198.51.100.23", method: str = "GET",
+            **headers: str) -> dict[str, Any]:
+    return {"REQUEST_METHOD": method, "REMOTE_ADDR": remote_addr,
+            **{"HTTP_" + name.upper(): value for name, value in headers.items()}}
+
+
+@pytest.fixture
+def recorder(file_visits: FileVisits) -> Iterator[Recorder]:
+    counter = Recorder(file_visits, flush_seconds=3600)  # flushed by the tests
+    yield counter
+    counter.close()
+
+
+def test_the_visitors_address_never_enters_the_queue(recorder: Recorder) -> None:
+    recorder.record("abc", environ("203.0.113.77", user_agent=CHROME_UA))
+    [(code, _, _, agent, _, _, visitor)] = list(recorder._hits)
+    assert (code, agent, isinstance(visitor, int)) == ("abc", CHROME_UA, True)
+    assert "203.0.113.77" not in repr(list(recorder._hits))
+    recorder.flush()
+    assert recorder.store.stats("abc").days[TODAY].visitors == 1
+
+
+def test_the_same_address_and_browser_is_one_visitor_and_another_is_another(
+        recorder: Recorder) -> None:
+    for address, agent in [("192.0.2.1", CHROME_UA), ("192.0.2.1", CHROME_UA),
+                           ("192.0.2.2", CHROME_UA), ("192.0.2.1", CHROME_UA + " Edg/142.0")]:
+        recorder.record("abc", environ(address, user_agent=agent))
+    recorder.flush()
+    assert recorder.store.stats("abc").days[TODAY] == DayCount(4, 0, 3)
+
+
+def test_dnt_and_gpc_visits_count_in_the_total_only(recorder: Recorder) -> None:
+    recorder.record("abc", environ(user_agent=CHROME_UA, dnt="1", referer="https://t.co/x"))
+    recorder.record("abc", environ(user_agent=CHROME_UA, sec_gpc="1"))
+    recorder.record("abc", environ(user_agent=CHROME_UA))
+    recorder.flush()
+    stats = recorder.store.stats("abc")
+    assert (stats.visits, stats.private, stats.days[TODAY].visitors) == (3, 2, 1)
+    assert sum(stats.details["browser"].values()) == 1 and "t.co" not in stats.details["referrer"]
+
+
+def test_bots_count_apart_and_head_requests_and_the_probe_not_at_all(recorder: Recorder
+                                                                     ) -> None:
+    for agent in ["curl/8.11.1", "Slackbot-LinkExpanding 1.0 (+https://api.slack.com/robots)",
+                  "Mozilla/5.0 (compatible; Googlebot/2.1; +http://www.google.com/bot.html)"]:
+        recorder.record("abc", environ(user_agent=agent))
+    recorder.record("abc", environ(method="HEAD", user_agent=CHROME_UA))
+    recorder.record("abc", environ(user_agent="shortener-probe/1 (+ops.smoke)"))
+    recorder.flush()
+    stats = recorder.store.stats("abc")
+    assert (stats.visits, stats.bots, stats.days[TODAY].visitors) == (0, 3, 0)
+
+
+def test_batches_wait_in_memory_while_the_store_is_down(tmp_path: Path) -> None:
+    data_dir = tmp_path / "not-mounted-yet"
+    store = FileVisits(data_dir / "visits")
+    counter = Recorder(store, flush_seconds=3600)
+    try:
+        counter.record("abc", environ(user_agent=CHROME_UA))
+        counter.flush()  # the store cannot take it: kept
+        data_dir.mkdir()
+        counter.record("abc", environ(user_agent=CHROME_UA))
+        counter.flush()
+    finally:
+        counter.close()
+    stats = store.stats("abc")
+    assert stats.visits == 2
+    assert stats.days[TODAY].visitors == 0, "no salt could be kept: no visitor hashes"
+
+
+def test_a_graceful_close_flushes_what_is_queued(file_visits: FileVisits) -> None:
+    counter = Recorder(file_visits, flush_seconds=3600)
+
+    def visitor() -> None:
+        for _ in range(250):
+            counter.record("abc", environ(user_agent=CHROME_UA))
+    threads = [threading.Thread(target=visitor) for _ in range(4)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    counter.close()
+    assert file_visits.stats("abc").visits == 1000
