@@ -68,8 +68,8 @@ def make_copy(target: Path, slip: str | None) -> Path:
     """Copy the app, its store, templates/static, config and the gate's tests (and what
     they import); make the slip."""
     target.mkdir(parents=True)
-    for name in ("application.py", "gunicorn.conf.py", "pyproject.toml"):
-        shutil.copy2(ROOT / name, target / name)
+    for path in [*ROOT.glob("*.py"), ROOT / "pyproject.toml"]:  # the modules beside the app
+        shutil.copy2(path, target / path.name)
     for name in ("linkstore", "templates", "static", "ops"):
         shutil.copytree(ROOT / name, target / name,
                         ignore=shutil.ignore_patterns("__pycache__"))
