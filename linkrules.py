@@ -6,8 +6,8 @@ in through a file is one the form would have taken. No Flask here: importing the
 module builds the app, which an operator's command must not do.
 
 ``RESERVED_CODES`` are the first path segments of the app's own routes: a short code
-must never shadow one. The app checks at start-up that every route it has is listed
-(``application.create_app``), so a new route cannot be forgotten here.
+must never shadow one. The app also reserves every route it has (``create_app``), and
+tests/test_ops_links_import.py fails when one is missing here, where the import reads them.
 """
 from __future__ import annotations
 
@@ -19,8 +19,7 @@ from werkzeug.urls import iri_to_uri
 
 CODE_PATTERN = re.compile(r"[A-Za-z0-9_-]{1,64}")
 MAX_URL_LENGTH = 2048
-# Lower case. "report" is the visitors' report page (issue 13), reserved ahead of it.
-RESERVED_CODES = frozenset({"api", "healthz", "manage", "report", "static", "your-url"})
+RESERVED_CODES = frozenset({"api", "healthz", "manage", "static", "your-url"})  # lower case
 
 
 class InvalidInput(Exception):
