@@ -69,8 +69,8 @@ def test_a_limit_must_be_a_whole_number_from_one(env: dict[str, str]) -> None:
     assert done.returncode == 2 and "from 1" in done.stderr
 
 
-def test_search_finds_text_in_codes_and_targets_in_any_case(three: LinkStore,
-                                                           env: dict[str, str]) -> None:
+def test_search_finds_text_in_codes_and_targets_in_any_case(
+        three: LinkStore, env: dict[str, str]) -> None:
     assert codes_listed(links_command("search", "MIDDLE", env=env).stdout) == ["b-middle"]
     assert codes_listed(links_command("search", "example.org", env=env).stdout) == ["c-oldest"]
     assert codes_listed(links_command("search", "example", "--limit", "2", env=env).stdout) == [
@@ -103,8 +103,8 @@ def test_show_tells_everything_but_the_hashes(store: LinkStore, env: dict[str, s
         assert secret not in done.stdout + text
 
 
-def test_disable_takes_a_link_down_and_records_who_and_why(store: LinkStore,
-                                                          env: dict[str, str]) -> None:
+def test_disable_takes_a_link_down_and_records_who_and_why(
+        store: LinkStore, env: dict[str, str]) -> None:
     store.add(Link("bad", "https://example.com/phish"))
     done = links_command("disable", "bad", "--reason", "phishing", "--note", "ticket 7",
                          "--by", "alice", env=env)
@@ -125,8 +125,8 @@ def test_enable_brings_it_back_and_enabling_twice_changes_nothing(store: LinkSto
     assert "enabled: it works again; it was disabled (spam)" in done.stdout
     again = links_command("enable", "back", "--by", "bob", env=env)
     assert (again.returncode, again.stdout) == (0, "/back was already active; nothing changed\n")
-    assert [(c.action, c.by) for c in store.history("back")] == [("disable", "alice"),
-                                                                  ("enable", "bob")]
+    assert [(c.action, c.by) for c in store.history("back")] == [
+        ("disable", "alice"), ("enable", "bob")]
 
 
 def test_delete_is_for_good_and_a_second_delete_is_refused(store: LinkStore,
