@@ -66,10 +66,14 @@ LINKS = "urls.json"
 # beside urls.json that hold data (not .lock or .journal, which the store rebuilds):
 SIDECARS = (".state", ".audit")  # linkstore.jsonfile: the links' states; their history
 # The PostgreSQL tables a snapshot reads, in one transaction, into that set: links into
-# urls.json and urls.json.state, link_events into urls.json.audit. Not carried: the
-# schema's bookkeeping (schema_migrations, link_counts, link_changes) and the visit
-# counts (visit_*), as before.
+# urls.json and urls.json.state, link_events into urls.json.audit (copy_database), and
+# a restore writes back (add_to_database). Every other table is named in NOT_CARRIED
+# with why; tests/test_backup_lifecycle.py fails for a table in neither.
 TABLES = ("links", "link_events")
+NOT_CARRIED = {"schema_migrations": "the migrations apply themselves",
+               "link_counts": "derived from links by a trigger",
+               "link_changes": "the workers' cache-eviction log",
+               "visit_": "visit counts are not links (RDS's own backups keep them)"}
 STATE, AUDIT = (LINKS + suffix for suffix in SIDECARS)
 SELECT_EVENTS = ("SELECT code, action, changed_by, changed_at, reason, note FROM link_events"
                  " ORDER BY id")

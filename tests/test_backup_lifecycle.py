@@ -9,6 +9,7 @@ import os
 from collections.abc import Iterator
 from pathlib import Path
 
+import psycopg
 import pytest
 
 from linkstore import Link, LinkStore, is_postgres_url, open_url
@@ -111,3 +112,15 @@ def test_a_snapshot_whose_state_was_tampered_with_does_not_verify(
     assert backup.main(["restore", str(dest), "--urls-file", str(tmp_path / "new" / "urls.json"),
                         "--database-url", ""]) == 1
     assert not (tmp_path / "new" / "urls.json").exists()
+
+
+def test_every_table_of_the_schema_is_carried_or_said_not_to_be(database_url: str) -> None:
+    open_url(database_url).close()  # brings the schema up to date
+    with psycopg.connect(database_url) as conn:
+        tables = [name for (name,) in conn.execute(
+            "SELECT table_name FROM information_schema.tables WHERE table_schema = 'public'")]
+    forgotten = [name for name in tables if name not in backup.TABLES
+                 and not any(name.startswith(prefix) for prefix in backup.NOT_CARRIED)]
+    assert "links" in tables and forgotten == [], (
+        "carry these in ops.backup (TABLES, copy_database, add_to_database) or name them "
+        "in NOT_CARRIED with why")
