@@ -152,14 +152,21 @@ def show(args: argparse.Namespace, links: LinkStore) -> int:
         return EXIT_OK
     width = max(map(len, details))
     for name, value in details.items():
-        shown = {True: "yes", False: "no", None: "-"}.get(value, value) \
-            if not isinstance(value, int) or isinstance(value, bool) else f"{value:,}"
-        print(f"{name:<{width}}  {shown}")
+        print(f"{name:<{width}}  {readable(value)}")
     print("\nhistory" + ("" if history else ": no change of state recorded"))
     for change in history:
         why = " ".join(filter(None, [change["reason"], change["note"] and f"({change['note']})"]))
         print(f"  {change['at']}  {change['action']:<8} by {change['by']}  {why}".rstrip())
     return EXIT_OK
+
+
+def readable(value: object) -> str:
+    """A field's value as show prints it."""
+    if isinstance(value, bool):
+        return "yes" if value else "no"
+    if isinstance(value, int):
+        return f"{value:,}"
+    return "-" if value is None else str(value)
 
 
 def state_at(link: Link, now: datetime) -> str:
@@ -228,8 +235,10 @@ def enable(args: argparse.Namespace, links: LinkStore) -> int:
     visits, which enabling does not change)."""
     before = existing(links, args.code)
     after = changed(lambda: links.enable(args.code, args.by))
-    report(before, after, "enabled: it works again" if after.stopped(datetime.now(timezone.utc))
-           is None else f"enabled, but it has {after.stopped(datetime.now(timezone.utc))}")
+    still = after.stopped(datetime.now(timezone.utc))
+    report(before, after, "enabled: it works again" if not still else
+           "enabled, but it " + ("has expired" if still == "expired" else "used all its visits")
+           + ": it still answers 410 Gone")
     return EXIT_OK
 
 

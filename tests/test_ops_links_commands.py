@@ -129,6 +129,15 @@ def test_enable_brings_it_back_and_enabling_twice_changes_nothing(store: LinkSto
         ("disable", "alice"), ("enable", "bob")]
 
 
+def test_enabling_an_expired_link_says_it_still_answers_410(
+        store: LinkStore, env: dict[str, str]) -> None:
+    store.add(Link("late", "https://example.com/", expires_at="2020-01-01T00:00:00+00:00"))
+    store.disable("late", "spam", by="alice")
+    done = links_command("enable", "late", env=env)
+    assert done.returncode == 0, done.stderr
+    assert "enabled, but it has expired: it still answers 410 Gone" in done.stdout
+
+
 def test_delete_is_for_good_and_a_second_delete_is_refused(store: LinkStore,
                                                            env: dict[str, str]) -> None:
     store.add(Link("gone", "https://example.com/"))
