@@ -525,7 +525,10 @@ def restore(live: Live, place: Destination, name: str, force: bool,
         if live.database_url:
             return done | add_to_database(live, scratch)
         with store_lock(live):
-            kept = replace_links(live, scratch, snapshot_bytes, wanted, force,
+            # A snapshot from before the sidecars were carried leaves the live ones alone:
+            # the takedowns it does not know of stay taken down.
+            sidecars = (STATE, AUDIT) if "link_states" in manifest else ()
+            kept = replace_links(live, scratch, sidecars, snapshot_bytes, wanted, force,
                                  now or datetime.now(timezone.utc))
     return done | kept
 
@@ -573,8 +576,8 @@ def restore_uploads(live: Live, manifest: dict[str, Any], scratch: Path) -> int:
     return count
 
 
-def replace_links(live: Live, scratch: Path, data: bytes, wanted: dict[str, Any], force: bool,
-                  now: datetime) -> dict[str, Any]:
+def replace_links(live: Live, scratch: Path, sidecars: Sequence[str], data: bytes,
+                  wanted: dict[str, Any], force: bool, now: datetime) -> dict[str, Any]:
     """Swap the live set for the snapshot's (lock held): each sidecar, then the links
     file; keep each file replaced beside it, and say where. A sidecar the snapshot lacks
     is moved aside: the links it described are gone with it."""
@@ -594,7 +597,7 @@ def replace_links(live: Live, scratch: Path, data: bytes, wanted: dict[str, Any]
                 "restoring would lose them. Pick a newer snapshot, or pass --force (the "
                 "current file is kept beside it either way).")
     kept: dict[str, str | None] = {}
-    for name in (STATE, AUDIT, LINKS):
+    for name in (*sidecars, LINKS):
         path, kept[name] = live.file(name), None
         with contextlib.suppress(FileNotFoundError):
             kept_path = path.with_name(f"{path.name}.replaced-{snapshot_name(now)}")
@@ -607,7 +610,7 @@ def replace_links(live: Live, scratch: Path, data: bytes, wanted: dict[str, Any]
         elif (scratch / name).exists():
             put_atomically(path, scratch / name)
     return {"replaced_file_kept_as": kept[LINKS],
-            "replaced_sidecars_kept_as": {name: kept[name] for name in (STATE, AUDIT)}}
+            "replaced_sidecars_kept_as": {name: kept[name] for name in sidecars}}
 
 
 # ---- command line ---------------------------------------------------------------------

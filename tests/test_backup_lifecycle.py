@@ -124,3 +124,22 @@ def test_every_table_of_the_schema_is_carried_or_said_not_to_be(database_url: st
     assert "links" in tables and forgotten == [], (
         "carry these in ops.backup (TABLES, copy_database, add_to_database) or name them "
         "in NOT_CARRIED with why")
+
+
+def test_a_snapshot_from_before_states_were_carried_leaves_the_live_takedowns(
+        tmp_path: Path) -> None:
+    urls = tmp_path / "data" / "urls.json"
+    urls.parent.mkdir()
+    store = open_url(urls.as_uri())
+    store.add(Link("taken", "https://example.com/phish"))
+    live = backup.Live(urls, tmp_path / "uploads", 5.0)
+    dest = tmp_path / "snapshots"
+    name = backup.take_snapshot(live, backup.LocalDestination(dest), keep=3)["name"]
+    manifest = json.loads((dest / name / "manifest.json").read_text())
+    for key in ("link_states", "state_changes"):  # as an older release wrote it
+        del manifest[key]
+    (dest / name / "manifest.json").write_text(json.dumps(manifest))
+    store.disable("taken", "malware", by="alice")
+    backup.restore(live, *backup.split_snapshot(str(dest)), force=False)
+    link = store.current("taken")
+    assert link is not None and link.state == "disabled"
