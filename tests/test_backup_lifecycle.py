@@ -82,14 +82,20 @@ def test_a_snapshot_restores_every_state_and_its_history_into_either_backend(
         restored.close()
 
 
-def test_restoring_the_file_brings_a_takedown_back_that_was_undone_since(
-        tmp_path: Path) -> None:
+@pytest.fixture
+def phished(tmp_path: Path) -> tuple[LinkStore, backup.Live]:
+    """A links file holding one link, "taken", and the same file as ops.backup sees it."""
     urls = tmp_path / "data" / "urls.json"
     urls.parent.mkdir()
     store = open_url(urls.as_uri())
     store.add(Link("taken", "https://example.com/phish"))
+    return store, backup.Live(urls, tmp_path / "uploads", 5.0)
+
+
+def test_restoring_the_file_brings_a_takedown_back_that_was_undone_since(
+        phished: tuple[LinkStore, backup.Live], tmp_path: Path) -> None:
+    store, live = phished
     store.disable("taken", "malware", by="alice")
-    live = backup.Live(urls, tmp_path / "uploads", 5.0)
     backup.take_snapshot(live, backup.LocalDestination(tmp_path / "snapshots"), keep=3)
     store.enable("taken", by="mallory")
     done = backup.restore(live, *backup.split_snapshot(str(tmp_path / "snapshots")), force=False)
@@ -127,12 +133,8 @@ def test_every_table_of_the_schema_is_carried_or_said_not_to_be(database_url: st
 
 
 def test_a_snapshot_from_before_states_were_carried_leaves_the_live_takedowns(
-        tmp_path: Path) -> None:
-    urls = tmp_path / "data" / "urls.json"
-    urls.parent.mkdir()
-    store = open_url(urls.as_uri())
-    store.add(Link("taken", "https://example.com/phish"))
-    live = backup.Live(urls, tmp_path / "uploads", 5.0)
+        phished: tuple[LinkStore, backup.Live], tmp_path: Path) -> None:
+    store, live = phished
     dest = tmp_path / "snapshots"
     name = backup.take_snapshot(live, backup.LocalDestination(dest), keep=3)["name"]
     manifest = json.loads((dest / name / "manifest.json").read_text())
