@@ -16,7 +16,6 @@ import contextlib
 import json
 import logging
 import os
-import re
 import secrets
 import string
 import tempfile
@@ -46,17 +45,17 @@ from werkzeug.wrappers import Response
 
 import visitors
 import visits
+from linkrules import (CODE_PATTERN, RESERVED_CODES, InvalidInput, checked_code,
+                       checked_url)
 from linkstore import (DELETED, CodeTaken, Link, LinkDeleted, LinkStore, StoreUnavailable,
                        hash_password, is_postgres_url, new_manage_token, redacted)
 from linkstore.jsonfile import FileStore, identity_of, write_atomically
 
 log = logging.getLogger("shortener")
 
-CODE_PATTERN = re.compile(r"[A-Za-z0-9_-]{1,64}")
 CODE_ALPHABET = string.ascii_letters + string.digits
 RANDOM_CODE_LENGTH = 7
 RANDOM_CODE_ATTEMPTS = 5  # 62**7 codes: a second attempt is already rare
-MAX_URL_LENGTH = 2048
 SESSION_CODES_KEPT = 25  # newest first; keeps the signed cookie far below 4 KB
 INLINE_IMAGE_TYPES = {".png": "image/png", ".jpg": "image/jpeg", ".jpeg": "image/jpeg",
                       ".gif": "image/gif", ".webp": "image/webp"}  # never SVG: it can run script
@@ -243,55 +242,6 @@ def ascii_host(text: str) -> str:
 
 
 # --- Validation ------------------------------------------------------------------------
-
-class InvalidInput(Exception):
-    """A request that cannot be stored, with the field and a message to act on."""
-
-    def __init__(self, field: str, message: str, status: int = 400) -> None:
-        super().__init__(message)
-        self.field = field
-        self.message = message
-        self.status = status
-
-
-def checked_url(url: str) -> str:
-    """The URL as it will be stored and sent in Location, or InvalidInput saying why not."""
-    if not url:
-        raise InvalidInput("url", "Enter the URL to shorten.")
-    if " " in url or not url.isprintable():
-        raise InvalidInput("url", "A URL cannot contain spaces or control characters; "
-                                  "remove them and try again.")
-    try:
-        parts = urlsplit(url)
-        parts.port  # raises ValueError for a malformed port
-        stored = iri_to_uri(url)  # the ASCII form a Location header carries
-        if " " in stored or not stored.isprintable():  # IDNA maps e.g. "¨" to " \u0308"
-            raise ValueError(stored)
-    except ValueError:
-        raise InvalidInput("url", "That is not a valid URL; check it and try again.") from None
-    if parts.scheme.lower() not in ("http", "https"):
-        raise InvalidInput("url", "Only http:// and https:// links can be shortened, "
-                                  "e.g. https://example.com/page.")
-    if not parts.hostname:
-        raise InvalidInput("url", "That URL has no host name, e.g. https://example.com/page.")
-    if len(stored) > MAX_URL_LENGTH:
-        raise InvalidInput("url", f"That URL is {len(stored):,} characters long; the limit "
-                                  f"is {MAX_URL_LENGTH:,}.")
-    return stored
-
-
-def checked_code(code: str) -> str | None:
-    """The chosen short name, None for a random one, or InvalidInput saying why not."""
-    if not code:
-        return None
-    if not CODE_PATTERN.fullmatch(code):
-        raise InvalidInput("code", "A short name is 1 to 64 letters, digits, '-' or '_' "
-                                   "(no spaces, slashes or accents).")
-    if code.lower() in current_app.config["RESERVED_CODES"]:
-        raise InvalidInput("code", f"'{code}' is used by the site itself; choose another "
-                                   "short name.")
-    return code
-
 
 def checked_expiry(value: str, utc_offset: str | None = None) -> str | None:
     """When the link stops, in UTC (None: never), or InvalidInput saying why not.
@@ -1038,10 +988,11 @@ def create_app(config: Mapping[str, Any] | None = None) -> Flask:
     app.register_error_handler(StoreUnavailable, handle_store_unavailable)
     app.register_error_handler(Exception, handle_unexpected_error)
     app.after_request(add_security_headers)
-    # A short name must never shadow a route: its first path segment is reserved.
-    app.config["RESERVED_CODES"] = frozenset(rule.rule.split("/")[1].lower()
-                                             for rule in app.url_map.iter_rules()
-                                             if not rule.rule.startswith("/<")) - {""}
+    # A short name must never shadow a route: its first path segment is reserved (and
+    # listed in linkrules.RESERVED_CODES for the operator's import; a test checks it).
+    app.config["RESERVED_CODES"] = RESERVED_CODES | frozenset(
+        rule.rule.split("/")[1].lower() for rule in app.url_map.iter_rules()
+        if not rule.rule.startswith("/<")) - {""}
     if app.config["BLOCKED_DOMAINS"]:
         app.extensions["blocked_domains"] = BlockedDomains(Path(app.config["BLOCKED_DOMAINS"]))
     links = app.extensions["link_store"] = open_store(app.config)

@@ -3,25 +3,30 @@
 A snapshot is a directory (local, or under ``s3://bucket/prefix``) named by its UTC time:
 
     20261127T051200123456Z/urls.json        every link, in the app's JSON file format
+    20261127T051200123456Z/urls.json.state  the links' states: taken down, deleted, visits used
+    20261127T051200123456Z/urls.json.audit  who changed which link's state, when and why
     20261127T051200123456Z/uploads/<name>   every uploaded file
     20261127T051200123456Z/manifest.json    counts, sizes and SHA-256 of every file
 
-The manifest is written last, so a snapshot without one is incomplete and is ignored.
-Only the newest ``--keep`` complete snapshots are kept.
+The links are always carried as the file backend's set of files (``SIDECARS``), so a
+takedown survives a restore, with its history, and any snapshot restores into either
+backend. The manifest is written last, so a snapshot without one is incomplete and is
+ignored. Only the newest ``--keep`` complete snapshots are kept.
 
-With the JSON file backend, the links file is read under the store's own lock (the
-``flock`` protocol of ``linkstore.jsonfile``, imported from there), so the copy is one
-the app wrote whole. With PostgreSQL (``DATABASE_URL`` or ``--database-url``) the links
-are read in code order in one transaction, a consistent view, and written in the same
-JSON format, so any snapshot restores into either backend. Uploads are copied
-afterwards: the app writes a file before it adds the link to it.
+With the JSON file backend, the links file and its sidecars are read together under the
+store's own lock (the ``flock`` protocol of ``linkstore.jsonfile``, imported from
+there), so the set is one the app wrote whole. With PostgreSQL (``DATABASE_URL`` or
+``--database-url``) the ``TABLES`` are read in one transaction, a consistent view, and
+written as the same set. Uploads are copied afterwards: the app writes a file before it
+adds the link to it.
 
-``restore`` to the file replaces it atomically under the lock, keeps the file it
-replaces beside it (``urls.json.replaced-<time>``), brings back missing uploads, and
-refuses, unless ``--force``, to replace a live file that holds links the snapshot lacks.
-``restore`` to PostgreSQL adds the snapshot's links the database lacks and never
-overwrites or deletes one; rolling a database back in time is what RDS's own
-point-in-time restore is for (docs/database.md).
+``restore`` to the file replaces the set atomically under the lock (each sidecar, then
+the links file), keeps each file it replaces beside it (``urls.json.replaced-<time>``,
+``urls.json.state.replaced-<time>``, ...), brings back missing uploads, and refuses,
+unless ``--force``, to replace a live file that holds links the snapshot lacks.
+``restore`` to PostgreSQL adds the snapshot's links the database lacks, with their
+states and their history, and never overwrites or deletes one; rolling a database back
+in time is what RDS's own point-in-time restore is for (docs/database.md).
 
 Exit status: 0 done, 1 the snapshot is invalid or the action was refused or failed,
 2 bad arguments.
@@ -39,20 +44,39 @@ import socket
 import sys
 import tempfile
 from collections.abc import Iterable, Iterator
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Protocol, Sequence
 
-from linkstore import Link, StoreUnavailable, open_url, redacted
-from linkstore.jsonfile import FileStore, dump_links, exclusive_lock, write_atomically
+import psycopg
+
+from linkstore import Link, StateChange, StoreUnavailable, open_url, redacted
+from linkstore.jsonfile import (FileStore, State, dump_links, exclusive_lock, state_of,
+                                states_problem, write_atomically)
 from linkstore.jsonfile import parse_links as parse_links_file
+from linkstore.postgres import RECORD_CHANGE, SELECT_ALL, iso, to_link
 from ops.error_hunt import parse_since
 from ops.store import CopyError
 from ops.store import copy as store_copy
 
 MANIFEST = "manifest.json"
 LINKS = "urls.json"
+# What a snapshot carries besides the uploads, in ONE place. The file backend's files
+# beside urls.json that hold data (not .lock or .journal, which the store rebuilds):
+SIDECARS = (".state", ".audit")  # linkstore.jsonfile: the links' states; their history
+# The PostgreSQL tables a snapshot reads, in one transaction, into that set: links into
+# urls.json and urls.json.state, link_events into urls.json.audit (copy_database), and
+# a restore writes back (add_to_database). Every other table is named in NOT_CARRIED
+# with why; tests/test_backup_lifecycle.py fails for a table in neither.
+TABLES = ("links", "link_events")
+NOT_CARRIED = {"schema_migrations": "the migrations apply themselves",
+               "link_counts": "derived from links by a trigger",
+               "link_changes": "the workers' cache-eviction log",
+               "visit_": "visit counts are not links (RDS's own backups keep them)"}
+STATE, AUDIT = (LINKS + suffix for suffix in SIDECARS)
+SELECT_EVENTS = ("SELECT code, action, changed_by, changed_at, reason, note FROM link_events"
+                 " ORDER BY id")
 UPLOADS = "uploads"
 FORMAT = 1
 CHUNK = 1 << 20
@@ -77,6 +101,10 @@ class Live:
     @property
     def lock_path(self) -> Path:
         return self.urls_file.with_name(self.urls_file.name + ".lock")
+
+    def file(self, name: str) -> Path:
+        """The live file that is ``name`` (urls.json or a sidecar) in a snapshot."""
+        return self.urls_file.with_name(self.urls_file.name + name.removeprefix(LINKS))
 
     @classmethod
     def from_env(cls, urls_file: str | None, upload_dir: str | None,
@@ -111,6 +139,24 @@ def parse_links(data: bytes, what: str) -> dict[str, dict[str, str]]:
         return parse_links_file(data, what)
     except StoreUnavailable as error:
         raise BackupError(str(error)) from None
+
+
+def parse_sidecar(name: str, data: bytes, what: str) -> int:
+    """How many entries a sidecar holds (states, or recorded changes), or BackupError
+    saying what is wrong: the checks the store makes when it reads them."""
+    try:
+        if name == STATE:
+            states = json.loads(data)
+            problem = states_problem(states)
+            if problem:
+                raise BackupError(f"{what} has the wrong shape: {problem}")
+            return len(states)
+        lines = data.decode().splitlines()
+        for line in lines:
+            StateChange(**json.loads(line))
+        return len(lines)
+    except (UnicodeDecodeError, ValueError, TypeError) as error:
+        raise BackupError(f"{what} cannot be read: {error}") from None
 
 
 def put_atomically(path: Path, source: Path | bytes) -> None:
@@ -272,40 +318,78 @@ def snapshot_name(now: datetime) -> str:
     return now.strftime("%Y%m%dT%H%M%S%fZ")
 
 
-def copy_live_links(live: Live, target: Path) -> tuple[dict[str, Any], int, int]:
-    """Write every live link to target in the links file format; return where they came
-    from, how many there are, and how many of them are uploaded files."""
+def copy_live_links(live: Live, scratch: Path) -> tuple[dict[str, Any], dict[str, int]]:
+    """Write the live links as the file backend's set (urls.json and SIDECARS) into
+    scratch; return where they came from, and how many links, file links, states and
+    recorded changes there are."""
     if live.database_url:
-        store = open_url(live.database_url, timeout=60.0)
-        counted = Counted()
-        try:
-            write_atomically(target, dump_links(counted.links(store.links())))
-        except StoreUnavailable as error:
-            raise BackupError(str(error)) from None
-        finally:
-            store.close()
-        return {"database": redacted(live.database_url)}, counted.links_seen, counted.files
+        return copy_database(live, scratch)
     with store_lock(live):
         try:
             data, present = live.urls_file.read_bytes(), True
         except FileNotFoundError:
             data, present = b"{}", False
+        sidecars = {}
+        for name in (STATE, AUDIT):
+            with contextlib.suppress(FileNotFoundError):
+                sidecars[name] = live.file(name).read_bytes()
     links = parse_links(data, f"the live link file {live.urls_file}")
-    put_atomically(target, data)
-    source = {"urls_file": str(live.urls_file), "urls_file_present": present}
-    return source, len(links), sum(1 for record in links.values() if "file" in record)
+    counts = {"links": len(links),
+              "file_links": sum(1 for record in links.values() if "file" in record)}
+    put_atomically(scratch / LINKS, data)
+    for name, content in sidecars.items():
+        counts[name] = parse_sidecar(name, content, f"the live {live.file(name)}")
+        put_atomically(scratch / name, content)
+    return {"urls_file": str(live.urls_file), "urls_file_present": present}, counts
+
+
+def copy_database(live: Live, scratch: Path) -> tuple[dict[str, Any], dict[str, int]]:
+    """The TABLES, read in one transaction (a consistent view), written as the file set."""
+    store = open_url(live.database_url, timeout=60.0)  # brings the schema up to date
+    try:
+        problem = store.problem()
+    finally:
+        store.close()
+    if problem:
+        raise BackupError(problem)
+    counted = Counted()
+    try:
+        with psycopg.connect(live.database_url, connect_timeout=60) as conn:
+            conn.isolation_level = psycopg.IsolationLevel.REPEATABLE_READ
+            conn.read_only = True
+            with conn.transaction():
+                with conn.cursor(name="snapshot_links") as cursor:
+                    cursor.itersize = 5_000
+                    cursor.execute(SELECT_ALL)
+                    write_atomically(scratch / LINKS, dump_links(
+                        counted.links(to_link(row) for row in cursor)))
+                changes = [StateChange(code, action, by, iso(at) or "", reason, note)
+                           for code, action, by, at, reason, note
+                           in conn.execute(SELECT_EVENTS)]
+    except (psycopg.Error, StoreUnavailable) as error:
+        raise BackupError(f"cannot read {redacted(live.database_url)}: {error}") from None
+    write_atomically(scratch / STATE, [json.dumps(counted.states, ensure_ascii=False).encode()])
+    write_atomically(scratch / AUDIT, [
+        "".join(json.dumps(asdict(change), ensure_ascii=False) + "\n"
+                for change in changes).encode()])
+    return {"database": redacted(live.database_url)}, {
+        "links": counted.links_seen, "file_links": counted.files,
+        STATE: len(counted.states), AUDIT: len(changes)}
 
 
 class Counted:
-    """Counts the links (and file links) that pass through it."""
+    """Counts the links (and file links) that pass through it, and keeps their states."""
 
     def __init__(self) -> None:
         self.links_seen = self.files = 0
+        self.states: dict[str, State] = {}
 
     def links(self, links: Iterable[Link]) -> Iterator[Link]:
         for link in links:
             self.links_seen += 1
             self.files += link.file is not None
+            if state := state_of(link):
+                self.states[link.code] = state
             yield link
 
 
@@ -315,12 +399,14 @@ def take_snapshot(live: Live, place: Destination, keep: int,
     started = now or datetime.now(timezone.utc)
     name = snapshot_name(started)
     with tempfile.TemporaryDirectory(prefix="snapshot-") as scratch:
-        links_copy = Path(scratch) / LINKS
-        source, count, file_links = copy_live_links(live, links_copy)
+        source, counts = copy_live_links(live, Path(scratch))
         place.begin(name)
-        files: dict[str, dict[str, Any]] = {
-            LINKS: {"size": links_copy.stat().st_size, "sha256": sha256_file(links_copy)}}
-        place.put_file(f"{name}/{LINKS}", links_copy)
+        files: dict[str, dict[str, Any]] = {}
+        for key in (LINKS, STATE, AUDIT):
+            copy = Path(scratch) / key
+            if copy.exists():
+                files[key] = {"size": copy.stat().st_size, "sha256": sha256_file(copy)}
+                place.put_file(f"{name}/{key}", copy)
     uploads = sorted(p for p in live.upload_dir.iterdir() if p.is_file()
                      and not p.name.startswith(".")) if live.upload_dir.is_dir() else []
     for upload in uploads:
@@ -333,8 +419,10 @@ def take_snapshot(live: Live, place: Destination, keep: int,
         "created_at": started.isoformat(),
         "host": socket.gethostname(),
         "source": {**source, "upload_dir": str(live.upload_dir)},
-        "links": count,
-        "file_links": file_links,
+        "links": counts["links"],
+        "file_links": counts["file_links"],
+        "link_states": counts.get(STATE, 0),
+        "state_changes": counts.get(AUDIT, 0),
         "uploads": len(uploads),
         "bytes": sum(int(entry["size"]) for entry in files.values()),
         "files": files,
@@ -359,10 +447,11 @@ def load_manifest(place: Destination, name: str) -> dict[str, Any]:
 
 
 def safe_key(key: str) -> bool:
-    """urls.json or uploads/<plain name>: a manifest must not point a restore elsewhere."""
+    """urls.json, a sidecar or uploads/<plain name>: a manifest must not point a restore
+    elsewhere."""
     name = key.removeprefix(f"{UPLOADS}/")
-    return key == LINKS or (name != key and "/" not in name and "\\" not in name
-                            and not name.startswith("."))
+    return key in (LINKS, STATE, AUDIT) or (
+        name != key and "/" not in name and "\\" not in name and not name.startswith("."))
 
 
 def verify(place: Destination, name: str, scratch: Path) -> list[str]:
@@ -395,6 +484,17 @@ def verify(place: Destination, name: str, scratch: Path) -> list[str]:
     if len(links) != manifest["links"]:
         problems.append(f"{LINKS} holds {len(links)} links, the manifest says "
                         f"{manifest['links']}")
+    for key, counted in ((STATE, "link_states"), (AUDIT, "state_changes")):
+        if key in manifest["files"] and (scratch / key).exists():
+            try:
+                entries = parse_sidecar(key, (scratch / key).read_bytes(),
+                                        f"the snapshot's {key}")
+            except BackupError as error:
+                problems.append(str(error))
+                continue
+            if entries != manifest.get(counted, entries):
+                problems.append(f"{key} holds {entries} entries, the manifest says "
+                                f"{manifest[counted]}")
     for code, record in links.items():
         if "file" in record and f"{UPLOADS}/{record['file']}" not in manifest["files"]:
             problems.append(f"link {code!r} needs {UPLOADS}/{record['file']}, not in the snapshot")
@@ -423,24 +523,44 @@ def restore(live: Live, place: Destination, name: str, force: bool,
         done: dict[str, Any] = {"snapshot": f"{place.url}/{name}", "links": len(wanted),
                                 "uploads_restored": restored_uploads}
         if live.database_url:
-            return done | {"links_added": add_to_database(live, scratch / LINKS)}
+            return done | add_to_database(live, scratch)
         with store_lock(live):
-            kept = replace_links(live, snapshot_bytes, wanted, force,
+            # A snapshot from before the sidecars were carried leaves the live ones alone:
+            # the takedowns it does not know of stay taken down.
+            sidecars = (STATE, AUDIT) if "link_states" in manifest else ()
+            kept = replace_links(live, scratch, sidecars, snapshot_bytes, wanted, force,
                                  now or datetime.now(timezone.utc))
-    return done | {"replaced_file_kept_as": kept}
+    return done | kept
 
 
-def add_to_database(live: Live, links_file: Path) -> int:
+def add_to_database(live: Live, scratch: Path) -> dict[str, int]:
     """Copy the snapshot's links into PostgreSQL with ``ops.store``'s checked copy: only
-    what the database lacks is added, and a differing link stops it before any write."""
-    snapshot = FileStore(links_file)
+    what the database lacks is added, with its state, and a differing link stops it
+    before any write. Then the history of the links it added."""
+    snapshot = FileStore(scratch / LINKS)  # with the urls.json.state beside it
     database = open_url(live.database_url, timeout=60.0)
     try:
-        return store_copy(snapshot, database).added
-    except (CopyError, StoreUnavailable) as error:
+        before = {link.code for link in database.links()}
+        added = store_copy(snapshot, database).added
+        changes = [asdict(change) for change in snapshot_history(scratch)
+                   if change.code not in before]
+        with psycopg.connect(live.database_url, connect_timeout=60) as conn:
+            conn.cursor().executemany(RECORD_CHANGE, [
+                (c["code"], c["action"], c["by"], c["at"], c["reason"], c["note"])
+                for c in changes])
+    except (CopyError, StoreUnavailable, psycopg.Error) as error:
         raise BackupError(f"not restored into {redacted(live.database_url)}: {error}") from None
     finally:
         database.close()
+    return {"links_added": added, "state_changes_added": len(changes)}
+
+
+def snapshot_history(scratch: Path) -> list[StateChange]:
+    try:
+        lines = (scratch / AUDIT).read_text(encoding="utf-8").splitlines()
+    except FileNotFoundError:
+        return []
+    return [StateChange(**json.loads(line)) for line in lines]
 
 
 def restore_uploads(live: Live, manifest: dict[str, Any], scratch: Path) -> int:
@@ -456,9 +576,11 @@ def restore_uploads(live: Live, manifest: dict[str, Any], scratch: Path) -> int:
     return count
 
 
-def replace_links(live: Live, data: bytes, wanted: dict[str, Any], force: bool,
-                  now: datetime) -> str | None:
-    """Swap the link file for the snapshot's (lock held); keep the old one beside it."""
+def replace_links(live: Live, scratch: Path, sidecars: Sequence[str], data: bytes,
+                  wanted: dict[str, Any], force: bool, now: datetime) -> dict[str, Any]:
+    """Swap the live set for the snapshot's (lock held): each sidecar, then the links
+    file; keep each file replaced beside it, and say where. A sidecar the snapshot lacks
+    is moved aside: the links it described are gone with it."""
     try:
         current = live.urls_file.read_bytes()
     except FileNotFoundError:
@@ -474,14 +596,21 @@ def replace_links(live: Live, data: bytes, wanted: dict[str, Any], force: bool,
                 f"{live.urls_file} holds {len(newer)} link(s) the snapshot lacks ({shown}); "
                 "restoring would lose them. Pick a newer snapshot, or pass --force (the "
                 "current file is kept beside it either way).")
-    kept = None
-    if current is not None:
-        kept_path = live.urls_file.with_name(
-            f"{live.urls_file.name}.replaced-{snapshot_name(now)}")
-        put_atomically(kept_path, current)
-        kept = str(kept_path)
-    put_atomically(live.urls_file, data)
-    return kept
+    kept: dict[str, str | None] = {}
+    for name in (*sidecars, LINKS):
+        path, kept[name] = live.file(name), None
+        with contextlib.suppress(FileNotFoundError):
+            kept_path = path.with_name(f"{path.name}.replaced-{snapshot_name(now)}")
+            put_atomically(kept_path, path.read_bytes())
+            kept[name] = str(kept_path)
+            if not (scratch / name).exists():
+                path.unlink()
+        if name == LINKS:
+            put_atomically(path, data)
+        elif (scratch / name).exists():
+            put_atomically(path, scratch / name)
+    return {"replaced_file_kept_as": kept[LINKS],
+            "replaced_sidecars_kept_as": {name: kept[name] for name in sidecars}}
 
 
 # ---- command line ---------------------------------------------------------------------

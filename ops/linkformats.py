@@ -31,10 +31,20 @@ from urllib.parse import unquote, urlsplit
 
 from werkzeug.urls import iri_to_uri
 
+import linkrules
+from linkstore import DELETE_REASONS, DISABLE_REASONS
+
 FORMATS = ("csv", "json", "shlink", "yourls", "kutt", "bitly")
 COLUMNS = ("code", "url", "file", "name", "created_at", "expires_at", "max_visits", "visits",
-           "state")  # our CSV's header; add new fields at the end
+           "state", "reason")  # our CSV's header, for people; add new fields at the end
+# Our JSON: every field, so that an export rebuilds the links exactly (hashes are hashes).
+JSON_FIELDS = COLUMNS + ("note", "changed_by", "changed_at", "password_hash", "manage_hash",
+                         "owner")
 DELETED = "deleted"  # the state of a code whose link was deleted: it is never reused
+# A file's state: the stored one (disabled, deleted) or why a link stopped by itself
+# (expired, limit_reached: its expires_at or visits say so, and it is imported as active).
+REASONS = {"disabled": DISABLE_REASONS, DELETED: DELETE_REASONS}
+WORKING = ("active", "expired", "limit_reached")
 
 Kind = Literal["file", "missing", "code", "reserved", "url", "date", "field", "domain",
                "unsupported", "conflict"]
@@ -54,7 +64,14 @@ class Link:
     expires_at: datetime | None = None
     max_visits: int | None = None
     visits: int | None = None  # counted so far, towards max_visits
-    state: str | None = None  # None for a working link; e.g. "disabled", DELETED
+    state: str | None = None  # None for a working link; "disabled" or DELETED
+    reason: str | None = None  # why it was disabled or deleted (linkstore's reasons)
+    note: str | None = None  # the operator's note on a takedown
+    changed_by: str | None = None  # who changed the state last, and when (ISO 8601)
+    changed_at: str | None = None
+    password_hash: str | None = None  # linkstore's hashes, carried as they are
+    manage_hash: str | None = None
+    owner: str | None = None  # the API key that made it
 
 
 @dataclass(frozen=True)
@@ -113,9 +130,9 @@ def _utf8(text: str) -> str:
 
 # --- The app's rules ---------------------------------------------------------------------
 
-CODE_PATTERN = re.compile(r"[A-Za-z0-9_-]{1,64}")
-STATE_PATTERN = re.compile(r"[a-z][a-z0-9_-]{0,31}")
-MAX_URL_LENGTH = 2048
+PASSWORD_HASH = re.compile(r"scrypt\$[0-9]{1,10}\$[0-9]{1,3}\$[0-9]{1,3}\$[A-Za-z0-9+/=]{1,200}"
+                           r"\$[A-Za-z0-9+/=]{1,200}")  # linkstore.hash_password's
+MANAGE_HASH = re.compile(r"[0-9a-f]{64}")  # linkstore.hash_token's: SHA-256 in hex
 NEW_CODE = "Give the link another code in the file (its old short URL will not work here)."
 FIX_URL = "Correct the URL in the file, or leave the row out."
 
@@ -124,41 +141,25 @@ def app_rules(code: str, url: str | None, reserved: Collection[str]) -> str | No
     """The URL as the app stores it under ``code`` (None for an upload, whose ``url`` is
     None), or InvalidLink: the app would refuse the code or the URL.
 
-    The same rules as ``checked_code`` and ``checked_url`` in application.py, and held to
-    them by tests/test_linkformats.py. They are repeated because importing application.py
-    builds the app (and writes a secret key into ./data); once the store issue moves
-    validation out of application.py, this body becomes a call to those two functions.
+    The app's own checks (``linkrules``), with their messages; only the hint, what to do
+    about a row of a file, is the import's.
     """
-    if not CODE_PATTERN.fullmatch(code):
-        raise InvalidLink("code", f"{_quoted(code)} cannot be a short code here: a code is 1 "
-                                  "to 64 letters, digits, '-' or '_' (no slashes or accents).",
-                          NEW_CODE)
-    if code.lower() in reserved:
-        raise InvalidLink("reserved", f"{_quoted(code)} is a path of this site itself.",
-                          NEW_CODE)
+    try:
+        linkrules.checked_code(code, reserved="")
+    except linkrules.InvalidInput as exc:
+        raise InvalidLink("code", f"{_quoted(code)}: {exc.message}", NEW_CODE) from None
+    try:
+        linkrules.checked_code(code, reserved)
+    except linkrules.InvalidInput as exc:
+        raise InvalidLink("reserved", exc.message, NEW_CODE) from None
     if url is None:
         return None
     if not url:
         raise InvalidLink("missing", "The row has no URL.", FIX_URL)
-    if " " in url or not url.isprintable():
-        raise InvalidLink("url", "The URL contains spaces or control characters.", FIX_URL)
     try:
-        parts = urlsplit(url)
-        parts.port  # raises ValueError for a malformed port
-        stored = iri_to_uri(url)  # the ASCII form a Location header carries
-        if " " in stored or not stored.isprintable():  # IDNA maps e.g. "¨" to " \u0308"
-            raise ValueError(stored)
-    except ValueError:
-        raise InvalidLink("url", f"{_quoted(url)} is not a valid URL.", FIX_URL) from None
-    if parts.scheme.lower() not in ("http", "https"):
-        raise InvalidLink("url", f"{_quoted(url)} is not an http:// or https:// URL.",
-                          FIX_URL)
-    if not parts.hostname:
-        raise InvalidLink("url", f"{_quoted(url)} has no host name.", FIX_URL)
-    if len(stored) > MAX_URL_LENGTH:
-        raise InvalidLink("url", f"The URL is {len(stored):,} characters long; the limit is "
-                                 f"{MAX_URL_LENGTH:,}.", FIX_URL)
-    return stored
+        return linkrules.checked_url(url)
+    except linkrules.InvalidInput as exc:
+        raise InvalidLink("url", f"{_quoted(url)}: {exc.message}", FIX_URL) from None
 
 
 # --- Reading -----------------------------------------------------------------------------
@@ -177,6 +178,13 @@ class _Raw:
     max_visits: str = ""
     visits: str = ""
     state: str = ""
+    reason: str = ""
+    note: str = ""
+    changed_by: str = ""
+    changed_at: str = ""
+    password_hash: str = ""
+    manage_hash: str = ""
+    owner: str = ""
     title: str = ""
     tags: tuple[str, ...] = ()
     short_url: str = ""  # the short link in the source: its host is the link's domain
@@ -280,7 +288,7 @@ def _link(raw: _Raw, reserved: Collection[str]) -> Link:
                 created_at=_instant(raw.created_at, "created_at", raw.naive_times_are_utc),
                 expires_at=_instant(raw.expires_at, "expires_at", raw.naive_times_are_utc),
                 max_visits=_count(raw.max_visits, "max_visits", 1),
-                visits=_count(raw.visits, "visits", 0), state=_state(raw.state))
+                visits=_count(raw.visits, "visits", 0), **_state(raw), **_hashes(raw))
 
 
 def _check_name(column: str, name: str) -> None:
@@ -319,12 +327,38 @@ def _count(value: str, column: str, least: int) -> int | None:
     return int(value)
 
 
-def _state(value: str) -> str | None:
-    value = value.strip()
-    if value and not STATE_PATTERN.fullmatch(value):
-        raise InvalidLink("field", f"{_quoted(value)} is not a link state.",
-                          "Use the state `export` wrote, or leave it empty.")
-    return value or None
+def _state(raw: _Raw) -> dict[str, str | None]:
+    """The state fields of a row: a disabled or deleted link keeps its state and a reason
+    linkstore knows (a row without one gets "other" for a takedown, "operator" for a
+    delete); a working one (active, expired, limit_reached or empty) has none."""
+    state = raw.state.strip()
+    if not state or state in WORKING:
+        return {}
+    if state not in REASONS:
+        raise InvalidLink("field", f"{_quoted(state)} is not a link state.",
+                          f"Use one of {', '.join(WORKING + tuple(REASONS))}, or leave it empty.")
+    reasons = REASONS[state]
+    reason = raw.reason.strip() or reasons[-1]
+    if reason not in reasons:
+        raise InvalidLink("field", f"{_quoted(reason)} is not a reason a link is {state} for.",
+                          f"Use one of {', '.join(reasons)}.")
+    changed_at = _instant(raw.changed_at, "changed_at", False)
+    return {"state": state, "reason": reason, "note": _utf8(raw.note.strip()) or None,
+            "changed_by": _utf8(raw.changed_by.strip()) or None,
+            "changed_at": None if changed_at is None else changed_at.isoformat()}
+
+
+def _hashes(raw: _Raw) -> dict[str, str | None]:
+    """The password hash, management token hash and owner of our JSON, checked for shape:
+    a malformed hash would break the link's password page."""
+    for column, pattern in (("password_hash", PASSWORD_HASH), ("manage_hash", MANAGE_HASH)):
+        value = getattr(raw, column)
+        if value and not pattern.fullmatch(value):
+            raise InvalidLink("field", f"The {column} is not one this app writes.",
+                              "Export the links again with `python -m ops.links export --format "
+                              "json`, or leave the field out.")
+    return {"password_hash": raw.password_hash or None, "manage_hash": raw.manage_hash or None,
+            "owner": _utf8(raw.owner.strip()) or None}
 
 
 def _host(url: str | None) -> str | None:
@@ -506,19 +540,20 @@ def _dig(value: Any, *keys: str) -> Any:
 
 def _ours_csv(text: str) -> Iterator[_Raw | Problem]:
     """Our CSV export (write_csv): a header row of COLUMNS names, in any order."""
-    return _each(_csv_records(text), _our_link)
+    return _each(_csv_records(text), lambda line, fields: _our_link(line, fields, COLUMNS))
 
 
 def _ours_json(text: str) -> Iterator[_Raw | Problem]:
-    """Our JSON export (write_json): a list of objects whose keys are COLUMNS names."""
+    """Our JSON export (write_json): a list of objects whose keys are JSON_FIELDS names."""
     return _each(_json_records(text, lambda doc: doc,
-                               "a list of links, as `export --format json` writes"), _our_link)
+                               "a list of links, as `export --format json` writes"),
+                 lambda line, fields: _our_link(line, fields, JSON_FIELDS))
 
 
-def _our_link(line: int, fields: dict[str, Any]) -> Iterator[_Raw]:
+def _our_link(line: int, fields: dict[str, Any], known: tuple[str, ...]) -> Iterator[_Raw]:
     """A field this version does not know stops the import: it would be lost (a file from
     a newer version). A field a row lacks is empty (a file from an older one)."""
-    unknown = [name for name in fields if name not in COLUMNS]
+    unknown = [name for name in fields if name not in known]
     if unknown:
         raise _Unreadable(Problem(
             line, "file", f"Unknown field(s) {', '.join(map(_quoted, unknown))}: this version "
@@ -753,7 +788,8 @@ def plan_import(rows: Iterable[Row], existing: Callable[[str], Link | None]) -> 
         here = existing(code)
         if here is None:
             plan.add.append(row)
-        elif here.state != DELETED and _same_target(here, row.link):
+        elif _same_target(here, row.link) and (here.state != DELETED
+                                               or row.link.state == DELETED):
             plan.identical.append(row)
         else:
             plan.conflicts.append(_conflict(row, "it was deleted here, and a deleted code is "
@@ -791,23 +827,25 @@ def write_csv(links: Iterable[Link], out: TextIO) -> int:
     writer.writerow(COLUMNS)
     count = 0
     for count, link in enumerate(links, 1):
-        fields = _fields(link)
+        fields = _fields(link, COLUMNS)
         writer.writerow([fields.get(name, "") for name in COLUMNS])
     return count
 
 
 def write_json(links: Iterable[Link], out: TextIO) -> int:
-    """Write ``links`` as a JSON list, one link object a line; return how many."""
+    """Write ``links`` as a JSON list, one link object a line, every field that is set
+    (JSON_FIELDS); return how many."""
     count = 0
     out.write("[")
     for count, link in enumerate(links, 1):
-        out.write(("\n" if count == 1 else ",\n") + json.dumps(_fields(link), ensure_ascii=False))
+        out.write(("\n" if count == 1 else ",\n")
+                  + json.dumps(_fields(link, JSON_FIELDS), ensure_ascii=False))
     out.write("\n]\n")
     return count
 
 
-def _fields(link: Link) -> dict[str, str | int]:
-    """The fields of ``link`` that are set, as our files write them."""
-    values: dict[str, Any] = {name: getattr(link, name) for name in COLUMNS}
+def _fields(link: Link, names: tuple[str, ...]) -> dict[str, str | int]:
+    """The fields ``names`` of ``link`` that are set, as our files write them."""
+    values: dict[str, Any] = {name: getattr(link, name) for name in names}
     return {name: value.isoformat() if isinstance(value, datetime) else value
             for name, value in values.items() if value is not None}

@@ -22,7 +22,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from werkzeug.test import TestResponse
 
-from application import checked_url, create_app
+from application import create_app
+from linkrules import checked_url
 from linkstore.jsonfile import shape_problem, states_problem
 from tests.helpers import csrf_token
 

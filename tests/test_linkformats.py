@@ -16,7 +16,7 @@ import pytest
 from flask import Flask
 from hypothesis import given, settings, strategies as st
 
-from application import InvalidInput, checked_code, checked_url
+from linkrules import InvalidInput, checked_code, checked_url
 from ops.linkformats import (DELETED, FORMATS, Candidate, InvalidLink, Link, Problem, Row,
                              app_rules, plan_import, read_links, write_csv, write_json)
 
@@ -295,7 +295,7 @@ OURS = {"docs": Link("docs", "https://docs.python.org/3/",
                        created_at=at("2026-11-27T10:30:00.250000+05:30"),
                        expires_at=at("2026-12-31T23:59:59+01:00"), max_visits=100, visits=12),
         "old": Link("old", "https://example.com/old", created_at=at("2020-01-01T00:00:00+00:00"),
-                    state="disabled")}
+                    state="disabled", reason="other")}
 
 
 @pytest.mark.parametrize("name, fmt", [("links.csv", "csv"), ("links.json", "json")])
@@ -334,12 +334,12 @@ def test_an_older_export_without_the_newer_columns_still_reads(reserved: frozens
 
 @pytest.mark.parametrize("data, fmt", [
     (b"code,url,password_hash\ndocs,https://docs.python.org/3/,scrypt$x\n", "csv"),
-    (b'[{"code": "docs", "url": "https://docs.python.org/3/", "password_hash": "x"}]', "json")])
+    (b'[{"code": "docs", "url": "https://docs.python.org/3/", "colour": "x"}]', "json")])
 def test_a_field_this_version_does_not_know_stops_the_import(reserved: frozenset[str], data: bytes,
                                                              fmt: str) -> None:
     rows = list(read_links(data, fmt, reserved=reserved))
     assert problems(rows) == [(1 if fmt == "json" else 2, "file", None)]
-    assert "password_hash" in str(rows[0])
+    assert ("colour" if fmt == "json" else "password_hash") in str(rows[0])
 
 
 @pytest.mark.parametrize("row, kind", [
@@ -513,3 +513,54 @@ def test_an_export_imported_into_an_empty_site_recreates_it(reserved: frozenset[
     write_csv(OURS.values(), out)
     plan = plan_import(read_links(out.getvalue().encode(), "csv", reserved=reserved), no_links)
     assert {c.link.code: c.link for c in plan.add} == OURS
+
+
+# --- Our JSON carries every field -----------------------------------------------------------
+
+EVERYTHING = Link("full", "https://example.com/full", created_at=at("2026-01-02T03:04:05+00:00"),
+                  expires_at=at("2030-01-01T00:00:00+00:00"), max_visits=3, visits=1,
+                  state="disabled", reason="legal", note="court order 9", changed_by="dana",
+                  changed_at="2026-02-03T04:05:06+00:00",
+                  password_hash="scrypt$16384$8$1$c2FsdHNhbHRzYWx0c2FsdA==$" + "A" * 43 + "=",
+                  manage_hash="ab" * 32, owner="key-1")
+
+
+def test_our_json_reads_back_every_field_and_our_csv_no_hash(reserved: frozenset[str]) -> None:
+    as_json, as_csv = io.StringIO(newline=""), io.StringIO(newline="")
+    write_json([EVERYTHING], as_json)
+    write_csv([EVERYTHING], as_csv)
+    assert links(list(read_links(as_json.getvalue().encode(), "json", reserved=reserved))) == {
+        "full": EVERYTHING}
+    assert as_csv.getvalue().splitlines()[1] == (
+        "full,https://example.com/full,,,2026-01-02T03:04:05+00:00,2030-01-01T00:00:00+00:00,"
+        "3,1,disabled,legal")
+
+
+@pytest.mark.parametrize("fields", [
+    {"state": "disabled", "reason": "boring"},
+    {"state": "deleted", "reason": "phishing"},
+    {"state": "paused"},
+    {"password_hash": "plaintext-password"},
+    {"manage_hash": "not-a-sha256"},
+])
+def test_a_state_or_hash_the_store_could_not_use_is_a_problem(reserved: frozenset[str],
+                                                              fields: dict[str, str]) -> None:
+    data = json.dumps([{"code": "x", "url": "https://example.com/"} | fields]).encode()
+    assert kinds(list(read_links(data, "json", reserved=reserved))) == [(1, "field")]
+
+
+@pytest.mark.parametrize("state, expected", [("disabled", ("disabled", "other")),
+                                             ("deleted", ("deleted", "operator")),
+                                             ("expired", (None, None)), ("active", (None, None))])
+def test_a_stopped_state_without_a_reason_gets_the_general_one(
+        reserved: frozenset[str], state: str, expected: tuple[str | None, str | None]) -> None:
+    data = f"code,url,state\nx,https://example.com/,{state}\n".encode()
+    link = links(list(read_links(data, "csv", reserved=reserved)))["x"]
+    assert (link.state, link.reason) == expected
+
+
+def test_a_deleted_link_imported_again_as_deleted_is_already_there() -> None:
+    here = {"gone": Link("gone", "https://example.com/", state=DELETED)}
+    plan = plan_import([Candidate(2, Link("gone", "https://example.com/", state=DELETED,
+                                          reason="operator"))], here.get)
+    assert [c.line for c in plan.identical] == [2] and plan.conflicts == []

@@ -3,24 +3,17 @@ environment, on both backends."""
 from __future__ import annotations
 
 import json
-import os
-import subprocess  # nosec B404: runs python -m ops.links as an operator would
+import subprocess  # nosec B404: checks what importing ops.links loads
 import sys
-from collections.abc import Mapping
 
 import requests
 
 import visits
 from tests.helpers import CHROME_UA, FIREFOX_UA
+from tests.opslinks import links_command
 from tests.servers import REPO, Site, create_link, follow
 
 SETTINGS = {"VISITS_FLUSH_SECONDS": "3600"}  # as the servers here run
-
-
-def links_command(*args: str, env: Mapping[str, str]) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(  # nosec B603: this interpreter, an argument list
-        [sys.executable, "-m", "ops.links", *args], cwd=REPO, capture_output=True, text=True,
-        timeout=60, check=False, env={**os.environ, **env})
 
 
 def test_stats_prints_exactly_what_the_api_answers(site: Site) -> None:

@@ -4,7 +4,7 @@ from __future__ import annotations
 import pytest
 from flask import Flask
 
-from application import checked_code, checked_url, InvalidInput
+from linkrules import checked_code, checked_url, InvalidInput
 
 
 @pytest.mark.parametrize("url", [
