@@ -166,4 +166,3 @@ class PostgresKeys:
                                 retry=True)
         return [ApiKey(id, name, key_hash, iso(created) or "", iso(revoked))
                 for id, name, key_hash, created, revoked in rows]
-
