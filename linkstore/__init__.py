@@ -277,7 +277,7 @@ class ApiKey:
 def new_api_key(name: str) -> tuple[str, ApiKey]:
     """A new key (256 random bits, so SHA-256 is enough to store it: see new_manage_token)
     and the record the store keeps of it."""
-    secret = secrets.token_urlsafe(32)
+    secret = secrets.token_hex(32)
     key = API_KEY_PREFIX + secret
     return key, ApiKey(secret[:KEY_ID_LENGTH], name, hash_token(key), utc_now())
 
