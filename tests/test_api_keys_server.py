@@ -58,7 +58,9 @@ def test_a_key_lists_and_deletes_only_its_own_links(site: Site) -> None:
         assert again.status_code == 410
         assert requests.get(f"{server.url}/by-them", allow_redirects=False,
                             timeout=30).status_code == 302
-    history = site.links().history("by-me")
+    links = site.links()
+    history = links.history("by-me")
+    links.close()
     assert [(c.action, c.reason) for c in history] == [("delete", "creator")]
     assert history[0].by.startswith("api key ")
 
