@@ -76,7 +76,7 @@ def test_a_wrong_report_is_a_400_saying_what_to_change_and_stores_nothing(
         site: Site, fields: dict[str, str], message: str) -> None:
     with site.server() as server:
         create_link(server, "fine")
-        refused = report(server, "fine", **fields)
+        refused = report(server, "fine", None, **fields)
         assert refused.status_code == 400
         assert message in refused.text and 'role="alert"' in refused.text
         if "details" in fields and "\x00" not in fields["details"]:
