@@ -19,7 +19,7 @@ from dataclasses import asdict, replace
 from typing import Protocol
 
 from linkstore import ApiKey, LinkStore, StoreUnavailable, hash_token, key_matching, utc_now
-from linkstore.jsonfile import FileStore, identity_of, reading, write_atomically
+from linkstore.jsonfile import FileStore, identity_of, load_json, write_atomically
 from linkstore.postgres import Connection, PostgresStore, iso
 
 
@@ -99,12 +99,7 @@ class FileKeys:
             return found
 
     def _read(self) -> list[ApiKey]:
-        try:
-            keys_file = open(self.path, encoding="utf-8")
-        except OSError as exc:
-            raise StoreUnavailable(f"cannot read {self.path}: {exc.strerror}") from exc
-        with keys_file, reading(self.path):
-            document = json.load(keys_file)
+        document = load_json(self.path)
         try:
             return [ApiKey(**entry) for entry in document["keys"]]
         except (TypeError, KeyError) as exc:
@@ -130,6 +125,8 @@ def named(keys: list[ApiKey], name_or_id: str) -> ApiKey:
 
 
 KEY_COLUMNS = "id, name, key_hash, created_at, revoked_at"
+INSERT_KEY = (f"INSERT INTO api_keys ({KEY_COLUMNS}) VALUES (%s, %s, %s, %s, %s)"  # nosec B608
+              " ON CONFLICT DO NOTHING")
 
 
 class PostgresKeys:
@@ -140,10 +137,8 @@ class PostgresKeys:
 
     def add(self, key: ApiKey) -> None:
         def insert(conn: Connection) -> int:
-            return int(conn.execute(
-                f"INSERT INTO api_keys ({KEY_COLUMNS}) VALUES (%s, %s, %s, %s, %s)"
-                " ON CONFLICT DO NOTHING", (key.id, key.name, key.key_hash, key.created_at,
-                                            key.revoked_at)).rowcount)
+            return int(conn.execute(INSERT_KEY, (key.id, key.name, key.key_hash,
+                                                 key.created_at, key.revoked_at)).rowcount)
         if self.links._call(insert, retry=False) == 0:
             raise KeyExists(f"a key named {key.name!r} exists already; choose another name")
 

@@ -2,13 +2,15 @@
 with axe clean on the report form, its error and the thank-you page."""
 from __future__ import annotations
 
+from typing import Any
+
 import pytest
 import requests
 from playwright.sync_api import Browser, expect
 
 from linkstore import open_url
 from linkstore.reports import open_reports
-from tests.browser.actions import FAILING_IMPACTS, axe_findings, describe_findings
+from tests.browser.actions import axe_findings, serious_findings
 from tests.browser.conftest import DESKTOP, PHONE, PageProblems, new_context
 from tests.servers import GunicornServer
 
@@ -36,7 +38,7 @@ def test_a_visitor_reports_a_link_from_its_410_page(browser: Browser, app_server
     seen = PageProblems()
     page.on("console", seen.on_console)
     page.on("pageerror", seen.on_page_error)
-    findings = {}
+    findings: dict[str, list[dict[str, Any]]] = {}
     try:
         page.goto(f"/{code}")
         expect(page.get_by_role("heading", level=1)).to_have_text("This link no longer works")
@@ -58,10 +60,7 @@ def test_a_visitor_reports_a_link_from_its_410_page(browser: Browser, app_server
     finally:
         context.close()
 
-    serious = {state: [f for f in found if f["impact"] in FAILING_IMPACTS]
-               for state, found in findings.items()}
-    report = "\n".join(f"{state}:\n{describe_findings(found)}"
-                       for state, found in serious.items() if found)
+    report = serious_findings(findings)
     assert not report, f"axe found serious problems at {width}:\n{report}"
     assert width_used <= viewport["width"]
     assert not seen.problems, "\n".join(seen.problems)
