@@ -481,8 +481,8 @@ def after_cursor(cursor: str | None) -> tuple[str, str] | None:
         return None
     try:
         created_at, code = json.loads(base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)))
-        if isinstance(created_at, str) and isinstance(code, str):
-            return created_at, code
+        if all(isinstance(part, str) and part.isprintable() for part in (created_at, code)):
+            return created_at, code  # printable: what PostgreSQL text can hold
     except (ValueError, TypeError, RecursionError):
         pass
     raise InvalidInput("cursor", "'cursor' must be a next_cursor from an earlier page, as it "

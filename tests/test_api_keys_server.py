@@ -4,6 +4,7 @@ refused everywhere from the request after its revocation, and ANONYMOUS_CREATE=o
 makes the API and the form ask for one."""
 from __future__ import annotations
 
+import base64
 import re
 
 import requests
@@ -84,8 +85,9 @@ def test_pages_walk_every_link_once_newest_first(site: Site) -> None:
         created = [requests.get(f"{server.url}/api/links/{code}", timeout=30).json()[
             "created_at"] for code in seen]
         assert created == sorted(created, reverse=True)
+        null_byte = base64.urlsafe_b64encode(b'["\\u0000", "page1"]').decode()
         for bad in ({"limit": "0"}, {"limit": "1001"}, {"limit": "ten"},
-                    {"cursor": "not-a-cursor"}):
+                    {"cursor": "not-a-cursor"}, {"cursor": null_byte}):
             refused = listed(server, key, **bad)
             assert refused.status_code == 400
             assert refused.json()["field"] == next(iter(bad))
