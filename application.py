@@ -342,12 +342,21 @@ def checked_max_visits(value: object) -> int | None:
     """The visit limit (None: none), or InvalidInput saying why not."""
     if value is None or value == "":
         return None
-    if isinstance(value, str) and value.strip().isascii() and value.strip().isdecimal():
-        value = int(value)
+    if isinstance(value, str):
+        value = whole_number(value.strip(), MAX_VISITS_LIMIT)
     if type(value) is not int or not 1 <= value <= MAX_VISITS_LIMIT:
         raise InvalidInput("max_visits", "The visit limit must be a whole number from 1 to "
                                          f"{MAX_VISITS_LIMIT:,}.")
     return value
+
+
+def whole_number(text: str, most: int) -> int | None:
+    """The number that text's ASCII digits write, if it has no more digits than most
+    (int() refuses over 4,300 with a ValueError); else None."""
+    digits = text.lstrip("0")
+    if not (text.isascii() and text.isdecimal()) or len(digits) > len(str(most)):
+        return None
+    return int(digits or "0")
 
 
 def checked_password(value: str) -> str | None:
@@ -463,10 +472,11 @@ def page_size(value: str | None) -> int:
     """GET /api/links's limit, or InvalidInput."""
     if value is None:
         return PAGE_SIZE
-    if not (value.isascii() and value.isdecimal() and 1 <= int(value) <= MAX_PAGE_SIZE):
+    number = whole_number(value, MAX_PAGE_SIZE)
+    if number is None or not 1 <= number <= MAX_PAGE_SIZE:
         raise InvalidInput("limit", f"'limit' is a whole number from 1 to {MAX_PAGE_SIZE:,} "
                                     f"(default {PAGE_SIZE}).")
-    return int(value)
+    return number
 
 
 def cursor_of(link: Link) -> str:
