@@ -68,7 +68,8 @@ def make_copy(target: Path, slip: str | None) -> Path:
     """Copy the app, its store, templates/static, config and the gate's tests (and what
     they import); make the slip."""
     target.mkdir(parents=True)
-    for name in ("application.py", "gunicorn.conf.py", "pyproject.toml"):
+    for name in ("application.py", "visits.py", "visitors.py", "gunicorn.conf.py",
+                 "pyproject.toml"):
         shutil.copy2(ROOT / name, target / name)
     for name in ("linkstore", "templates", "static", "ops"):
         shutil.copytree(ROOT / name, target / name,
