@@ -12,6 +12,7 @@ stores it later, off the redirect's path.
 """
 from __future__ import annotations
 
+import base64
 import contextlib
 import json
 import logging
@@ -47,9 +48,12 @@ import visitors
 import visits
 from linkrules import (CODE_PATTERN, RESERVED_CODES, InvalidInput, checked_code,
                        checked_url)
-from linkstore import (DELETED, CodeTaken, Link, LinkDeleted, LinkStore, StoreUnavailable,
-                       hash_password, is_postgres_url, new_manage_token, redacted)
+from linkstore import (DELETED, MAX_REPORT_DETAILS, REPORT_REASONS, ApiKey, CodeTaken, Link,
+                       LinkDeleted, LinkStore, Report, StoreUnavailable, hash_password,
+                       is_postgres_url, new_manage_token, redacted, utc_now)
 from linkstore.jsonfile import FileStore, identity_of, write_atomically
+from linkstore.keys import KeyStore, open_keys
+from linkstore.reports import ReportStore, open_reports
 
 log = logging.getLogger("shortener")
 
@@ -78,6 +82,8 @@ TEMPORARY_TWIN = {301: 302, 302: 302, 307: 307, 308: 307}  # same method rules, 
 MIN_PASSWORD, MAX_PASSWORD = 8, 256
 MAX_VISITS_LIMIT = 1_000_000_000
 MANAGE_TOKEN_HEADER = "X-Manage-Token"  # nosec B105: a header's name, not a secret
+BEARER_CHALLENGE = 'Bearer realm="api"'  # every 401's WWW-Authenticate
+PAGE_SIZE, MAX_PAGE_SIZE = 100, 1000  # GET /api/links
 
 
 # --- Configuration ---------------------------------------------------------------------
@@ -118,6 +124,12 @@ def load_config(overrides: Mapping[str, Any] | None) -> dict[str, Any]:
         raise ConfigError("VISITS_FLUSH_SECONDS must be more than 0 and at most 3600 "
                           f"(seconds between writes of the visit counts), not {flush_seconds:g}")
     password_limit = str(setting("PASSWORD_RATE_LIMIT", "10/minute"))
+    report_limit = str(setting("REPORT_RATE_LIMIT", "10/hour"))
+    anonymous = str(setting("ANONYMOUS_CREATE", "on")).lower()
+    if anonymous not in ("on", "off"):
+        raise ConfigError(f"ANONYMOUS_CREATE must be on (anyone may create links) or off (an "
+                          f"API key is needed: python -m ops.links keys create NAME), not "
+                          f"{anonymous!r}")
     redirect_status = setting("REDIRECT_STATUS", "302")
     if str(redirect_status) not in map(str, REDIRECT_STATUSES):
         raise ConfigError(f"REDIRECT_STATUS must be one of 301, 302, 307, 308, not "
@@ -136,7 +148,10 @@ def load_config(overrides: Mapping[str, Any] | None) -> dict[str, Any]:
         "PUBLIC_BASE_URL": str(setting("PUBLIC_BASE_URL", "")).rstrip("/"),
         "CREATE_RATE_LIMIT": rate_limit,
         "PASSWORD_RATE_LIMIT": password_limit,
-        "RATELIMIT_ENABLED": {rate_limit.lower(), password_limit.lower()} != {"off"},
+        "REPORT_RATE_LIMIT": report_limit,
+        "RATELIMIT_ENABLED": {limit.lower() for limit in (rate_limit, password_limit,
+                                                          report_limit)} != {"off"},
+        "ANONYMOUS_CREATE": anonymous == "on",
         "RATELIMIT_STORAGE_URI": str(setting("RATELIMIT_STORAGE_URI", "memory://")),
         "RATELIMIT_HEADERS_ENABLED": True,
         "LOCK_TIMEOUT": number("LOCK_TIMEOUT", "5"),
@@ -277,12 +292,21 @@ def checked_max_visits(value: object) -> int | None:
     """The visit limit (None: none), or InvalidInput saying why not."""
     if value is None or value == "":
         return None
-    if isinstance(value, str) and value.strip().isascii() and value.strip().isdecimal():
-        value = int(value)
+    if isinstance(value, str):
+        value = whole_number(value.strip(), MAX_VISITS_LIMIT)
     if type(value) is not int or not 1 <= value <= MAX_VISITS_LIMIT:
         raise InvalidInput("max_visits", "The visit limit must be a whole number from 1 to "
                                          f"{MAX_VISITS_LIMIT:,}.")
     return value
+
+
+def whole_number(text: str, most: int) -> int | None:
+    """The number that text's ASCII digits write, if it has no more digits than most
+    (int() refuses over 4,300 with a ValueError); else None."""
+    digits = text.lstrip("0")
+    if not (text.isascii() and text.isdecimal()) or len(digits) > len(str(most)):
+        return None
+    return int(digits or "0")
 
 
 def checked_password(value: str) -> str | None:
@@ -315,6 +339,114 @@ def checked_not_blocked(url: str) -> None:
     if domain:
         raise InvalidInput("url", f"Links to {domain} cannot be shortened here: the site's "
                                   "operator has blocked that domain.")
+
+
+def checked_report(form: Mapping[str, str]) -> tuple[str, str]:
+    """A visitor's report: its reason and details, or InvalidInput saying what to change."""
+    reason = form.get("reason", "")
+    if reason not in REPORT_REASONS:
+        raise InvalidInput("reason", "Choose why you are reporting this link: "
+                                     f"{', '.join(REPORT_REASONS)}.")
+    details = form.get("details", "").replace("\r\n", "\n").strip()
+    if len(details) > MAX_REPORT_DETAILS:
+        raise InvalidInput("details", f"The details are {len(details):,} characters long; the "
+                                      f"limit is {MAX_REPORT_DETAILS:,}. Shorten them and send "
+                                      "the report again.")
+    if not all(char.isprintable() or char in "\n\t" for char in details):
+        raise InvalidInput("details", "The details cannot hold control characters; type them "
+                                      "again as plain text.")
+    return reason, details
+
+
+# --- API keys --------------------------------------------------------------------------
+
+class KeyRefused(Exception):
+    """No API key where one is needed, or one that is malformed, unknown or revoked: the
+    message says what to send."""
+
+
+KEY_UNKNOWN = ("That API key is not one this site gave out; check it for a typo, or ask the "
+               "site's operator for one.")
+KEY_REVOKED = "That API key was revoked; ask the site's operator for a new one."
+KEY_NEEDED = ("{what} needs an API key: send 'Authorization: Bearer <key>' with the key the "
+              "site's operator gave you.")
+
+
+def presented_key(given: str) -> ApiKey:
+    """The stored, usable key that given is, or KeyRefused. Every key sent costs one hash
+    and one lookup, known or not (linkstore.key_matching)."""
+    found = key_store().find(given)
+    if found is None:
+        raise KeyRefused(KEY_UNKNOWN)
+    if found.revoked_at is not None:
+        raise KeyRefused(KEY_REVOKED)
+    return found
+
+
+def bearer_key() -> ApiKey | None:
+    """The key of this request's ``Authorization: Bearer`` header, None when it sends
+    none, KeyRefused for a bad one."""
+    header = request.headers.get("Authorization")
+    if header is None:
+        return None
+    scheme, _, key = header.strip().partition(" ")
+    if scheme.lower() != "bearer" or not key.strip():
+        raise KeyRefused("Send the API key as 'Authorization: Bearer <key>'.")
+    return presented_key(key.strip())
+
+
+def required_key(needed_for: str) -> ApiKey:
+    """bearer_key(), where a key is needed (needed_for says for what)."""
+    key = bearer_key()
+    if key is None:
+        raise KeyRefused(KEY_NEEDED.format(what=needed_for))
+    return key
+
+
+def form_key() -> ApiKey | None:
+    """With ANONYMOUS_CREATE=off, the key typed into the form; InvalidInput if it is
+    missing or refused. None when anyone may create links."""
+    if current_app.config["ANONYMOUS_CREATE"]:
+        return None
+    given = request.form.get("api_key", "").strip()
+    if not given:
+        raise InvalidInput("api_key", "This site makes links for holders of an API key only; "
+                                      "enter yours. Its operator gives them out.")
+    try:
+        return presented_key(given)
+    except KeyRefused as exc:
+        raise InvalidInput("api_key", str(exc), 403) from None
+
+
+def page_size(value: str | None) -> int:
+    """GET /api/links's limit, or InvalidInput."""
+    if value is None:
+        return PAGE_SIZE
+    number = whole_number(value, MAX_PAGE_SIZE)
+    if number is None or not 1 <= number <= MAX_PAGE_SIZE:
+        raise InvalidInput("limit", f"'limit' is a whole number from 1 to {MAX_PAGE_SIZE:,} "
+                                    f"(default {PAGE_SIZE}).")
+    return number
+
+
+def cursor_of(link: Link) -> str:
+    """Where the next page starts: opaque to clients (base64url of JSON)."""
+    position = json.dumps([link.created_at or "", link.code]).encode()
+    return base64.urlsafe_b64encode(position).decode().rstrip("=")
+
+
+def after_cursor(cursor: str | None) -> tuple[str, str] | None:
+    """The position a cursor of cursor_of() holds, or InvalidInput."""
+    if cursor is None:
+        return None
+    try:
+        created_at, code = json.loads(base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)))
+        if all(isinstance(part, str) and part.isprintable() for part in (created_at, code)):
+            return created_at, code  # printable: what PostgreSQL text can hold
+    except (ValueError, TypeError, RecursionError):
+        pass
+    raise InvalidInput("cursor", "'cursor' must be a next_cursor from an earlier page, as it "
+                                 "was given; leave it out for the first page.")
 
 
 def random_code() -> str:
@@ -363,6 +495,14 @@ def limit_off(setting: str) -> bool:
     return str(current_app.config[setting]).lower() == "off"
 
 
+def report_limit() -> str:
+    return rate_limit("REPORT_RATE_LIMIT")
+
+
+def report_limit_off() -> bool:
+    return limit_off("REPORT_RATE_LIMIT")
+
+
 def link_and_client() -> str:
     """What password attempts are counted by: one count per link and client address."""
     return f"{(request.view_args or {}).get('code', '')} {get_remote_address()}"
@@ -374,6 +514,14 @@ def store() -> LinkStore:
 
 def visit_store() -> visits.VisitStore:
     return current_app.extensions["visit_store"]  # type: ignore[no-any-return]
+
+
+def key_store() -> KeyStore:
+    return current_app.extensions["key_store"]  # type: ignore[no-any-return]
+
+
+def report_store() -> ReportStore:
+    return current_app.extensions["report_store"]  # type: ignore[no-any-return]
 
 
 def count_visit(code: str) -> bool:
@@ -458,7 +606,8 @@ def render_home(errors: Mapping[str, str] | None = None, status: int = 200, form
     max_upload_mb = current_app.config["MAX_UPLOAD_BYTES"] / (1024 * 1024)
     return render_template("home.html", errors=errors or {}, form=form, links=links,
                            values=request.form if values is None else values,
-                           max_upload_mb=max_upload_mb), status
+                           max_upload_mb=max_upload_mb,
+                           key_required=not current_app.config["ANONYMOUS_CREATE"]), status
 
 
 @bp.post("/your-url")
@@ -468,8 +617,9 @@ def shorten_form() -> ResponseReturnValue:
     upload = request.files.get("file")
     form = "file" if upload is not None and "url" not in request.form else "url"
     try:
+        key = form_key()
         code = checked_code(request.form.get("code", "").strip())
-        options = checked_options(request.form, form=True)
+        options = checked_options(request.form, form=True) | {"owner": key.id if key else None}
         if form == "url":
             url = checked_url(request.form.get("url", "").strip())
             checked_not_blocked(url)
@@ -591,13 +741,14 @@ def serve(link: Link, after_post: bool = False) -> ResponseReturnValue:
         if not cacheable:
             response.headers["Cache-Control"] = NOT_CACHED
         return response
-    return redirect_to(link, 303 if after_post else None, cacheable)
+    return redirect_to(link, 302 if after_post else None, cacheable)
 
 
 def people_only(link: Link) -> Response:
     """What a HEAD request, a bot or a link preview gets from a link with a visit limit."""
     left = max((link.max_visits or 0) - link.visits, 0)
-    page = render_template("people_only.html", left=left, short_url=short_url(link.code))
+    page = render_template("people_only.html", left=left, short_url=short_url(link.code),
+                           code=link.code)
     response = make_response(page)
     response.headers["Cache-Control"] = NOT_CACHED
     return response
@@ -606,14 +757,15 @@ def people_only(link: Link) -> Response:
 def redirect_to(link: Link, status: int | None = None, cacheable: bool = True) -> Response:
     """The redirect of a link with REDIRECT_STATUS and cache headers to match: a plain link
     may be cached for REDIRECT_MAX_AGE, unless its visits are counted; one that can stop,
-    counts or asks for a password is never cached and never permanent. status: 303 after
-    the password form's POST."""
+    counts or asks for a password is never cached and never permanent. status: 302 after
+    the password form's POST (ARCHITECTURE.md): the target gets a GET, where a 307 or 308
+    would send it the password."""
     configured = current_app.config["REDIRECT_STATUS"]
     if status is None:
         status = configured if link.plain else TEMPORARY_TWIN[configured]
     response = redirect(link.url or "", status)
     response.headers["Cache-Control"] = (redirect_cache_control(status) if cacheable
-                                         and link.plain and status != 303 else NOT_CACHED)
+                                         and link.plain else NOT_CACHED)
     return response
 
 
@@ -662,7 +814,8 @@ def gone(link: Link, fallback: str = "") -> ResponseReturnValue:
     if prefers_json():
         response = jsonify(error=message, code=link.code, state=why, reason=link.reason)
     else:
-        response = make_response(render_template("gone.html", message=message, why=why))
+        response = make_response(render_template("gone.html", message=message, why=why,
+                                                 code=link.code))
     response.status_code = 410
     response.headers["Cache-Control"] = NOT_CACHED  # a disabled link may come back
     return response
@@ -730,20 +883,83 @@ def managed_link(code: str, token: str) -> Link:
 
 
 @bp.delete("/api/links/<code>")
-@csrf_exempt  # the token is the credential; no cross-site form can send a DELETE
+@csrf_exempt  # the token or key is the credential; no cross-site form can send a DELETE
 def delete_link(code: str) -> ResponseReturnValue:
-    token = request.headers.get(MANAGE_TOKEN_HEADER, "")
+    """Delete a link with its management token (X-Manage-Token) or the API key that made
+    it (Authorization: Bearer): 401 without either, 403 with the wrong one."""
+    token = request.headers.get(MANAGE_TOKEN_HEADER)
+    try:
+        key = bearer_key()
+    except KeyRefused as exc:
+        return api_error(str(exc), 401)
+    if key is None and token is None:
+        return api_error(f"Deleting a link needs its management token in the "
+                         f"{MANAGE_TOKEN_HEADER} header, as given when it was made, or "
+                         "'Authorization: Bearer <key>' with the API key that made it.", 401)
     link = store().current(code)
     if link is None:
         return api_error(f"No link has the code '{code}'.", 404)
-    if not token or not link.accepts_token(token):
-        return api_error(f"Deleting a link needs its management token in the "
-                         f"{MANAGE_TOKEN_HEADER} header, as given when it was made.", 403)
+    by_key = key is not None and link.owner == key.id
+    if not by_key and not link.accepts_token(token or ""):
+        return api_error(f"Neither the {MANAGE_TOKEN_HEADER} nor the API key sent is this "
+                         "link's: only its creator can delete it.", 403)
     try:
-        deleted = store().delete(code, by="creator", reason="creator")
+        deleted = store().delete(code, by=f"api key {key.id}" if key and by_key else "creator",
+                                 reason="creator")
     except LinkDeleted:
         return api_error(f"The link '{code}' was already deleted.", 410)
     return jsonify(details_of(deleted))
+
+
+# --- Reports: a visitor tells the operator about a link --------------------------------
+
+REPORT_LABELS = {"phishing": "Phishing: it tries to steal passwords or personal details",
+                 "malware": "Malware: it leads to something harmful to download or run",
+                 "spam": "Spam: unwanted advertising, sent in bulk",
+                 "legal": "Illegal content, or someone's rights (copyright, privacy)",
+                 "other": "Something else"}
+
+
+@bp.get("/report/<code>")
+def report_form(code: str) -> ResponseReturnValue:
+    reported_link(code)
+    return report_page(code)
+
+
+@bp.post("/report/<code>")
+@limiter.limit(report_limit, scope="report", exempt_when=report_limit_off)
+def report(code: str) -> ResponseReturnValue:
+    """Store a visitor's report (nothing that says who sent it), then thank them."""
+    reported_link(code)
+    try:
+        reason, details = checked_report(request.form)
+    except InvalidInput as exc:
+        return report_page(code, {exc.field: exc.message}, exc.status)
+    report_store().add(Report(code, reason, details, utc_now()))
+    log.info("link %s reported as %s", code, reason)
+    return redirect(url_for(".report_sent", code=code), 303)
+
+
+@bp.get("/report/<code>/sent")
+def report_sent(code: str) -> ResponseReturnValue:
+    reported_link(code)
+    return render_template("reported.html", short_url=short_url(code))
+
+
+def reported_link(code: str) -> Link:
+    """The link a report is about, whatever its state; 404 for an unknown code."""
+    link = store().current(code)
+    if link is None:
+        raise NotFound()
+    return link
+
+
+def report_page(code: str, errors: Mapping[str, str] | None = None, status: int = 200
+                ) -> tuple[str, int]:
+    """The report form, with errors beside their fields and what was typed kept."""
+    return render_template("report.html", code=code, short_url=short_url(code),
+                           labels=REPORT_LABELS, errors=errors or {},
+                           values=request.form, max_details=MAX_REPORT_DETAILS), status
 
 
 # --- The JSON API ----------------------------------------------------------------------
@@ -757,6 +973,11 @@ def my_codes() -> ResponseReturnValue:
 @csrf_exempt  # JSON only: a cross-site form cannot send application/json without CORS
 @limiter.shared_limit(create_limit, scope="create", exempt_when=create_limit_off)
 def create_link() -> ResponseReturnValue:
+    try:
+        key = (bearer_key() if current_app.config["ANONYMOUS_CREATE"]
+               else required_key("Creating a link"))
+    except KeyRefused as exc:
+        return api_error(str(exc), 401)
     if not request.is_json:
         return api_error("Send the link as JSON with 'Content-Type: application/json'.", 415)
     try:
@@ -774,12 +995,33 @@ def create_link() -> ResponseReturnValue:
         code = checked_code(code or "")
         url = checked_url(url)
         checked_not_blocked(url)
-        link, token = create(code, Link("", url=url, **checked_options(body, form=False)), "url")
+        options = checked_options(body, form=False)
+        link, token = create(code, Link("", url=url, owner=key.id if key else None, **options),
+                             "url")
     except InvalidInput as exc:
         return api_error(exc.message, exc.status, exc.field)
     return jsonify(details_of(link) | {"short_url": short_url(link.code),
                                        "manage_url": manage_url(link.code, token),
                                        "manage_token": token}), 201
+
+
+@bp.get("/api/links")
+def list_links() -> ResponseReturnValue:
+    """The links made with the request's API key, newest first, a page at a time."""
+    try:
+        key = required_key("Listing your links")
+    except KeyRefused as exc:
+        return api_error(str(exc), 401)
+    try:
+        limit = page_size(request.args.get("limit"))
+        after = after_cursor(request.args.get("cursor"))
+    except InvalidInput as exc:
+        return api_error(exc.message, exc.status, exc.field)
+    links = store().owned(key.id, limit + 1, after)
+    page = links[:limit]
+    return jsonify(links=[details_of(link) | {"short_url": short_url(link.code)}
+                          for link in page],
+                   next_cursor=cursor_of(page[-1]) if len(links) > limit else None)
 
 
 @bp.get("/api/links/<code>")
@@ -835,8 +1077,12 @@ def healthz() -> ResponseReturnValue:
 # --- Errors and headers ----------------------------------------------------------------
 
 def api_error(message: str, status: int, field: str | None = None) -> ResponseReturnValue:
-    """A JSON error; field names the request field to change, when one is at fault."""
-    return jsonify({"error": message} | ({"field": field} if field else {})), status
+    """A JSON error; field names the request field to change, when one is at fault. A 401
+    says which credentials the API takes (RFC 9110, 11.6.1)."""
+    response = jsonify({"error": message} | ({"field": field} if field else {}))
+    if status == 401:
+        response.headers["WWW-Authenticate"] = BEARER_CHALLENGE
+    return response, status
 
 
 def wants_json() -> bool:
@@ -877,6 +1123,12 @@ def handle_http_error(error: HTTPException) -> ResponseReturnValue:
         if "Retry-After" in response.headers:
             page.headers["Retry-After"] = response.headers["Retry-After"]
         return page
+    elif request.endpoint == "shortener.report" and status in (400, 429):
+        message = FORM_EXPIRED if status == 400 else (
+            "You have sent many reports in a short time; wait a while and try again.")
+        response.set_data(report_page((request.view_args or {}).get("code", ""),
+                                      {"reason": message}, status)[0])
+        response.content_type = "text/html; charset=utf-8"
     elif wants_json():
         detail = error.description
         if status == 429:  # Flask-Limiter's description is only the limit, e.g. "5 per 1 minute"
@@ -997,6 +1249,8 @@ def create_app(config: Mapping[str, Any] | None = None) -> Flask:
         app.extensions["blocked_domains"] = BlockedDomains(Path(app.config["BLOCKED_DOMAINS"]))
     links = app.extensions["link_store"] = open_store(app.config)
     counts = app.extensions["visit_store"] = visits.open_store(links)
+    app.extensions["key_store"] = open_keys(links)
+    app.extensions["report_store"] = open_reports(links)
     counter = app.extensions["visits"] = (
         visits.Recorder(counts, app.config["VISITS_FLUSH_SECONDS"]) if app.config["VISITS"]
         else None)

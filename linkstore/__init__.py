@@ -253,6 +253,63 @@ def hash_token(token: str) -> str:
     return hashlib.sha256(token.encode("utf-8", "surrogatepass")).hexdigest()
 
 
+# --- API keys --------------------------------------------------------------------------
+
+API_KEY_PREFIX = "sk_"  # tells a key from other secrets in a config file or a leak scan
+KEY_ID_LENGTH = 8  # the start of the random part: shown by `keys list`, stored as the owner
+
+
+@dataclass(frozen=True, slots=True)
+class ApiKey:
+    """An API key as the store keeps it: never the key itself, only its hash.
+
+    id: the first KEY_ID_LENGTH characters of the key's random part, which a person
+    can match against the key they hold; a link made with the key has it as ``owner``.
+    """
+
+    id: str
+    name: str
+    key_hash: str  # hash_token() of the key
+    created_at: str  # ISO 8601 in UTC
+    revoked_at: str | None = None
+
+
+def new_api_key(name: str) -> tuple[str, ApiKey]:
+    """A new key (256 random bits, so SHA-256 is enough to store it: see new_manage_token)
+    and the record the store keeps of it."""
+    secret = secrets.token_hex(32)
+    key = API_KEY_PREFIX + secret
+    return key, ApiKey(secret[:KEY_ID_LENGTH], name, hash_token(key), utc_now())
+
+
+def key_matching(keys: Iterable[ApiKey], key: str) -> ApiKey | None:
+    """The key among keys whose hash is key's, revoked or not, or None. Compares every
+    one in constant time, whatever matches, so a wrong key and an unknown one cost the
+    same."""
+    wanted, found = hash_token(key), None
+    for candidate in keys:
+        if hmac.compare_digest(candidate.key_hash, wanted):
+            found = candidate
+    return found
+
+
+# --- Reports -----------------------------------------------------------------------------
+
+REPORT_REASONS = DISABLE_REASONS  # what a visitor reports is what an operator disables for
+MAX_REPORT_DETAILS = 1000
+
+
+@dataclass(frozen=True, slots=True)
+class Report:
+    """A visitor's report of a link. Nothing in it says who sent it (docs/visits.md's
+    rule): no address, no User-Agent, no cookie."""
+
+    code: str
+    reason: str  # one of REPORT_REASONS
+    details: str  # what the visitor wrote, at most MAX_REPORT_DETAILS characters
+    at: str  # ISO 8601 in UTC
+
+
 def utc_now() -> str:
     """Now, as the store writes times: ISO 8601 in UTC, to the second."""
     return datetime.now(timezone.utc).isoformat(timespec="seconds")
@@ -311,6 +368,12 @@ class LinkStore(Protocol):
 
     def history(self, code: str) -> list[StateChange]:
         """Every change of the link's state, oldest first."""
+
+    def owned(self, owner: str, limit: int, after: tuple[str, str] | None = None
+              ) -> list[Link]:
+        """Up to limit links whose owner is owner (an API key's id), newest first (by
+        created_at, then code, both descending); after: the (created_at, code) of the
+        last link of the previous page."""
 
     def close(self) -> None:
         """Release connections and threads; the store is not used afterwards."""

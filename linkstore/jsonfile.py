@@ -128,6 +128,19 @@ class FileStore(StateChanges):
         return (with_state(expand(code, stored), states.get(code, {}))
                 for code, stored in items)
 
+    def owned(self, owner: str, limit: int, after: tuple[str, str] | None = None
+              ) -> list[Link]:
+        """Looks through every link in memory: the file has no index by owner."""
+        self.refresh()
+        with self._memory_lock:
+            mine = sorted(((stored.get("created_at", ""), code)
+                           for code, stored in self._links.items()
+                           if isinstance(stored, dict) and stored.get("owner") == owner),
+                          reverse=True)
+        page = [code for created_at, code in mine
+                if after is None or (created_at, code) < after][:limit]
+        return [link for link in map(self.get, page) if link is not None]
+
     def history(self, code: str) -> list[StateChange]:
         try:
             with open(self.audit_path, encoding="utf-8") as audit:
@@ -203,12 +216,7 @@ class FileStore(StateChanges):
                 raise StoreUnavailable(f"{self.state_path} is missing, but "
                                        f"{self.audit_path.name} shows states were changed")
             return {}
-        try:
-            sidecar = open(self.state_path, encoding="utf-8")
-        except OSError as exc:
-            raise StoreUnavailable(f"cannot read {self.state_path}: {exc.strerror}") from exc
-        with sidecar, reading(self.state_path):
-            states = json.load(sidecar)
+        states = load_json(self.state_path)
         problem = states_problem(states)
         if problem:
             raise StoreUnavailable(f"{self.state_path} has the wrong shape: {problem}")
@@ -432,6 +440,16 @@ def reading(path: Path) -> Iterator[None]:
         raise StoreUnavailable(f"cannot read {path}: {exc}") from exc
     except json.JSONDecodeError as exc:
         raise StoreUnavailable(f"{path} is not valid JSON ({exc})") from exc
+
+
+def load_json(path: Path) -> Any:
+    """A small JSON file of the store (a sidecar), or StoreUnavailable saying why not."""
+    try:
+        stored = open(path, encoding="utf-8")
+    except OSError as exc:
+        raise StoreUnavailable(f"cannot read {path}: {exc.strerror}") from exc
+    with stored, reading(path):
+        return json.load(stored)
 
 
 def compact(record: Record) -> Stored:

@@ -75,6 +75,9 @@ NEW_STATE = "state = %s, reason = %s, note = %s, changed_by = %s, changed_at = %
 CHANGE_STATE = f"UPDATE links SET {NEW_STATE} WHERE code = %s RETURNING {COLUMNS}"  # nosec B608
 RECORD_CHANGE = ("INSERT INTO link_events (code, action, changed_by, changed_at, reason, note)"
                  " VALUES (%s, %s, %s, %s, %s, %s)")
+SELECT_OWNED = (f"SELECT {COLUMNS} FROM links WHERE owner = %s"  # nosec B608
+                " AND (%s::text IS NULL OR (created_at COLLATE \"C\", code) < (%s, %s))"
+                " ORDER BY created_at COLLATE \"C\" DESC, code DESC LIMIT %s")
 SELECT_HISTORY = ("SELECT code, action, changed_by, changed_at, reason, note FROM link_events"
                   " WHERE code = %s ORDER BY id")
 FAIL_FAST_SECONDS = 1.0
@@ -199,6 +202,13 @@ class PostgresStore(StateChanges):
                           retry=True) if storable(code) else []
         return [StateChange(code, action, by, iso(at) or "", reason, note)
                 for code, action, by, at, reason, note in rows]
+
+    def owned(self, owner: str, limit: int, after: tuple[str, str] | None = None
+              ) -> list[Link]:
+        created_at, code = after or (None, None)
+        rows = self._call(lambda conn: conn.execute(
+            SELECT_OWNED, (owner, created_at, created_at, code, limit)).fetchall(), retry=True)
+        return [to_link(row) for row in rows]
 
     def count(self) -> int:
         row = self._call(lambda conn: conn.execute(

@@ -30,8 +30,10 @@ import getpass
 import io
 import json
 import os
+import re
 import sys
 from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import asdict
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
@@ -39,9 +41,11 @@ from typing import Any
 import linkrules
 import visits
 from linkstore import (ACTIVE, DISABLE_REASONS, CodeTaken, Link, LinkDeleted,
-                       LinkStore, NoSuchLink, StoreUnavailable, is_postgres_url, open_url,
-                       utc_now)
+                       LinkStore, NoSuchLink, StoreUnavailable, is_postgres_url, new_api_key,
+                       open_url, utc_now)
 from linkstore.jsonfile import write_atomically
+from linkstore.keys import NoSuchKey, open_keys
+from linkstore.reports import open_reports
 from ops import linkformats
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
@@ -453,6 +457,7 @@ def build_parser() -> argparse.ArgumentParser:
                                        "file that holds several; docs/importing.md)")
     into.add_argument("--dry-run", action="store_true",
                       help="change nothing; print what would be done")
+    add_reports_and_keys(command)
     return parser
 
 
@@ -460,6 +465,81 @@ def positive(text: str) -> int:
     if not text.isdecimal() or int(text) < 1:
         raise argparse.ArgumentTypeError(f"{text!r} is not a whole number from 1")
     return int(text)
+
+
+# --- Reports and API keys (issue 13) ------------------------------------------------------
+
+KEY_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._@-]{0,63}")
+
+
+def reports(args: argparse.Namespace, links: LinkStore) -> int:
+    """Visitors' reports, newest first, each with its link's state now, so that what is
+    already disabled stands out. Take a link down with `disable CODE --reason REASON`."""
+    now = datetime.now(timezone.utc)
+    found = []
+    for report in open_reports(links).reports(args.code):
+        link = links.current(report.code)
+        state = "no such link" if link is None else link.stopped(now) or "active"
+        found.append(asdict(report) | {"state": state,
+                                       "state_reason": link.reason if link else None})
+    if args.json:
+        print(json.dumps(found, indent=2, ensure_ascii=False))
+        return EXIT_OK
+    for item in found:
+        why = f": {item['state_reason']}" if item["state_reason"] else ""
+        details = " ".join(item["details"].split())  # one line, whatever was typed
+        print(f"{item['at']}  /{item['code']}  {item['reason']}  [link {item['state']}{why}]"
+              + (f"\n    {details}" if details else ""))
+    if not found:
+        print("no reports" + (f" of {args.code!r}" if args.code else ""))
+    return EXIT_OK
+
+
+def keys(args: argparse.Namespace, links: LinkStore) -> int:
+    """API keys: create one (printed once; only its hash is stored), list them, revoke one
+    (refused from the next request)."""
+    stored = open_keys(links)
+    if args.action == "create":
+        if not KEY_NAME.fullmatch(args.name):
+            raise CommandError("a key's name is 1 to 64 letters, digits, '.', '_', '@' or '-', "
+                               "starting with a letter or digit, e.g. partner-blog")
+        key, record = new_api_key(args.name)
+        stored.add(record)
+        print(key)
+        print(f"API key {record.name!r} (id {record.id}) created. Copy it now: it is not shown "
+              "again; only its hash is stored. Send it as 'Authorization: Bearer <key>'.",
+              file=sys.stderr)
+    elif args.action == "revoke":
+        try:
+            record = stored.revoke(args.name)
+        except NoSuchKey as error:
+            raise CommandError(str(error)) from None
+        print(f"API key {record.name!r} (id {record.id}) revoked at {record.revoked_at}; it "
+              "is refused from the next request.")
+    elif args.json:
+        shown = [{field: value for field, value in asdict(k).items() if field != "key_hash"}
+                 for k in stored.all()]
+        print(json.dumps(shown, indent=2))
+    else:
+        for k in stored.all():
+            print(f"{k.name:<24} {k.id:<9} created {k.created_at}"
+                  + (f"  revoked {k.revoked_at}" if k.revoked_at else ""))
+    return EXIT_OK
+
+
+def add_reports_and_keys(command: Callable[[Command, str], argparse.ArgumentParser]) -> None:
+    listed = command(reports, "visitors' reports of links, newest first, with each link's "
+                              "state")
+    listed.add_argument("--code", metavar="CODE", help="only the reports of this link")
+    listed.add_argument("--json", action="store_true", help="print them as JSON")
+    managed = command(keys, "API keys: create NAME, list, revoke NAME")
+    actions = managed.add_subparsers(dest="action", required=True)
+    actions.add_parser("create", help="make a key and print it once").add_argument(
+        "name", metavar="NAME", help="who the key is for, e.g. partner-blog")
+    actions.add_parser("list", help="every key: name, id, created, revoked").add_argument(
+        "--json", action="store_true", help="print them as JSON (without the hashes)")
+    actions.add_parser("revoke", help="refuse a key from now on").add_argument(
+        "name", metavar="NAME", help="the key's name (or its id)")
 
 
 def main(argv: Sequence[str] | None = None) -> int:

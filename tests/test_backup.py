@@ -69,8 +69,8 @@ def assert_every_link_served(data_dir: Path, links: dict[str, str],
 def test_round_trip_snapshot_damage_restore_brings_every_link_back(
         app: Flask, client: FlaskClient, post_form: PostForm, tmp_path: Path) -> None:
     links = create_links(client, 5)
-    files = {"report": b"%PDF-1.4 quarterly numbers\n", "photo": b"\x89PNG\r\n\x1a\n pixels"}
-    upload(post_form, files["report"], "report.pdf", "report")
+    files = {"quarterly": b"%PDF-1.4 quarterly numbers\n", "photo": b"\x89PNG\r\n\x1a\n pixels"}
+    upload(post_form, files["quarterly"], "report.pdf", "quarterly")
     upload(post_form, files["photo"], "photo.png", "photo")
     live = live_of(app)
     dest = tmp_path / "snapshots"

@@ -130,6 +130,7 @@ def test_a_secret_that_cannot_be_written_leaves_no_temporary_file(
     ("DATABASE_URL", "mysql://u:hunter2@db/links", "DATABASE_URL must be a PostgreSQL URL"),
     ("DATABASE_URL", "file:///var/app/urls.json", "DATABASE_URL must be a PostgreSQL URL"),
     ("MAX_UPLOAD_MB", "ten", "MAX_UPLOAD_MB must be a number, not 'ten'"),
+    ("ANONYMOUS_CREATE", "no", "ANONYMOUS_CREATE must be on .* or off .*, not 'no'"),
 ])
 def test_a_setting_that_cannot_be_used_stops_the_app_with_a_message(
         tmp_path: Path, setting: str, value: str, message: str) -> None:

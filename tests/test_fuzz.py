@@ -8,6 +8,7 @@ the same app under real gunicorn is in tests/torture.
 """
 from __future__ import annotations
 
+import base64
 import json
 import os
 import re
@@ -24,7 +25,10 @@ from werkzeug.test import TestResponse
 
 from application import create_app
 from linkrules import checked_url
+from linkstore import MAX_REPORT_DETAILS, REPORT_REASONS, new_api_key
 from linkstore.jsonfile import shape_problem, states_problem
+from linkstore.keys import open_keys
+from linkstore.reports import open_reports
 from tests.helpers import csrf_token
 
 # FUZZ_EXAMPLES=2000 for a deeper run than make test's bounded one.
@@ -62,10 +66,17 @@ expiries = st.one_of(st.datetimes(timezones=st.timezones()).map(lambda when: whe
                                       "2999-02-30T00:00Z"]))
 option_values = st.fixed_dictionaries({}, optional={
     "expires_at": st.one_of(expiries, json_values),
-    "max_visits": st.one_of(st.integers(-2, 2**64), st.sampled_from(["1", "07", "١", "1e3"]),
+    "max_visits": st.one_of(st.integers(-2, 2**64), st.sampled_from(["1", "07", "١", "1e3",
+                                                                     "9" * 5000, "0" * 5000 + "1"]),
                             json_values),
     "password": st.one_of(st.text(max_size=300), json_values)})
 raw_bytes = st.binary(max_size=300)
+# A header's value as a server may receive it: any bytes but CR and LF, read as latin-1.
+header_values = st.binary(max_size=120).map(
+    lambda raw: raw.replace(b"\r", b"").replace(b"\n", b"").decode("latin-1"))
+authorizations = st.one_of(header_values, header_values.map("Bearer {}".format),
+                           st.sampled_from(["Bearer", "Bearer ", "bearer sk_", "Basic x",
+                                            "Bearer sk_" + "0" * 64]))
 
 
 # --- Checks ----------------------------------------------------------------------------
@@ -165,7 +176,7 @@ def test_api_lifecycle_options_never_fail_and_store_only_what_was_checked(
     if response.status_code == 201:
         created = response.get_json()
         assert created["max_visits"] == options.get("max_visits") or int(
-            options["max_visits"]) == created["max_visits"]
+            options["max_visits"].strip().lstrip("0")) == created["max_visits"]
         assert created["protected"] == bool(options.get("password"))
         assert "password" not in response.get_data(as_text=True).replace('"protected"', "")
     assert_store_valid(app)
@@ -216,6 +227,82 @@ def test_api_pathological_json_is_a_400(client: FlaskClient, body: bytes) -> Non
     response = client.post("/api/links", data=body, content_type="application/json")
     assert response.status_code == 400
     assert_sane(response)
+
+
+@FUZZ
+@given(authorization=authorizations, limit=st.one_of(st.none(), header_values, st.sampled_from(
+           ["1", "1000", "1001", "0", "9" * 5000, "0" * 5000 + "5"])),
+       cursor=st.one_of(st.none(), header_values, st.binary(max_size=60).map(
+           lambda raw: base64.urlsafe_b64encode(raw).decode())))
+def test_api_keys_and_paging_of_any_text_never_fail(
+        app: Flask, client: FlaskClient, authorization: str, limit: str | None,
+        cursor: str | None) -> None:
+    key = keys_of(app)
+    query = {name: value for name, value in (("limit", limit), ("cursor", cursor)) if value}
+    for headers in ({"Authorization": authorization}, {"Authorization": f"Bearer {key}"}):
+        listed = client.get("/api/links", query_string=query, headers=headers)
+        assert_sane(listed)
+        assert listed.status_code in (200, 400, 401)
+        if listed.status_code == 401:
+            assert listed.headers["WWW-Authenticate"] == 'Bearer realm="api"'
+        assert_sane(client.post("/api/links", json={"url": "https://example.com/"},
+                                headers=headers))
+        assert_sane(client.delete("/api/links/locked", headers=headers))
+    assert_store_valid(app)
+
+
+def keys_of(app: Flask) -> str:
+    """A usable API key of app's store, made on first use."""
+    if "fuzz_key" not in app.config:
+        key, record = new_api_key("fuzz")
+        open_keys(app.extensions["link_store"]).add(record)
+        app.config["fuzz_key"] = key
+    return str(app.config["fuzz_key"])
+
+
+@pytest.mark.parametrize("digits", ["9" * 5000, "0" * 5000 + "5"])
+def test_numbers_longer_than_int_reads_are_a_400_or_taken(app: Flask, client: FlaskClient,
+                                                          digits: str) -> None:
+    """int() refuses more than 4,300 digits with a ValueError: never a 500."""
+    made = client.post("/api/links", json={"url": "https://example.com/", "max_visits": digits})
+    assert made.status_code == (400 if digits.startswith("9") else 201)
+    listed = client.get("/api/links", query_string={"limit": digits},
+                        headers={"Authorization": f"Bearer {keys_of(app)}"})
+    assert listed.status_code == (400 if digits.startswith("9") else 200)
+    assert_sane(made)
+    assert_sane(listed)
+
+
+# --- Reports ---------------------------------------------------------------------------
+
+@pytest.fixture
+def report_app(tmp_path: Path) -> Flask:
+    """The app without the report rate limit, which would answer 429 after ten."""
+    return create_app({"DATA_DIR": tmp_path / "data", "TESTING": True, "SECRET_KEY": "x",
+                       "CREATE_RATE_LIMIT": "off", "REPORT_RATE_LIMIT": "off"})
+
+
+@FUZZ
+@given(code=st.one_of(codes.map(lambda code: code or "x"), st.text(max_size=80)),
+       reason=st.one_of(st.sampled_from(REPORT_REASONS).map(str.encode), raw_bytes),
+       details=st.one_of(st.text(max_size=1100).map(str.encode), raw_bytes,
+                         huge_text.map(str.encode)))
+def test_reports_of_any_bytes_never_fail_and_store_only_what_was_checked(
+        report_app: Flask, code: str, reason: bytes, details: bytes) -> None:
+    client = report_app.test_client()
+    client.post("/api/links", json={"url": "https://example.com/", "code": "reported"})
+    for target in (quote(code, safe=""), "reported"):
+        assert_sane(client.get(f"/report/{target}"))
+        body = multipart([("csrf_token", None, csrf_token(client).encode()),
+                          ("reason", None, reason), ("details", None, details)])
+        response = client.post(f"/report/{target}", data=body,
+                               content_type="multipart/form-data; boundary=fuzzb0undary")
+        assert_sane(response)
+        assert response.status_code in (303, 400, 404)
+    for stored in open_reports(report_app.extensions["link_store"]).reports():
+        assert stored.reason in REPORT_REASONS
+        assert len(stored.details) <= MAX_REPORT_DETAILS
+        assert all(char.isprintable() or char in "\n\t" for char in stored.details)
 
 
 # --- The form --------------------------------------------------------------------------
@@ -315,7 +402,8 @@ def test_abusive_paths_reveal_nothing(client: FlaskClient, path: str) -> None:
 
 @pytest.mark.parametrize("method, path", [
     ("PUT", "/"), ("DELETE", "/"), ("PATCH", "/abc"), ("DELETE", "/abc"),
-    ("PUT", "/api/links"), ("DELETE", "/api/links"), ("GET", "/api/links"),
+    ("PUT", "/api/links"), ("DELETE", "/api/links"), ("PATCH", "/api/links"),
+    ("PUT", "/report/abc"), ("DELETE", "/report/abc"), ("POST", "/report/abc/sent"),
     ("POST", "/api/links/abc"), ("PUT", "/api/links/abc"), ("POST", "/healthz"),
     ("GET", "/abc/password"), ("DELETE", "/manage/abc/token"),
     ("PUT", "/your-url"), ("POST", "/abc"), ("TRACE", "/"), ("PROPFIND", "/")])

@@ -323,7 +323,9 @@ def test_the_right_password_redirects_and_a_wrong_one_says_so(client: FlaskClien
     assert wrong.headers["Cache-Control"] == "no-store"
     assert "not the password" not in wrong.text
     right = unlock(client, "locked", PASSWORD)
-    assert right.status_code == 303  # after a POST: the target gets a GET, never the form
+    # 302 (ARCHITECTURE.md): after a POST the target gets a GET; a 307 or 308 would post
+    # the password to it
+    assert right.status_code == 302
     assert right.headers["Location"] == "https://example.com/target"
     assert right.headers["Cache-Control"] == "no-store"
 
@@ -341,7 +343,7 @@ def test_a_protected_file_is_sent_after_the_right_password(app: Flask, post_form
 def test_a_wrong_password_uses_no_visit_and_the_right_one_uses_one(client: FlaskClient) -> None:
     api(client, code="both", password=PASSWORD, max_visits=1)
     assert unlock(client, "both", "wrong password").status_code == 403
-    assert unlock(client, "both", PASSWORD).status_code == 303
+    assert unlock(client, "both", PASSWORD).status_code == 302
     assert client.get("/both").status_code == 410
 
 
@@ -361,7 +363,7 @@ def test_every_password_answer_costs_one_scrypt_known_code_or_not(
     answers = [client.post(f"/{code}/password", data={"csrf_token": token, "password": pw})
                for code, pw in [("locked", PASSWORD), ("locked", "wrong guess"),
                                 ("unknown", PASSWORD), ("open", PASSWORD)]]
-    assert [a.status_code for a in answers] == [303, 403, 404, 303]
+    assert [a.status_code for a in answers] == [302, 403, 404, 303]  # open: to its page
     assert costs == [(16384, 8, 1)] * 4
 
 
@@ -374,16 +376,16 @@ def test_wrong_passwords_are_limited_per_link_and_client(app_with: Callable[...,
     limited = unlock(client, "locked", PASSWORD)
     assert limited.status_code == 429 and "Too many wrong passwords" in limited.text
     assert int(limited.headers["Retry-After"]) > 0
-    assert unlock(client, "other", PASSWORD).status_code == 303  # another link
+    assert unlock(client, "other", PASSWORD).status_code == 302  # another link
     elsewhere = {"X-Forwarded-For": "192.0.2.7"}
-    assert unlock(client, "locked", PASSWORD, **elsewhere).status_code == 303  # another client
+    assert unlock(client, "locked", PASSWORD, **elsewhere).status_code == 302  # another client
 
 
 def test_right_passwords_are_not_counted_against_the_limit(
         app_with: Callable[..., Flask]) -> None:
     client = app_with(PASSWORD_RATE_LIMIT="2/minute").test_client()
     api(client, code="locked", password=PASSWORD)
-    assert [unlock(client, "locked", PASSWORD).status_code for _ in range(5)] == [303] * 5
+    assert [unlock(client, "locked", PASSWORD).status_code for _ in range(5)] == [302] * 5
 
 
 # --- deleting -----------------------------------------------------------------------------
@@ -403,14 +405,25 @@ def test_the_creator_deletes_a_link_with_its_token_and_it_answers_410_for_good(
     assert [c.action for c in links_of(app).history("mine")] == ["delete"]
 
 
-@pytest.mark.parametrize("headers", [{}, {"X-Manage-Token": ""}, {"X-Manage-Token": "guess"},
-                                     {"Authorization": "Bearer guess"}])
-def test_deleting_without_the_right_token_is_refused(client: FlaskClient,
-                                                     headers: dict[str, str]) -> None:
+@pytest.mark.parametrize("headers", [{"X-Manage-Token": ""}, {"X-Manage-Token": "guess"}])
+def test_deleting_with_the_wrong_token_is_refused(client: FlaskClient,
+                                                  headers: dict[str, str]) -> None:
     api(client, code="mine")
     refused = client.delete("/api/links/mine", headers=headers)
     assert refused.status_code == 403
     assert refused.json is not None and "X-Manage-Token" in refused.json["error"]
+    assert client.get("/mine").status_code == 302
+
+
+@pytest.mark.parametrize("headers", [{}, {"Authorization": "Bearer guess"},
+                                     {"Authorization": "Basic dXNlcjpwYXNz"}])
+def test_deleting_without_credentials_or_with_a_bad_key_asks_for_them(
+        client: FlaskClient, headers: dict[str, str]) -> None:
+    api(client, code="mine")
+    refused = client.delete("/api/links/mine", headers=headers)
+    assert refused.status_code == 401
+    assert refused.headers["WWW-Authenticate"] == 'Bearer realm="api"'
+    assert refused.json is not None and refused.json["error"]
     assert client.get("/mine").status_code == 302
 
 

@@ -162,14 +162,14 @@ def test_an_uploaded_file_gets_a_short_link_that_downloads_it(app: Flask,
                                                               post_form: PostForm,
                                                               client: FlaskClient) -> None:
     content = b"%PDF-1.4 not really\x00\xff"
-    page = post_form(file=(io.BytesIO(content), "report.pdf"), code="report")
+    page = post_form(file=(io.BytesIO(content), "report.pdf"), code="quarterly")
     assert page.status_code == 200
-    record = links_on_disk(urls_file(app))["report"]
+    record = links_on_disk(urls_file(app))["quarterly"]
     assert record["name"] == "report.pdf"
     stored = Path(app.config["UPLOAD_DIR"]) / record["file"]
     assert stored.read_bytes() == content
     assert not stored.is_relative_to(Path(app.root_path) / "static")
-    download = client.get("/report")
+    download = client.get("/quarterly")
     assert download.status_code == 200
     assert download.data == content
     assert download.headers["Content-Disposition"] == "attachment; filename=report.pdf"

@@ -15,6 +15,7 @@ from flask import Flask
 from flask.testing import FlaskClient
 
 from application import SESSION_CODES_KEPT, create_app
+from linkstore.reports import open_reports
 from tests.helpers import PostForm, csrf_token
 
 SCRIPTED_UPLOADS = {
@@ -49,21 +50,22 @@ def form_post_routes(app: Flask) -> list[str]:
 
 def test_every_form_post_needs_the_csrf_token(app: Flask, client: FlaskClient) -> None:
     routes = form_post_routes(app)
-    assert routes == ["/<code>/password", "/manage/<code>/<token>", "/your-url"], (
-        "a new POST route: give it a CSRF test")
+    assert routes == ["/<code>/password", "/manage/<code>/<token>", "/report/<code>",
+                      "/your-url"], "a new POST route: give it a CSRF test"
     created = client.post("/api/links", json={"url": "https://example.com/", "code": "c",
                                               "password": "open sesame"}).json
     assert created is not None
     token = created["manage_token"]
     before = Path(app.config["URLS_FILE"]).read_bytes()
-    for route in ["/c/password", f"/manage/c/{token}", "/your-url"]:
+    for route in ["/c/password", f"/manage/c/{token}", "/report/c", "/your-url"]:
         client.get("/")
         response = client.post(route, data={"url": "https://example.com/",
-                                            "password": "open sesame"})
+                                            "password": "open sesame", "reason": "spam"})
         assert response.status_code == 400
         assert "reload the page" in response.get_data(as_text=True)
     assert Path(app.config["URLS_FILE"]).read_bytes() == before, "a token-less POST stored"
     assert client.get("/c").status_code == 200, "a token-less POST deleted the link"
+    assert open_reports(app.extensions["link_store"]).reports() == [], "a token-less report"
 
 
 def test_a_token_from_another_session_is_refused(app: Flask, client: FlaskClient) -> None:

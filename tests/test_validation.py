@@ -79,5 +79,5 @@ def test_route_prefixes_are_reserved(app: Flask, code: str) -> None:
 def test_every_route_prefix_is_reserved(app: Flask) -> None:
     prefixes = {rule.rule.split("/")[1] for rule in app.url_map.iter_rules()
                 if not rule.rule.startswith("/<")} - {""}
-    assert prefixes == {"api", "your-url", "static", "healthz", "manage"}
+    assert prefixes == {"api", "your-url", "static", "healthz", "manage", "report"}
     assert prefixes <= app.config["RESERVED_CODES"]

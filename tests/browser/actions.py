@@ -67,3 +67,11 @@ def axe_findings(page: Page, axe_source: str) -> list[dict[str, Any]]:
 def describe_findings(findings: list[dict[str, Any]]) -> str:
     return "\n".join(f"{f['impact']}: {f['id']}: {f['help']} at "
                      f"{[node['target'] for node in f['nodes']]}" for f in findings)
+
+
+def serious_findings(findings: dict[str, list[dict[str, Any]]]) -> str:
+    """The findings that fail a page (FAILING_IMPACTS), state by state; "" for none."""
+    serious = {state: [f for f in found if f["impact"] in FAILING_IMPACTS]
+               for state, found in findings.items()}
+    return "\n".join(f"{state}:\n{describe_findings(found)}"
+                     for state, found in serious.items() if found)

@@ -7,8 +7,7 @@ from typing import Any, Literal
 import pytest
 from playwright.sync_api import Browser, expect
 
-from tests.browser.actions import (FAILING_IMPACTS, axe_findings, describe_findings, error_for,
-                                   shorten)
+from tests.browser.actions import axe_findings, error_for, serious_findings, shorten
 from tests.browser.conftest import (DESKTOP, PHONE, PageProblems, TargetSite, new_context,
                                     save_screenshot)
 from tests.helpers import CHROME_UA
@@ -100,10 +99,7 @@ def test_every_page_passes_axe_and_fits_the_screen(browser: Browser, app_server:
     finally:
         context.close()
 
-    serious = {state: [f for f in found if f["impact"] in FAILING_IMPACTS]
-               for state, found in findings.items()}
-    report = "\n".join(f"{state}:\n{describe_findings(found)}"
-                       for state, found in serious.items() if found)
+    report = serious_findings(findings)
     assert not report, f"axe found serious problems at {layout}:\n{report}"
     assert not overflow, f"pages wider than the {viewport['width']} px screen: {overflow}"
     assert not seen.problems, "\n".join(seen.problems)
