@@ -30,7 +30,7 @@ from urllib.parse import urlsplit
 
 import segno
 from flask import (Blueprint, Flask, current_app, jsonify, make_response, redirect,
-                   render_template, request, send_from_directory, session, url_for)
+                   render_template, request, send_file, send_from_directory, session, url_for)
 from flask.sessions import SecureCookieSessionInterface
 from flask.typing import ResponseReturnValue
 from flask_limiter import Limiter
@@ -79,6 +79,7 @@ TEMPORARY_TWIN = {301: 302, 302: 302, 307: 307, 308: 307}  # same method rules, 
 MIN_PASSWORD, MAX_PASSWORD = 8, 256
 MAX_VISITS_LIMIT = 1_000_000_000
 MANAGE_TOKEN_HEADER = "X-Manage-Token"  # nosec B105: a header's name, not a secret
+OPENAPI_FILE = Path(__file__).with_name("openapi.json")  # the JSON API's description
 
 
 # --- Configuration ---------------------------------------------------------------------
@@ -863,6 +864,12 @@ def link_stats(code: str) -> ResponseReturnValue:
         return api_error(f"No link has the code '{code}'.", 404)
     return jsonify(visits.document(link, visit_store().stats(code), current_app.config["VISITS"],
                                    current_app.config["VISITS_FLUSH_SECONDS"]))
+
+
+@bp.get("/api/openapi.json")
+def openapi() -> ResponseReturnValue:
+    """The OpenAPI 3.1 description of the JSON API; tests/test_openapi*.py keep it true."""
+    return send_file(OPENAPI_FILE, mimetype="application/json")
 
 
 @bp.get("/healthz")
