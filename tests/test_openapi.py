@@ -130,6 +130,12 @@ def test_the_api_serves_the_description(client: FlaskClient) -> None:
     assert response.get_json() == DESCRIPTION
 
 
+def test_an_unchanged_description_is_not_sent_again(client: FlaskClient) -> None:
+    etag = client.get("/api/openapi.json").headers["ETag"]
+    again = client.get("/api/openapi.json", headers={"If-None-Match": etag})
+    assert again.status_code == 304 and again.data == b""
+
+
 # --- The live server -----------------------------------------------------------------------
 
 def seeded_links() -> list[Link]:
