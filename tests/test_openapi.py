@@ -30,8 +30,8 @@ from schemathesis.core.result import Ok
 from schemathesis.engine import events
 
 from application import OPENAPI_FILE, create_app
-from linkstore import Link, hash_password, hash_token, open_url
-from tests.servers import GunicornServer
+from linkstore import Link, hash_password, hash_token
+from tests.servers import GunicornServer, Site
 
 DESCRIPTION: dict[str, Any] = json.loads(OPENAPI_FILE.read_text(encoding="utf-8"))
 
@@ -117,12 +117,6 @@ def test_every_described_operation_is_served_or_built_elsewhere(app: Flask) -> N
     assert json_api - BUILT_ELSEWHERE == served_operations(app)
 
 
-def test_no_path_the_site_uses_is_described_as_a_code(app: Flask) -> None:
-    """GET /api or /healthz is not a link being followed: the code parameter says so."""
-    not_codes = DESCRIPTION["components"]["parameters"]["code"]["schema"]["not"]["enum"]
-    assert app.config["RESERVED_CODES"] <= set(not_codes)
-
-
 def test_the_api_serves_the_description(client: FlaskClient) -> None:
     response = client.get("/api/openapi.json")
     assert response.status_code == 200
@@ -157,12 +151,12 @@ def seeded_links() -> list[Link]:
     return [replace(link, created_at=now.isoformat(timespec="seconds")) for link in links]
 
 
-def seed(data_dir: Path, links: list[Link]) -> None:
+def seed(site: Site, links: list[Link]) -> None:
     """Store links (and the picture's file) the way the app would, before it starts."""
-    uploads = data_dir / "uploads"
+    uploads = site.data_dir / "uploads"
     uploads.mkdir(parents=True, exist_ok=True)
     (uploads / "seeded.png").write_bytes(PNG_SIGNATURE)
-    store = open_url((data_dir / "urls.json").as_uri())
+    store = site.links()
     try:
         for link in links:
             store.add(link)
@@ -172,16 +166,16 @@ def seed(data_dir: Path, links: list[Link]) -> None:
         store.close()
 
 
-@pytest.fixture(scope="module")
-def live_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[GunicornServer]:
-    data_dir = tmp_path_factory.mktemp("openapi") / "data"
-    seed(data_dir, seeded_links())
+@pytest.fixture
+def live_server(site: Site) -> Iterator[GunicornServer]:
+    """The app under gunicorn on each backend in turn, with the seeded links."""
+    seed(site, seeded_links())
     # Creates must not be throttled away: every generated create has to reach the app.
-    with GunicornServer(data_dir, workers=2, env={"CREATE_RATE_LIMIT": "off"}) as server:
+    with site.server(CREATE_RATE_LIMIT="off") as server:
         yield server
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture
 def live_schema(live_server: GunicornServer) -> schemathesis.BaseSchema:
     """The description as the running server serves it, held to CHECKS."""
     served = requests.get(f"{live_server.url}/api/openapi.json", timeout=10).json()
