@@ -868,7 +868,7 @@ def link_stats(code: str) -> ResponseReturnValue:
 
 @bp.get("/api/openapi.json")
 def openapi() -> ResponseReturnValue:
-    """The OpenAPI 3.1 description of the JSON API; tests/test_openapi*.py keep it true."""
+    """The OpenAPI 3.1 description of the JSON API; tests/test_openapi.py keeps it true."""
     return send_file(OPENAPI_FILE, mimetype="application/json")
 
 
