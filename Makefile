@@ -61,10 +61,10 @@ lint: $(VENV)/.dev
 	$(BIN)/flake8
 
 typecheck: $(VENV)/.dev
-	$(BIN)/mypy --strict application.py linkrules.py linkstore visitors.py gunicorn.conf.py ops tests bench
+	$(BIN)/mypy --strict application.py linkrules.py linkstore visitors.py visits.py gunicorn.conf.py ops tests bench
 
 security: $(VENV)/.dev
-	$(BIN)/bandit --quiet --configfile pyproject.toml --recursive application.py linkrules.py linkstore visitors.py ops bench
+	$(BIN)/bandit --quiet --configfile pyproject.toml --recursive application.py linkrules.py linkstore visitors.py visits.py ops bench
 
 workflows: $(VENV)/.dev
 	$(BIN)/zizmor --offline --min-severity medium .github/workflows

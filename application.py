@@ -30,7 +30,7 @@ from urllib.parse import urlsplit
 
 import segno
 from flask import (Blueprint, Flask, current_app, jsonify, make_response, redirect,
-                   render_template, request, send_from_directory, session, url_for)
+                   render_template, request, send_file, send_from_directory, session, url_for)
 from flask.sessions import SecureCookieSessionInterface
 from flask.typing import ResponseReturnValue
 from flask_limiter import Limiter
@@ -84,6 +84,7 @@ MAX_VISITS_LIMIT = 1_000_000_000
 MANAGE_TOKEN_HEADER = "X-Manage-Token"  # nosec B105: a header's name, not a secret
 BEARER_CHALLENGE = 'Bearer realm="api"'  # every 401's WWW-Authenticate
 PAGE_SIZE, MAX_PAGE_SIZE = 100, 1000  # GET /api/links
+OPENAPI_FILE = Path(__file__).with_name("openapi.json")  # the JSON API's description
 
 
 # --- Configuration ---------------------------------------------------------------------
@@ -1055,6 +1056,12 @@ def link_stats(code: str) -> ResponseReturnValue:
         return api_error(f"No link has the code '{code}'.", 404)
     return jsonify(visits.document(link, visit_store().stats(code), current_app.config["VISITS"],
                                    current_app.config["VISITS_FLUSH_SECONDS"]))
+
+
+@bp.get("/api/openapi.json")
+def openapi() -> ResponseReturnValue:
+    """The OpenAPI 3.1 description of the JSON API; tests/test_openapi.py keeps it true."""
+    return send_file(OPENAPI_FILE, mimetype="application/json")
 
 
 @bp.get("/healthz")
