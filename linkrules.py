@@ -19,7 +19,8 @@ from werkzeug.urls import iri_to_uri
 
 CODE_PATTERN = re.compile(r"[A-Za-z0-9_-]{1,64}")
 MAX_URL_LENGTH = 2048
-RESERVED_CODES = frozenset({"api", "healthz", "manage", "static", "your-url"})  # lower case
+# Lower case.
+RESERVED_CODES = frozenset({"api", "healthz", "manage", "report", "static", "your-url"})
 
 
 class InvalidInput(Exception):
