@@ -6,12 +6,14 @@ did, a keyed hash of the address and User-Agent with the day's salt, in a queue 
 memory. The address never enters the queue; nothing is parsed and nothing is written
 while the redirect is answered.
 
-A thread in each worker empties the queue every ``VISITS_FLUSH_SECONDS`` (and once more
-when the worker exits normally): it makes each distinct request a ``visitors.Hit`` and
-classifies it (``visitors.classify``), once, adds the hits up per link and day into a
-``Batch``, and hands the batch to the ``VisitStore`` in one write. A store that cannot
-take it keeps it for the next flush. So a crash (``kill -9``) loses at most the hits of
-one flush interval, and never a link: visits are kept apart from the links.
+Once a second a thread of the worker hands the queue over a pipe to the worker's visit
+writer, a child process (``Writer``, ``main``), which every ``VISITS_FLUSH_SECONDS``
+(and when the pipe ends) makes each distinct request a ``visitors.Hit``, classifies it
+(``visitors.classify``) once, adds the hits up per link and day into a ``Batch``, and
+hands the batch to the ``VisitStore`` in one write. A store that cannot take it keeps it
+for the next flush. So a worker killed with ``kill -9`` loses at most a second of hits
+(its writer stores the rest), a writer killed so at most one flush interval's, and
+neither ever loses a link: visits are kept apart from the links.
 
 The stores, beside the links of each backend: ``linkstore/visits_file.py`` (a log per
 worker beside the links file, folded into totals) and ``linkstore/visits_postgres.py``
@@ -25,17 +27,27 @@ from __future__ import annotations
 
 import atexit
 import contextlib
+import fcntl
 import gc
 import hashlib
+import json
 import logging
+import marshal  # nosec B403: the pipe between a worker and its own writer
+import os
+import select
+import signal
+import struct
+import subprocess  # nosec B404: the visit writer, this interpreter running this module
+import sys
 import threading
 import time
 import uuid
 from collections import Counter, deque
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import date, timedelta
-from typing import Any, Protocol
+from pathlib import Path
+from typing import IO, Any, BinaryIO, Protocol
 
 import visitors
 from linkstore import Link, LinkStore, StoreUnavailable
@@ -46,9 +58,15 @@ log = logging.getLogger("shortener.visits")
 DETAILS = {"referrer": "referrers", "browser": "browsers", "os": "systems",
            "device": "devices"}  # what a person's visit records, and its name in the stats
 CLOSE_AFTER_SECONDS = 3600  # a day's visitor hashes outlive it by this much: late flushes
-UNSAVED_BATCHES = 360  # batches kept while the store is down: an hour at the default 10 s
+UNSAVED_PARTS = 3600  # parts of flushes kept while the store is down
+PART_ROWS = 500  # rows (tallies and visitor hashes) a write to the store
+PACE = 3.0  # a writer pauses 3 times as long as a write took: a quarter of a core at most
 CHART_DAYS = 30
-CHUNK = 500  # hits counted between two chances for a request to take the GIL
+HANDOFF_SECONDS = 1.0  # at most this long (or a tenth of the flush interval) in a worker
+CHUNK = 500  # hits a frame to the writer: a marshal.dumps of about 100 us holding the GIL
+WRITER_NICENESS = 10  # requests first; at 19 a writer on a saturated machine fell behind
+WRITER_EXIT_SECONDS = 30.0  # for a writer to answer a flush, or to store and exit
+PIPE_BYTES = 1 << 20  # the pipe to a writer: Linux's largest for an unprivileged process
 EPOCH = date(1970, 1, 1)
 WARM_UP = visitors.Hit("GET", "Mozilla/5.0 (X11; Linux x86_64) Firefox/140.0", "direct", False)
 
@@ -143,6 +161,19 @@ class Batch:
             found = self.tallies[code, day] = Tally()
         return found
 
+    def parts(self, rows: int) -> list[Batch]:
+        """This batch as batches of about `rows` rows each (a tally and each of its
+        visitor hashes being a row), each with an id of its own."""
+        parts = [Batch()]
+        size = 0
+        for key, tally in sorted(self.tallies.items()):
+            if size and size + 1 + len(tally.visitors) > rows:
+                parts.append(Batch())
+                size = 0
+            parts[-1].tallies[key] = tally
+            size += 1 + len(tally.visitors)
+        return [part for part in parts if part.tallies]
+
 
 @dataclass(frozen=True)
 class DayCount:
@@ -183,6 +214,9 @@ class VisitStore(Protocol):
         """Housekeeping, paced by the store: fold logs, forget closed days' hashes. With
         now (a time.time() value), it is done at once, as at that time."""
 
+    def address(self) -> dict[str, Any]:
+        """Where the store is, as JSON, for ``reopen`` in the visit writer process."""
+
 
 def open_store(links: LinkStore) -> VisitStore:
     """The visit store beside a link store: the same file directory or database."""
@@ -197,39 +231,54 @@ def open_store(links: LinkStore) -> VisitStore:
     raise TypeError(f"no visit store for {type(links).__name__}")
 
 
-# --- On the redirect's path, and the flush ------------------------------------------------
+def reopen(address: Mapping[str, Any]) -> VisitStore:
+    """The store at an ``address()``, for the visit writer: it opens no link store that
+    reads links (the file's links are not loaded; the database's are not followed)."""
+    if "directory" in address:
+        from linkstore.visits_file import FileVisits
+        return FileVisits(Path(address["directory"]), float(address["lock_timeout"]))
+    from linkstore.postgres import PostgresStore
+    from linkstore.visits_postgres import PostgresVisits
+    return PostgresVisits(PostgresStore(address["url"], timeout=float(address["timeout"]),
+                                        poll_seconds=3600, pool_size=1))
+
+
+# --- On the redirect's path, the hand-off, and the writer ---------------------------------
 
 # A queued hit: code, day number, the request's method, User-Agent (cut to the length
 # visitors reads), Referer and privacy wish, and the visitor hash. A tuple of strings
 # and numbers: Python's garbage collector stops tracking such a tuple at its first
-# collection, so the thousands queued between flushes cost no full collections (queued
+# collection, so the thousands queued between hand-offs cost no full collections (queued
 # objects did: 25-65 ms pauses).
 Queued = tuple[str, int, str, str, str | None, bool, int | None]
 Request = tuple[str, str, str | None, bool]  # method, User-Agent, Referer, private
 
+# The pipe from a worker to its writer carries frames: a 4-byte length, then that many
+# bytes of ``marshal`` (a list of Queued hits). marshal is the cheapest encoding of
+# strings and numbers at both ends (JSON cost 2 us a hit in the worker and 1.5 in the
+# writer); it must never read data from anyone else, and this pipe has no other end.
+# An empty frame asks the writer to flush now and answer.
+FRAME = struct.Struct("!I")
+FLUSH = FRAME.pack(0)
 
-def batch_of(hits: Sequence[Queued]) -> Batch:
+
+def batch_of(hits: Iterable[Sequence[Any]]) -> Batch:
     """Count queued hits into a batch. Per hit, a few dictionary lookups: each distinct
     request (method, User-Agent, Referer, privacy) becomes a ``visitors.Hit`` and is
-    classified once, and each (link, day, visit) is counted once.
-
-    The GIL is given up every CHUNK hits, so that a request waiting for it in the same
-    worker waits about a millisecond, not the whole count."""
+    classified once, and each (link, day, visit) is counted once."""
     kinds: dict[Request, int] = {}
     classified: list[Visit] = []
     seen: Counter[tuple[str, int, int]] = Counter()
     visitors_of: dict[tuple[str, int, int], set[int]] = {}
-    for start in range(0, len(hits), CHUNK):
-        time.sleep(0)
-        for code, day, method, agent, referer, private, visitor in hits[start:start + CHUNK]:
-            kind = kinds.get((method, agent, referer, private))
-            if kind is None:
-                kind = kinds[method, agent, referer, private] = len(classified)
-                classified.append(visitors.classify(visitors.Hit(
-                    method, agent, visitors.referrer_host(referer), private)))
-            seen[code, day, kind] += 1
-            if visitor is not None:
-                visitors_of.setdefault((code, day, kind), set()).add(visitor)
+    for code, day, method, agent, referer, private, visitor in hits:
+        kind = kinds.get((method, agent, referer, private))
+        if kind is None:
+            kind = kinds[method, agent, referer, private] = len(classified)
+            classified.append(visitors.classify(visitors.Hit(
+                method, agent, visitors.referrer_host(referer), private)))
+        seen[code, day, kind] += 1
+        if visitor is not None:
+            visitors_of.setdefault((code, day, kind), set()).add(visitor)
     batch = Batch()
     days = {day: day_of(day) for _, day, _ in seen}
     for (code, day, kind), times in seen.items():
@@ -244,10 +293,9 @@ def batch_of(hits: Sequence[Queued]) -> Batch:
 
 @contextlib.contextmanager
 def collector_paused() -> Iterator[None]:
-    """Python's cyclic garbage collector off while a flush or a fold runs. What they
-    build (thousands of tallies) is freed when they end; collections in the middle would
-    promote it to the oldest generation instead, and a collection of that generation
-    holds every thread of the worker for 25 ms or more (docs/visits.md, "Cost")."""
+    """Python's cyclic garbage collector off while a flush runs. What it builds
+    (thousands of tallies) is freed when it ends; collections in the middle would only
+    promote it to the oldest generation, and cost the writer time."""
     enabled = gc.isenabled()
     gc.disable()
     try:
@@ -258,27 +306,35 @@ def collector_paused() -> Iterator[None]:
 
 
 class Recorder:
-    """Counts the redirects one worker answers, and flushes them in the background."""
+    """Counts the redirects one worker answers, and hands them to the worker's visit
+    writer, a child process that stores them (``Writer``, ``main``).
+
+    Why a process: a flush is CPU work (classifying, adding up, encoding, and the
+    database's upsert), and a thread doing it in the worker holds the GIL that the
+    worker's requests need; their p99 doubled during flushes (docs/visits.md, "Cost").
+    The worker's own share: queueing a tuple, and once a second a marshal.dumps and a
+    write to the pipe."""
 
     def __init__(self, store: VisitStore, flush_seconds: float) -> None:
         self.store = store
         self.flush_seconds = flush_seconds
+        self.handoff_seconds = min(HANDOFF_SECONDS, flush_seconds / 10)
         self._hits: deque[Queued] = deque()
         self._salts: dict[int, bytes] = {}
-        self._unsaved: deque[Batch] = deque()
-        self._flush_lock = threading.Lock()
+        self._writer: subprocess.Popen[bytes] | None = None  # started at the first hand-off
+        self._pipe_lock = threading.Lock()
         self._closing = threading.Event()
         self._closed = False
         self._keep_salts()  # before the first request, so that its visitor is counted
-        self._thread = threading.Thread(target=self._run, daemon=True, name="visit-flush")
+        self._thread = threading.Thread(target=self._run, daemon=True, name="visit-handoff")
         self._thread.start()
-        atexit.register(self.close)  # a worker that stops gracefully flushes what it has
+        atexit.register(self.close)  # a worker that stops gracefully hands off what it has
 
     def record(self, code: str, environ: Mapping[str, Any]) -> None:
         """Remember one answered redirect, in memory, without parsing anything: what
         ``visitors.hit`` reads, as the request has it, and the visitor hash. Measured in
-        a worker under load, ``visitors.hit`` itself cost 15 to 20 us here; at flush time
-        it runs once per distinct request (docs/visits.md, "Cost")."""
+        a worker under load, ``visitors.hit`` itself cost 15 to 20 us here; the writer
+        runs it once per distinct request (docs/visits.md, "Cost")."""
         agent = environ.get("HTTP_USER_AGENT", "")[:visitors.MAX_USER_AGENT]
         private = visitors.asks_privacy(environ.get("HTTP_DNT"), environ.get("HTTP_SEC_GPC"))
         day = int(time.time() // 86400)
@@ -291,37 +347,104 @@ class Recorder:
         self._hits.append((code, day, environ["REQUEST_METHOD"], agent,
                            environ.get("HTTP_REFERER"), private, visitor))
 
-    def flush(self) -> None:
-        """Count what the queue holds into one batch, and store it with any batch a
-        previous flush could not store."""
-        with self._flush_lock, collector_paused():
-            batch = batch_of([self._hits.popleft() for _ in range(len(self._hits))])
-            if batch.tallies:
-                self._unsaved.append(batch)
-            while self._unsaved:
-                try:
-                    self.store.add(self._unsaved[0])
-                except StoreUnavailable as exc:
-                    self._keep_at_most(UNSAVED_BATCHES, exc)
-                    return
-                self._unsaved.popleft()
+    def hand_off(self) -> None:
+        """Send what the queue holds to the writer, CHUNK hits a frame."""
+        with self._pipe_lock:
+            self._hand_off()
+
+    def flush(self) -> bool:
+        """Hand off, and wait until the writer has tried to store everything; True if
+        the store took it all (False: the writer keeps it for its next flush)."""
+        with self._pipe_lock:
+            self._hand_off()
+            if self._writer is None:
+                return True  # nothing was ever counted
+            self._send(FLUSH)
+            return self._answer(self._writer) == b"stored"
 
     def close(self) -> None:
-        """Stop the thread and flush what is left (a graceful exit of the worker)."""
+        """Stop the thread, hand off what is left, and wait while the writer stores it
+        and exits (a graceful exit of the worker)."""
         if self._closed:
             return
         self._closed = True
         atexit.unregister(self.close)
         self._closing.set()
         self._thread.join(timeout=30)
-        self.flush()
+        with self._pipe_lock:
+            self._hand_off()
+            writer, self._writer = self._writer, None
+        if writer is not None:
+            self._end(writer, WRITER_EXIT_SECONDS)
 
-    def _keep_at_most(self, batches: int, exc: StoreUnavailable) -> None:
-        lost = 0
-        while len(self._unsaved) > batches:
-            lost += sum(t.visits + t.bots for t in self._unsaved.popleft().tallies.values())
-        log.warning("visit counts not stored yet (%s); %d batches kept for the next flush%s",
-                    exc, len(self._unsaved), f", {lost} visits dropped" if lost else "")
+    # --- the pipe to the writer ----------------------------------------------------------
+
+    def _hand_off(self) -> None:
+        while self._hits:
+            hits = [self._hits.popleft() for _ in range(min(CHUNK, len(self._hits)))]
+            payload = marshal.dumps(hits)
+            self._send(FRAME.pack(len(payload)) + payload)
+
+    def _send(self, frame: bytes) -> None:
+        """Write a frame to the writer, starting one if there is none or it has died (the
+        counts it had not stored yet are lost: at most one flush interval's)."""
+        for attempt in range(2):
+            if self._writer is None or self._writer.poll() is not None:
+                if self._writer is not None:
+                    log.warning("visit writer %d exited with %s; starting another, the "
+                                "visits it had not stored are lost", self._writer.pid,
+                                self._writer.returncode)
+                    self._end(self._writer, 0)
+                self._writer = self._start_writer()
+            stdin, _ = pipes(self._writer)
+            try:
+                stdin.write(frame)
+                stdin.flush()
+                return
+            except OSError:  # it died after poll(): the next round starts another
+                if attempt:
+                    raise
+
+    def _start_writer(self) -> subprocess.Popen[bytes]:
+        """``visits.main`` in a child of this worker, with this interpreter; the store's
+        address goes in its environment (a database URL holds a password: never on a
+        command line, which every user can read)."""
+        here = str(Path(__file__).resolve().parent)
+        env = dict(os.environ, VISIT_WRITER=json.dumps({
+            "store": self.store.address(), "flush_seconds": self.flush_seconds}),
+            PYTHONPATH=os.pathsep.join(filter(None, [here, os.environ.get("PYTHONPATH")])))
+        writer = subprocess.Popen(  # nosec B603: this interpreter and this module
+            [sys.executable, "-c", "import visits; visits.main()"], stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE, env=env)
+        with contextlib.suppress(OSError):  # a bigger pipe: a hand-off never waits for it
+            fcntl.fcntl(pipes(writer)[0], fcntl.F_SETPIPE_SZ, PIPE_BYTES)
+        return writer
+
+    @staticmethod
+    def _answer(writer: subprocess.Popen[bytes]) -> bytes:
+        """The writer's answer to a flush: b"stored" or b"kept"."""
+        _, stdout = pipes(writer)
+        ready, _, _ = select.select([stdout], [], [], WRITER_EXIT_SECONDS)
+        answer = stdout.readline().strip() if ready else b""
+        if answer not in (b"stored", b"kept"):
+            raise RuntimeError(f"the visit writer did not answer a flush ({answer!r})")
+        return answer
+
+    @staticmethod
+    def _end(writer: subprocess.Popen[bytes], seconds: float) -> None:
+        """Close the writer's stdin (it stores what it has and exits); kill it if it has
+        not exited within seconds."""
+        for stream in (writer.stdin, writer.stdout):
+            if stream is not None:
+                with contextlib.suppress(OSError):
+                    stream.close()
+        try:
+            writer.wait(seconds)
+        except subprocess.TimeoutExpired:
+            log.warning("visit writer %d did not exit within %g s; killed, the visits it "
+                        "had not stored are lost", writer.pid, seconds)
+            writer.kill()
+            writer.wait()
 
     def _keep_salts(self) -> None:
         """Have today's and tomorrow's salts in memory, and forget earlier ones."""
@@ -337,17 +460,126 @@ class Recorder:
         self._salts = {number: salts[day_of(number)] for number in (now, now + 1)}
 
     def _run(self) -> None:
-        visitors.classify(WARM_UP)  # load the parsers here, not in a request's time slice
-        while not self._closing.wait(self.flush_seconds):
+        visitors.classify(WARM_UP)  # for visit-limited links: parsers loaded here, not in a request
+        while not self._closing.wait(self.handoff_seconds):
             try:
                 self._keep_salts()
-                self.flush()
-                with collector_paused():
-                    self.store.maintain()
-            except StoreUnavailable as exc:
-                log.warning("visit store housekeeping failed: %s", exc)
+                self.hand_off()
             except Exception:  # the thread must outlive any surprise, or counting stops
-                log.exception("visit flush failed; trying again in %g s", self.flush_seconds)
+                log.exception("visit hand-off failed; trying again in %g s",
+                              self.handoff_seconds)
+
+
+def pipes(writer: subprocess.Popen[bytes]) -> tuple[IO[bytes], IO[bytes]]:
+    """The writer's stdin and stdout, which Recorder._start_writer always opens."""
+    if writer.stdin is None or writer.stdout is None:
+        raise RuntimeError(f"visit writer {writer.pid} has no pipes")
+    return writer.stdin, writer.stdout
+
+
+class Writer:
+    """Stores the hits of one worker: every flush_seconds, and at the end.
+
+    A flush goes to the store in parts of PART_ROWS rows, each one write, with a pause
+    after each (PACE times as long as the write took): the database's work for a flush
+    of thousands of visitors comes in pieces of a few milliseconds, not one burst that a
+    busy machine's requests would queue behind. A part the store cannot take is kept,
+    UNSAVED_PARTS at most, for the next flush."""
+
+    def __init__(self, store: VisitStore) -> None:
+        self.store = store
+        self.hits: list[Queued] = []
+        self._unsaved: deque[Batch] = deque()
+
+    def flush(self) -> bool:
+        """Store what was handed off, and any part kept; True if nothing is left."""
+        with collector_paused():
+            self._unsaved.extend(batch_of(self.hits).parts(PART_ROWS))
+            self.hits = []
+            while self._unsaved:
+                started = time.monotonic()
+                try:
+                    self.store.add(self._unsaved[0])
+                except StoreUnavailable as exc:
+                    self._keep_at_most(UNSAVED_PARTS, exc)
+                    return False
+                self._unsaved.popleft()
+                if self._unsaved:
+                    time.sleep((time.monotonic() - started) * PACE)
+        return True
+
+    def serve(self, stdin: int, stdout: BinaryIO, flush_seconds: float) -> None:
+        """Read frames of hits, and flush requests (answered ``stored`` or ``kept``),
+        until stdin ends; flush every flush_seconds and at the end, and keep the store's
+        house."""
+        pending = b""
+        deadline = time.monotonic() + flush_seconds
+        while True:
+            ready, _, _ = select.select([stdin], [], [], max(0.0, deadline - time.monotonic()))
+            if ready:
+                data = os.read(stdin, PIPE_BYTES)
+                if not data:
+                    break
+                pending += data
+                while len(pending) >= FRAME.size:
+                    (size,) = FRAME.unpack_from(pending)
+                    if len(pending) < FRAME.size + size:
+                        break  # the rest of the frame is on its way
+                    frame, pending = pending[FRAME.size:FRAME.size + size], \
+                        pending[FRAME.size + size:]
+                    if frame:
+                        self.take(frame)
+                    else:  # the worker waits for the answer: nothing follows until then
+                        stdout.write(b"stored\n" if self.flush() else b"kept\n")
+                        stdout.flush()
+            if time.monotonic() >= deadline:
+                self._flush_and_maintain()
+                deadline = time.monotonic() + flush_seconds
+        if not self.flush():
+            lost = sum(t.visits + t.bots for b in self._unsaved for t in b.tallies.values())
+            log.error("visit writer exits with %d visits the store did not take", lost)
+
+    def take(self, frame: bytes) -> None:
+        """Queue the hits of a frame."""
+        try:
+            self.hits.extend(marshal.loads(frame))  # nosec B302: only from our worker
+        except (ValueError, EOFError, TypeError):
+            log.warning("visit writer skipped a frame it cannot read (%d bytes)", len(frame))
+
+    def _flush_and_maintain(self) -> None:
+        try:
+            self.flush()
+            with collector_paused():
+                self.store.maintain()
+        except StoreUnavailable as exc:
+            log.warning("visit store housekeeping failed: %s", exc)
+        except Exception:  # the writer must outlive any surprise, or counting stops
+            log.exception("visit flush failed; trying again at the next")
+
+    def _keep_at_most(self, batches: int, exc: StoreUnavailable) -> None:
+        lost = 0
+        while len(self._unsaved) > batches:
+            lost += sum(t.visits + t.bots for t in self._unsaved.popleft().tallies.values())
+        log.warning("visit counts not stored yet (%s); %d parts kept for the next flush%s",
+                    exc, len(self._unsaved), f", {lost} visits dropped" if lost else "")
+
+
+def main() -> None:
+    """The visit writer, started by a worker's ``Recorder`` (``python -c "import visits;
+    visits.main()"``): VISIT_WRITER says where the store is, stdin is the pipe from the
+    worker. It exits when the pipe ends, after storing what it has: when its worker
+    exits, even by ``kill -9``. SIGTERM and SIGINT, which a stop may send the whole
+    process group, are its worker's to act on. Once started (the store opened, the
+    parsers loaded), it lowers its priority below the workers': on a busy machine its
+    flushes wait a little, and requests do not."""
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    logging.basicConfig(format="[visit writer %(process)d] %(levelname)s %(message)s")
+    settings = json.loads(os.environ["VISIT_WRITER"])
+    writer = Writer(reopen(settings["store"]))
+    visitors.classify(WARM_UP)
+    os.nice(WRITER_NICENESS)
+    writer.serve(0, sys.stdout.buffer, float(settings["flush_seconds"]))
 
 
 # --- What people see ---------------------------------------------------------------------

@@ -9,8 +9,8 @@ first, each on fresh counts, under the same gunicorn settings as `python -m benc
 workers, no gunicorn.conf.py) and the same 1,000 sampled codes. wrk sends a known mix
 (bench/visits.lua): people, every 10th request a bot, then the app's own probe once its
 quota is sent. After each VISITS=on run the server is stopped gracefully (each worker
-flushes) and the counts are read back from the store: they must equal what wrk sent,
-people and bots, exactly.
+hands off what it has, and its visit writer stores it) and the counts are read back
+from the store: they must equal what wrk sent, people and bots, exactly.
 
 At the first size, on the file, the nginx redirect cache (.platform/nginx, as deployed)
 with each way of counting: not counted (VISITS=off, the cache answers); counted from
@@ -186,7 +186,8 @@ class VisitsBench:
                   counted: Callable[[dict[str, str]], tuple[int, int]]) -> None:
         """VISITS=off and on, round after round, each measured in wall-clock time (wrk)
         and in CPU time: the server's, from just before the run until it has exited
-        (its last flush included), and the database's over the same span."""
+        (its last flush included, and the whole life of the workers' visit writers,
+        their start too), and the database's over the same span."""
         quota = 0
         for number in range(self.args.rounds):
             for mode in ("off", "on") if number % 2 == 0 else ("on", "off"):
@@ -200,7 +201,7 @@ class VisitsBench:
                     app_before, database_before = cpu_of(server.process.pid), self.database_cpu()
                     load = self.load(server.base_url, paths, quota)
                 finally:
-                    server.stop()  # gracefully: every worker flushes what it counted
+                    server.stop()  # gracefully: every writer stores what was counted
                 database = self.database_cpu() - database_before
                 app = children_cpu() - reaped_before - self.wrk_cpu - app_before
                 people, bots = counted(env) if mode == "on" else (None, None)
@@ -368,6 +369,12 @@ def summary(runs: list[Run]) -> list[dict[str, Any]]:
         if off and on:
             row["rps_ratio"] = round(row["rps_on"] / row["rps_off"], 3)
             row["p99_ratio"] = round(row["p99_on"] / row["p99_off"], 3)
+            # The spread of the same ratio round by round (on and off run one after the
+            # other): how far one round's noise reaches on this machine.
+            pairs = [(a, b) for a in on for b in off if a.round == b.round]
+            for key, ratios in (("rps", [a.rps / b.rps for a, b in pairs]),
+                                ("p99", [a.p99_ms / b.p99_ms for a, b in pairs])):
+                row[f"{key}_ratio_rounds"] = [round(min(ratios), 3), round(max(ratios), 3)]
         if "cpu_off" in row and "cpu_on" in row:  # redirects the same CPU serves, on / off
             row["cpu_ratio"] = round(row["cpu_off"] / row["cpu_on"], 3)
         rows.append(row)
@@ -395,17 +402,21 @@ def markdown(results: Results) -> str:
     lines = [f"Visit counting, measured {results.machine['started_at']} "
              f"(load {results.machine['load_before'][0]} before, "
              f"{results.machine.get('load_after', ['?'])[0]} after)", "",
-             "| contender | links | VISITS=off /s | VISITS=on /s | on / off | p99 off ms "
-             "| p99 on ms | p99 on / off | CPU µs off | CPU µs on | by CPU, on / off "
-             "| counts exact | load |",
-             "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|---|"]
+             "| contender | links | VISITS=off /s | VISITS=on /s | on / off | round by "
+             "round | p99 off ms | p99 on ms | p99 on / off | round by round | CPU µs off "
+             "| CPU µs on | by CPU, on / off | counts exact | load |",
+             "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|---|"]
     for row in rows:
         def cell(key: str, digits: int = 0) -> str:
             return f"{row[key]:,.{digits}f}" if key in row else "-"
+
+        def spread(key: str) -> str:
+            return "-" if key not in row else f"{row[key][0]:.2f}-{row[key][1]:.2f}"
         exact = {True: "yes", False: "**no**", None: "not counted"}[row["exact"]]
         lines.append(f"| {row['contender']} | {row['links']:,} | {cell('rps_off')} | "
-                     f"{cell('rps_on')} | {cell('rps_ratio', 3)} | {cell('p99_off', 2)} | "
-                     f"{cell('p99_on', 2)} | {cell('p99_ratio', 3)} | {cell('cpu_off', 1)} | "
+                     f"{cell('rps_on')} | {cell('rps_ratio', 3)} | {spread('rps_ratio_rounds')} | "
+                     f"{cell('p99_off', 2)} | {cell('p99_on', 2)} | {cell('p99_ratio', 3)} | "
+                     f"{spread('p99_ratio_rounds')} | {cell('cpu_off', 1)} | "
                      f"{cell('cpu_on', 1)} | {cell('cpu_ratio', 3)} | {exact} | "
                      f"{row['load'][0]}-{row['load'][1]} |")
     lines += ["", "| contender | links | VISITS | round | redirects/s | p99 ms | CPU µs app "

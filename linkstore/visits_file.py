@@ -125,6 +125,9 @@ class FileVisits:
         self.fold_seconds = fold_seconds
         self._next_fold = time.monotonic() + fold_seconds
 
+    def address(self) -> dict[str, Any]:
+        return {"directory": str(self.dir.resolve()), "lock_timeout": self.lock_timeout}
+
     # --- salts ---------------------------------------------------------------------------
 
     def salts(self, day: Day) -> dict[Day, bytes]:

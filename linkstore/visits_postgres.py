@@ -12,9 +12,11 @@
 - **Forgetting** (hourly, by any worker): the hashes of closed days (``visits.
   closed_before``) are replaced by their number, and batch ids older than a day go.
 
-Statements go through the link store's connections (``PostgresStore._call``: its pool,
-timeouts, fail-fast and schema migrations), so visits add no connection to the
-database and the same errors read the same way.
+Statements go through a link store's connections (``PostgresStore._call``: its pool,
+timeouts, fail-fast and schema migrations), so the same errors read the same way. Reads
+use the worker's own pool; writes come from the worker's visit writer (``visits.main``),
+whose link store keeps one connection: counting adds one connection per worker to the
+database's ``max_connections``.
 """
 from __future__ import annotations
 
@@ -78,6 +80,9 @@ class PostgresVisits:
         self.links = links
         self._shard = shard  # None: by host and process (tests pin one)
         self._next_maintenance = time.monotonic() + MAINTAIN_SECONDS
+
+    def address(self) -> dict[str, Any]:
+        return {"url": self.links.url, "timeout": self.links.timeout}
 
     def salts(self, day: Day) -> dict[Day, bytes]:
         wanted = (day, add_days(day, 1))

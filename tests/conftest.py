@@ -27,6 +27,42 @@ BACKENDS = ["file", "postgresql"]
 _databases = itertools.count()
 
 
+# Every visit recorder a test makes (each app has one) is closed after it: a recorder
+# that counted something has a writer process, which stores what it has and exits only
+# when its recorder closes the pipe. Apps made inside a test are closed when the test
+# ends; apps of module-scoped fixtures when the module ends.
+_recorders: list[visits.Recorder] = []
+_recorder_init = visits.Recorder.__init__
+
+
+def _tracked_init(self: visits.Recorder, store: VisitStore, flush_seconds: float) -> None:
+    _recorder_init(self, store, flush_seconds)
+    _recorders.append(self)
+
+
+setattr(visits.Recorder, "__init__", _tracked_init)  # noqa: B010: no type allows assigning it
+
+
+def _close_recorders_since(start: int) -> None:
+    for recorder in _recorders[start:]:
+        recorder.close()
+    del _recorders[start:]
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _module_recorders_closed() -> Iterator[None]:
+    start = len(_recorders)
+    yield
+    _close_recorders_since(start)
+
+
+@pytest.fixture(autouse=True)
+def _recorders_closed() -> Iterator[None]:
+    start = len(_recorders)
+    yield
+    _close_recorders_since(start)
+
+
 @pytest.fixture
 def data_dir(tmp_path: Path) -> Path:
     return tmp_path / "data"

@@ -115,6 +115,12 @@ class GunicornServer:
         return sorted(p.pid for p in processes.process_table().values()
                       if p.ppid == self.pid and not p.zombie)
 
+    def writer_pids(self) -> list[int]:
+        """The visit writers (visits.Recorder's children) of the running workers."""
+        workers = set(self.worker_pids())
+        return sorted(p.pid for p in processes.process_table().values()
+                      if p.ppid in workers and not p.zombie)
+
     def wait_for_workers(self, count: int | None = None, timeout: float = 30.0) -> list[int]:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:

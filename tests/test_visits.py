@@ -7,7 +7,9 @@ PostgreSQL server the suite starts. tests/test_visits_server.py does it through 
 from __future__ import annotations
 
 import json
+import marshal  # nosec B403: what visits.Recorder sends its writer
 import os
+import signal
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -25,7 +27,8 @@ from linkstore.jsonfile import FileStore, write_atomically
 from linkstore.postgres import PostgresStore
 from linkstore.visits_file import FileVisits, shard_of
 from linkstore.visits_postgres import PostgresVisits
-from tests.helpers import CHROME_UA, everything_stored
+from ops import processes
+from tests.helpers import CHROME_UA, FIREFOX_UA, everything_stored
 from visitors import BOT, Visit
 from visits import Batch, DayCount, Recorder, VisitStore
 
@@ -369,3 +372,62 @@ def test_a_graceful_close_flushes_what_is_queued(file_visits: FileVisits) -> Non
         thread.join()
     counter.close()
     assert file_visits.stats("abc").visits == 1000
+
+
+# --- The writer, a child process of the worker --------------------------------------------
+
+def test_the_writer_is_a_child_started_by_the_first_hits_that_exits_with_its_pipe(
+        recorder: Recorder) -> None:
+    recorder.hand_off()
+    assert recorder._writer is None, "nothing counted yet: no process started"
+    recorder.record("abc", environ(user_agent=CHROME_UA))
+    recorder.hand_off()
+    writer = recorder._writer
+    assert writer is not None and writer.poll() is None
+    assert parent_of(writer.pid) == os.getpid()
+    recorder.close()
+    assert writer.returncode == 0
+    assert recorder.store.stats("abc").visits == 1, "stored on its way out"
+
+
+def test_the_writer_leaves_a_stop_signal_to_its_worker(recorder: Recorder) -> None:
+    """SIGTERM or SIGINT to the whole process group (Ctrl-C) is for the worker: the
+    writer goes on until the worker closes the pipe, so a graceful stop loses nothing."""
+    recorder.record("abc", environ(user_agent=CHROME_UA))
+    assert recorder.flush()
+    assert recorder._writer is not None
+    for stop in (signal.SIGTERM, signal.SIGINT):
+        os.kill(recorder._writer.pid, stop)
+    recorder.record("abc", environ(user_agent=CHROME_UA))
+    assert recorder.flush() and recorder._writer.poll() is None
+    assert recorder.store.stats("abc").visits == 2
+
+
+def test_a_dead_writer_is_replaced_at_the_next_hand_off(
+        recorder: Recorder, caplog: pytest.LogCaptureFixture) -> None:
+    recorder.record("abc", environ(user_agent=CHROME_UA))
+    assert recorder.flush()
+    assert recorder._writer is not None
+    first = recorder._writer
+    first.kill()
+    first.wait()
+    recorder.record("abc", environ(user_agent=FIREFOX_UA))
+    assert recorder.flush()
+    assert recorder._writer is not first and recorder._writer.poll() is None
+    assert "starting another" in caplog.text
+    assert recorder.store.stats("abc").details["browser"] == {"Chrome": 1, "Firefox": 1}
+
+
+def test_the_writer_counts_every_frame_it_can_read_and_skips_one_it_cannot(
+        file_visits: FileVisits, caplog: pytest.LogCaptureFixture) -> None:
+    hit = ("abc", int(time.time() // 86400), "GET", CHROME_UA, None, False, 7)
+    writer = visits.Writer(file_visits)
+    for frame in (marshal.dumps([hit]), b"\xff not marshal", marshal.dumps([hit])):
+        writer.take(frame)
+    assert writer.flush()
+    assert file_visits.stats("abc").days[TODAY] == DayCount(2, 0, 1)
+    assert "skipped a frame it cannot read" in caplog.text
+
+
+def parent_of(pid: int) -> int:
+    return processes.process_table()[pid].ppid

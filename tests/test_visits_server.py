@@ -8,6 +8,8 @@ worker answered, with no waiting on a clock.
 """
 from __future__ import annotations
 
+import os
+import signal
 import subprocess  # nosec B404: runs ops.smoke as the pipeline does
 import sys
 import threading
@@ -19,6 +21,7 @@ import pytest
 import requests
 
 import visits
+from ops import processes
 from tests.helpers import CHROME_UA, FIREFOX_UA, eventually, everything_stored
 from tests.servers import REPO, GunicornServer, Site, create_link, follow
 from visits import DayCount
@@ -184,6 +187,49 @@ def test_kill_9_loses_at_most_one_flush_interval_of_counts_and_never_a_link(site
     assert stored_before <= counted <= sent
     # One interval, and one more for a flushing thread that a loaded machine runs late.
     assert sent - counted <= answered_in_the_last(2 * flush), "lost more than one interval"
+
+
+def test_a_worker_killed_with_9_loses_only_what_it_had_not_handed_to_its_writer(
+        site: Site, server: GunicornServer) -> None:
+    """The writer, a child of the worker, stores what it was handed when its pipe ends."""
+    create_link(server, "orphaned")
+    with ThreadPoolExecutor(max_workers=6) as pool:
+        list(pool.map(lambda _: follow(server, "orphaned", User_Agent=CHROME_UA), range(60)))
+    time.sleep(2.5 * visits.HANDOFF_SECONDS)  # every worker has handed its hits off
+    workers, writers = server.worker_pids(), server.writer_pids()
+    assert len(site.served_by("/orphaned")) >= 2 and len(writers) >= 2
+    for pid in workers:
+        os.kill(pid, signal.SIGKILL)
+    waited = eventually(lambda: site.stats("orphaned").visits == 60)
+    eventually(lambda: not set(writers) & alive())
+    print(f"\n60 of 60 visits stored {waited:.1f} s after kill -9 of every worker")
+    assert requests.get(f"{server.url}/orphaned", allow_redirects=False,
+                        timeout=10).status_code == 302, "the master forked new workers"
+
+
+def test_a_writer_killed_with_9_is_replaced_and_counting_goes_on(
+        site: Site, server: GunicornServer) -> None:
+    """What a dead writer had not stored is lost (here all of it: the flush interval is
+    an hour); every visit after it died is counted by the writer that replaced it."""
+    create_link(server, "rewritten")
+    with ThreadPoolExecutor(max_workers=6) as pool:
+        list(pool.map(lambda _: follow(server, "rewritten", User_Agent=CHROME_UA), range(30)))
+    time.sleep(2.5 * visits.HANDOFF_SECONDS)  # handed off to the writers about to die
+    writers = server.writer_pids()
+    assert len(writers) >= 2
+    for pid in writers:
+        os.kill(pid, signal.SIGKILL)
+    with ThreadPoolExecutor(max_workers=6) as pool:
+        list(pool.map(lambda _: follow(server, "rewritten", User_Agent=FIREFOX_UA), range(40)))
+    eventually(lambda: len(set(server.writer_pids()) - set(writers)) >= 2)
+    server.stop()
+    stats = site.stats("rewritten")
+    assert (stats.visits, stats.details["browser"]) == (40, {"Firefox": 40})
+    assert "starting another, the visits it had not stored are lost" in server.log()
+
+
+def alive() -> set[int]:
+    return {p.pid for p in processes.process_table().values() if not p.zombie}
 
 
 def test_no_address_user_agent_cookie_or_referrer_path_is_stored(site: Site,
