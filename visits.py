@@ -161,6 +161,10 @@ class Batch:
             found = self.tallies[code, day] = Tally()
         return found
 
+    def counted(self) -> int:
+        """Visits and bots in this batch: what is lost if it is never stored."""
+        return sum(tally.visits + tally.bots for tally in self.tallies.values())
+
     def parts(self, rows: int) -> list[Batch]:
         """This batch as batches of about `rows` rows each (a tally and each of its
         visitor hashes being a row), each with an id of its own."""
@@ -521,23 +525,25 @@ class Writer:
                 if not data:
                     break
                 pending += data
-                while len(pending) >= FRAME.size:
-                    (size,) = FRAME.unpack_from(pending)
-                    if len(pending) < FRAME.size + size:
+                start = 0  # of the next frame: what was read is cut once, not per frame
+                while len(pending) - start >= FRAME.size:
+                    (size,) = FRAME.unpack_from(pending, start)
+                    end = start + FRAME.size + size
+                    if len(pending) < end:
                         break  # the rest of the frame is on its way
-                    frame, pending = pending[FRAME.size:FRAME.size + size], \
-                        pending[FRAME.size + size:]
-                    if frame:
-                        self.take(frame)
+                    if size:
+                        self.take(pending[start + FRAME.size:end])
                     else:  # the worker waits for the answer: nothing follows until then
                         stdout.write(b"stored\n" if self.flush() else b"kept\n")
                         stdout.flush()
+                    start = end
+                pending = pending[start:]
             if time.monotonic() >= deadline:
                 self._flush_and_maintain()
                 deadline = time.monotonic() + flush_seconds
         if not self.flush():
-            lost = sum(t.visits + t.bots for b in self._unsaved for t in b.tallies.values())
-            log.error("visit writer exits with %d visits the store did not take", lost)
+            log.error("visit writer exits with %d visits the store did not take",
+                      sum(part.counted() for part in self._unsaved))
 
     def take(self, frame: bytes) -> None:
         """Queue the hits of a frame."""
@@ -559,7 +565,7 @@ class Writer:
     def _keep_at_most(self, batches: int, exc: StoreUnavailable) -> None:
         lost = 0
         while len(self._unsaved) > batches:
-            lost += sum(t.visits + t.bots for t in self._unsaved.popleft().tallies.values())
+            lost += self._unsaved.popleft().counted()
         log.warning("visit counts not stored yet (%s); %d parts kept for the next flush%s",
                     exc, len(self._unsaved), f", {lost} visits dropped" if lost else "")
 
