@@ -8,9 +8,11 @@ with VISITS=off and with VISITS=on in turn, `rounds` times each, alternating whi
 first, each on fresh counts, under the same gunicorn settings as `python -m bench` (sync
 workers, no gunicorn.conf.py) and the same 1,000 sampled codes. wrk sends a known mix
 (bench/visits.lua): people, every 10th request a bot, then the app's own probe once its
-quota is sent. After each VISITS=on run the server is stopped gracefully (each worker
-hands off what it has, and its visit writer stores it) and the counts are read back
-from the store: they must equal what wrk sent, people and bots, exactly.
+quota is sent. A 2 s warm-up with a few counted requests comes first, so that each
+worker's visit writer has started (once in a worker's life) before the measured run.
+After each VISITS=on run the server is stopped gracefully (each worker hands off what
+it has, and its visit writer stores it) and the counts are read back from the store:
+they must equal what wrk sent, warm-up and run, people and bots, exactly.
 
 At the first size, on the file, the nginx redirect cache (.platform/nginx, as deployed)
 with each way of counting: not counted (VISITS=off, the cache answers); counted from
@@ -52,6 +54,7 @@ from ops.pgserver import PostgresServer, ServerUnavailable
 SCRIPT = Path(__file__).with_name("visits.lua")
 SIZES = [100_000, 1_000_000]
 COUNTED_SHARE = 0.6  # of a run's expected requests; the rest are probes (not counted)
+WARM_QUOTA = 50  # counted requests a wrk thread sends first in the warm-up
 VISIT_LOG = ("log_format visits escape=json '{\"status\":\"$status\",\"method\":"
              "\"$request_method\",\"uri\":\"$uri\",\"agent\":\"$http_user_agent\","
              "\"referer\":\"$http_referer\",\"dnt\":\"$http_dnt\",\"gpc\":\"$http_sec_gpc\"}';")
@@ -74,6 +77,8 @@ class Run:
     counted_people: int | None  # None: this contender does not count
     counted_bots: int | None
     load1: float
+    warm_people: int = 0  # sent in the warm-up before the run, and counted with it
+    warm_bots: int = 0
     app_cpu_us: float | None = None  # CPU per redirect: gunicorn, its final flush included
     database_cpu_us: float | None = None  # and PostgreSQL's, for the same redirects
 
@@ -81,7 +86,8 @@ class Run:
     def exact(self) -> bool | None:
         if self.counted_people is None:
             return None
-        return (self.counted_people, self.counted_bots) == (self.sent_people, self.sent_bots)
+        return (self.counted_people, self.counted_bots) == (
+            self.warm_people + self.sent_people, self.warm_bots + self.sent_bots)
 
 
 @dataclass
@@ -195,8 +201,8 @@ class VisitsBench:
                 self.wrk_cpu, reaped_before = 0.0, children_cpu()
                 server = self.gunicorn(f"{name} VISITS={mode}", env | {"VISITS": mode})
                 try:
-                    rate = self.warm(server, sample, paths)
-                    quota = quota or self.quota(rate)
+                    warm = self.warm(server, sample, paths, counting=mode == "on")
+                    quota = quota or self.quota(warm.rps)
                     before = load1()
                     app_before, database_before = cpu_of(server.process.pid), self.database_cpu()
                     load = self.load(server.base_url, paths, quota)
@@ -208,6 +214,7 @@ class VisitsBench:
                 self.record(Run(name, count, mode, number + 1, load.rps, load.p50_ms,
                                 load.p99_ms, load.errors + load.bad_status,
                                 load.sent["people"], load.sent["bots"], people, bots, before,
+                                warm.sent["people"], warm.sent["bots"],
                                 round(app / load.requests * 1e6, 1),
                                 round(database / load.requests * 1e6, 1)
                                 if "DATABASE_URL" in env else None))
@@ -229,11 +236,37 @@ class VisitsBench:
             raise
         return server
 
-    def warm(self, server: servers.Server, sample: list[Link], paths: Path) -> float:
+    def warm(self, server: servers.Server, sample: list[Link], paths: Path,
+             counting: bool) -> Load:
         """Every worker has the links and serves the sampled codes (the probe's requests:
-        not counted); return the rate of a 2 s run, which sizes the counted quota."""
+        not counted), then a 2 s run whose rate sizes the counted quota. That run begins
+        with WARM_QUOTA counted requests a wrk thread, in both modes: so when counting,
+        every worker has started its visit writer before the measured run, as a worker
+        in service does in its first second, and a writer's start (once in a worker's
+        life) is not measured as the cost of each redirect. Its visits are counted with
+        the run's."""
         probe.until_served_everywhere(server.port, sample[0], 4 * self.args.workers, 120)
-        return self.load(server.base_url, paths, 0, seconds=2).rps
+        warm = self.load(server.base_url, paths, WARM_QUOTA, seconds=2)
+        if counting:
+            self.until_writers_started(server)
+        return warm
+
+    def until_writers_started(self, server: servers.Server, timeout: float = 30) -> None:
+        """Wait until each worker has a visit writer that has lowered its priority (its
+        last step before it serves: store opened, parsers loaded)."""
+        deadline = time.monotonic() + timeout
+        while True:
+            table = processes.process_table()
+            workers = {pid for pid, p in table.items()
+                       if p.ppid == server.process.pid and not p.zombie}
+            started = [pid for pid, p in table.items() if p.ppid in workers and not p.zombie
+                       and niceness(pid) == visits.WRITER_NICENESS]
+            if len(workers) == self.args.workers and len(started) >= len(workers):
+                return
+            if time.monotonic() > deadline:
+                raise servers.ServerError(f"{len(started)} of {len(workers)} workers' visit "
+                                          f"writers started within {timeout} s")
+            time.sleep(0.05)
 
     def quota(self, rate: float) -> int:
         """Counted requests per wrk thread: a share of what the run can send, so that
@@ -253,8 +286,8 @@ class VisitsBench:
     def record(self, run: Run) -> None:
         self.results.runs.append(run)
         counts = "" if run.exact is None else (
-            f", counted {run.counted_people}/{run.sent_people} people "
-            f"{run.counted_bots}/{run.sent_bots} bots")
+            f", counted {run.counted_people}/{run.warm_people + run.sent_people} people "
+            f"{run.counted_bots}/{run.warm_bots + run.sent_bots} bots")
         self.log(f"{run.contender} @ {run.links:,} VISITS={run.visits} round {run.round}: "
                  f"{run.rps:,.0f}/s p99 {run.p99_ms} ms{counts}")
 
@@ -279,8 +312,10 @@ class VisitsBench:
                                             CACHE_HTTP % workdir + (VISIT_LOG if logged else ""))
                 try:
                     servers.wait_until_listening(proxy, 10)
-                    rate = self.warm(proxy, sample, paths)
-                    quota = quotas.setdefault(name, self.quota(rate))
+                    warm = self.warm(proxy, sample, paths, counting=False)
+                    if mode == "on":
+                        self.until_writers_started(upstream)
+                    quota = quotas.setdefault(name, self.quota(warm.rps))
                     before = load1()
                     load = self.load(proxy.base_url, paths, quota)
                 finally:
@@ -291,7 +326,8 @@ class VisitsBench:
                                            sample, fold=True) if mode == "on" else (None, None))
                 self.record(Run(name, count, mode, number + 1, load.rps, load.p50_ms,
                                 load.p99_ms, load.errors + load.bad_status,
-                                load.sent["people"], load.sent["bots"], people, bots, before))
+                                load.sent["people"], load.sent["bots"], people, bots, before,
+                                warm.sent["people"], warm.sent["bots"]))
 
 
 def children_cpu() -> float:
@@ -299,6 +335,14 @@ def children_cpu() -> float:
     they waited for: a stopped gunicorn brings its workers' time with it."""
     usage = resource.getrusage(resource.RUSAGE_CHILDREN)
     return usage.ru_utime + usage.ru_stime
+
+
+def niceness(pid: int) -> int | None:
+    """A live process's nice value (None: it has exited)."""
+    try:
+        return int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[16])
+    except OSError:
+        return None
 
 
 def cpu_of(leader: int) -> float:
@@ -425,9 +469,9 @@ def markdown(results: Results) -> str:
     for run in results.runs:
         lines.append(f"| {run.contender} | {run.links:,} | {run.visits} | {run.round} | "
                      f"{run.rps:,.0f} | {run.p99_ms} | {run.app_cpu_us or '-'} | "
-                     f"{run.database_cpu_us or '-'} | {run.sent_people:,} | "
+                     f"{run.database_cpu_us or '-'} | {run.warm_people + run.sent_people:,} | "
                      f"{'-' if run.counted_people is None else f'{run.counted_people:,}'} | "
-                     f"{run.sent_bots:,} | "
+                     f"{run.warm_bots + run.sent_bots:,} | "
                      f"{'-' if run.counted_bots is None else f'{run.counted_bots:,}'} | "
                      f"{run.errors} | {run.load1} |")
     lines += ["", "| target | measured | met |", "|---|---:|---|"]
