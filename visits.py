@@ -43,7 +43,7 @@ import threading
 import time
 import uuid
 from collections import Counter, deque
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import date, timedelta
 from pathlib import Path
@@ -61,6 +61,7 @@ CLOSE_AFTER_SECONDS = 3600  # a day's visitor hashes outlive it by this much: la
 UNSAVED_PARTS = 3600  # parts of flushes kept while the store is down
 PART_ROWS = 500  # rows (tallies and visitor hashes) a write to the store
 PACE = 3.0  # a writer pauses 3 times as long as a write took: a quarter of a core at most
+STEP_SECONDS = 0.0005  # and works at most about this long between pauses
 CHART_DAYS = 30
 HANDOFF_SECONDS = 1.0  # at most this long (or a tenth of the flush interval) in a worker
 CHUNK = 500  # hits a frame to the writer: a marshal.dumps of about 100 us holding the GIL
@@ -266,15 +267,35 @@ FRAME = struct.Struct("!I")
 FLUSH = FRAME.pack(0)
 
 
-def batch_of(hits: Iterable[Sequence[Any]]) -> Batch:
+class Pace:
+    """Spreads a writer's work in steps: once a step has run STEP_SECONDS, a pause PACE
+    times as long. On a busy machine a request that waits for the writer's core then
+    waits a step, not a scheduler's slice: whatever its nice value, a process that has
+    the CPU keeps it a slice (a millisecond or more), and the writer's flush in one
+    burst (3.7 µs a hit, 45 ms for 12,000) was the p99 of the redirects next to it."""
+
+    def __init__(self) -> None:
+        self.started = time.monotonic()
+
+    def __call__(self) -> None:
+        worked = time.monotonic() - self.started
+        if worked >= STEP_SECONDS:
+            time.sleep(worked * PACE)
+            self.started = time.monotonic()
+
+
+def batch_of(hits: Iterable[Sequence[Any]], pace: Callable[[], None] = lambda: None) -> Batch:
     """Count queued hits into a batch. Per hit, a few dictionary lookups: each distinct
     request (method, User-Agent, Referer, privacy) becomes a ``visitors.Hit`` and is
-    classified once, and each (link, day, visit) is counted once."""
+    classified once, and each (link, day, visit) is counted once. ``pace`` is called
+    every 64 hits."""
     kinds: dict[Request, int] = {}
     classified: list[Visit] = []
     seen: Counter[tuple[str, int, int]] = Counter()
     visitors_of: dict[tuple[str, int, int], set[int]] = {}
-    for code, day, method, agent, referer, private, visitor in hits:
+    for number, (code, day, method, agent, referer, private, visitor) in enumerate(hits):
+        if not number % 64:
+            pace()
         kind = kinds.get((method, agent, referer, private))
         if kind is None:
             kind = kinds[method, agent, referer, private] = len(classified)
@@ -487,7 +508,8 @@ class Writer:
     A flush goes to the store in parts of PART_ROWS rows, each one write, with a pause
     after each (PACE times as long as the write took): the database's work for a flush
     of thousands of visitors comes in pieces of a few milliseconds, not one burst that a
-    busy machine's requests would queue behind. A part the store cannot take is kept,
+    busy machine's requests would queue behind. The writer's own work before that, and
+    reading frames, goes in steps (``Pace``). A part the store cannot take is kept,
     UNSAVED_PARTS at most, for the next flush."""
 
     def __init__(self, store: VisitStore) -> None:
@@ -498,7 +520,7 @@ class Writer:
     def flush(self) -> bool:
         """Store what was handed off, and any part kept; True if nothing is left."""
         with collector_paused():
-            self._unsaved.extend(batch_of(self.hits).parts(PART_ROWS))
+            self._unsaved.extend(batch_of(self.hits, Pace()).parts(PART_ROWS))
             self.hits = []
             while self._unsaved:
                 started = time.monotonic()
@@ -525,6 +547,7 @@ class Writer:
                 if not data:
                     break
                 pending += data
+                pace = Pace()
                 start = 0  # of the next frame: what was read is cut once, not per frame
                 while len(pending) - start >= FRAME.size:
                     (size,) = FRAME.unpack_from(pending, start)
@@ -532,6 +555,7 @@ class Writer:
                     if len(pending) < end:
                         break  # the rest of the frame is on its way
                     if size:
+                        pace()
                         self.take(pending[start + FRAME.size:end])
                     else:  # the worker waits for the answer: nothing follows until then
                         stdout.write(b"stored\n" if self.flush() else b"kept\n")

@@ -429,5 +429,21 @@ def test_the_writer_counts_every_frame_it_can_read_and_skips_one_it_cannot(
     assert "skipped a frame it cannot read" in caplog.text
 
 
+def test_a_writer_works_in_steps_each_followed_by_a_pause_pace_times_as_long() -> None:
+    pace = visits.Pace()
+    began = pace.started
+    pace()
+    assert pace.started == began  # a step that has not run its time goes on, unpaused
+    while time.monotonic() - began < 2 * visits.STEP_SECONDS:
+        pass  # work, twice a step's time
+    worked = time.monotonic() - began
+    pace()
+    assert pace.started - began >= worked * (1 + visits.PACE)  # then a pause, a new step
+    hit = ("abc", int(time.time() // 86400), "GET", CHROME_UA, None, False, 7)
+    calls: list[None] = []
+    batch = visits.batch_of([hit] * 200, pace=lambda: calls.append(None))
+    assert len(calls) == 4 and batch.counted() == 200  # every 64 hits: 0, 64, 128, 192
+
+
 def parent_of(pid: int) -> int:
     return processes.process_table()[pid].ppid
