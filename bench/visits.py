@@ -1,6 +1,6 @@
 """What counting visits costs a redirect, measured side by side, and whether it counts right.
 
-Usage: python -m bench.visits [--sizes 100000,1000000] [--duration 10] [--rounds 5]
+Usage: python -m bench.visits [--sizes 100000,1000000] [--duration 10] [--rounds 7]
        [--connections 16] [--workers 2] [--out bench/results] [--quick] [--no-postgres]
 
 For each size and backend (the JSON file; PostgreSQL when it is installed), the app runs
@@ -106,7 +106,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--duration", type=float, help="seconds per wrk run, 2-60 (default 10;"
                         " with --quick 2)")
     parser.add_argument("--rounds", type=int, help="runs of each mode per contender, 1-10 "
-                        "(default 5; with --quick 1)")
+                        "(default 7; with --quick 1)")
     parser.add_argument("--connections", type=int, default=16, help="wrk connections, 1-256")
     parser.add_argument("--workers", type=int, default=2, help="gunicorn sync workers, 1-16")
     parser.add_argument("--out", type=Path, default=Path("bench/results"),
@@ -117,7 +117,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     args.sizes = [int(s) for s in args.sizes.split(",")] if args.sizes else (
         [1_000] if args.quick else SIZES)
     args.duration = args.duration or (2.0 if args.quick else 10.0)
-    args.rounds = args.rounds or (1 if args.quick else 5)
+    args.rounds = args.rounds or (1 if args.quick else 7)
     if not (all(1 <= s <= 2_000_000 for s in args.sizes) and 2 <= args.duration <= 60
             and 1 <= args.rounds <= 10 and 1 <= args.connections <= 256
             and 1 <= args.workers <= 16):
