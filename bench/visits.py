@@ -2,6 +2,7 @@
 
 Usage: python -m bench.visits [--sizes 100000,1000000] [--duration 10] [--rounds 7]
        [--connections 16] [--workers 2] [--out bench/results] [--quick] [--no-postgres]
+       [--no-file]
 
 For each size and backend (the JSON file; PostgreSQL when it is installed), the app runs
 with VISITS=off and with VISITS=on in turn, `rounds` times each, alternating which goes
@@ -113,6 +114,8 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
                         help="where visits.json and visits.md go (default bench/results)")
     parser.add_argument("--quick", action="store_true", help="1,000 links, short runs")
     parser.add_argument("--no-postgres", action="store_true", help="the file only")
+    parser.add_argument("--no-file", action="store_true",
+                        help="PostgreSQL only (neither the file nor nginx)")
     args = parser.parse_args(argv)
     args.sizes = [int(s) for s in args.sizes.split(",")] if args.sizes else (
         [1_000] if args.quick else SIZES)
@@ -123,6 +126,9 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
             and 1 <= args.workers <= 16):
         parser.error("--sizes 1-2,000,000, --duration 2-60, --rounds 1-10, "
                      "--connections 1-256, --workers 1-16")
+    if args.no_file and (args.no_postgres or not postgres.available()):
+        parser.error("--no-file leaves PostgreSQL only, and it is "
+                     + ("left out too" if args.no_postgres else "not installed"))
     return args
 
 
@@ -164,10 +170,11 @@ class VisitsBench:
             data.mkdir()
             os.link(base / "urls.json", data / "urls.json")
             return {"DATA_DIR": str(data)}
-        self.contender("file", count, sample, paths, file_env,
-                       lambda env: counted_in(open_url(Path(env["DATA_DIR"], "urls.json")
-                                                       .as_uri()), sample, fold=True))
-        if count == self.args.sizes[0] and servers.nginx_available():
+        if not self.args.no_file:
+            self.contender("file", count, sample, paths, file_env,
+                           lambda env: counted_in(open_url(Path(env["DATA_DIR"], "urls.json")
+                                                           .as_uri()), sample, fold=True))
+        if count == self.args.sizes[0] and servers.nginx_available() and not self.args.no_file:
             self.nginx(count, sample, paths, file_env)
         if self.database is not None:
             self.log(f"loading {count:,} links into PostgreSQL")
