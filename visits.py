@@ -61,7 +61,7 @@ CLOSE_AFTER_SECONDS = 3600  # a day's visitor hashes outlive it by this much: la
 UNSAVED_PARTS = 3600  # parts of flushes kept while the store is down
 PART_ROWS = 500  # rows (tallies and visitor hashes) a write to the store
 PACE = 3.0  # a writer pauses 3 times as long as a write took: a quarter of a core at most
-STEP_SECONDS = 0.0005  # and works at most about this long between pauses
+STEP_SECONDS = 0.0005  # and works at most about this long (CPU) between pauses
 CHART_DAYS = 30
 HANDOFF_SECONDS = 1.0  # at most this long (or a tenth of the flush interval) in a worker
 CHUNK = 500  # hits a frame to the writer: a marshal.dumps of about 100 us holding the GIL
@@ -268,20 +268,21 @@ FLUSH = FRAME.pack(0)
 
 
 class Pace:
-    """Spreads a writer's work in steps: once a step has run STEP_SECONDS, a pause PACE
-    times as long. On a busy machine a request that waits for the writer's core then
-    waits a step, not a scheduler's slice: whatever its nice value, a process that has
-    the CPU keeps it a slice (a millisecond or more), and the writer's flush in one
-    burst (3.7 µs a hit, 45 ms for 12,000) was the p99 of the redirects next to it."""
+    """Spreads a writer's work in steps: once a step has used STEP_SECONDS of CPU, a
+    pause PACE times as long. Whatever its nice value, a process that gets a core keeps
+    it for a scheduler slice (a millisecond or more), and a flush classified in one
+    burst (3.7 µs a hit, 45 ms for 12,000) could hold a redirect on the same core a
+    slice at a time; in steps it holds one for a step. CPU time, not the clock: a
+    writer kept waiting on a busy machine does not also pause longer for it."""
 
     def __init__(self) -> None:
-        self.started = time.monotonic()
+        self.started = time.thread_time()
 
     def __call__(self) -> None:
-        worked = time.monotonic() - self.started
+        worked = time.thread_time() - self.started
         if worked >= STEP_SECONDS:
             time.sleep(worked * PACE)
-            self.started = time.monotonic()
+            self.started = time.thread_time()
 
 
 def batch_of(hits: Iterable[Sequence[Any]], pace: Callable[[], None] = lambda: None) -> Batch:
