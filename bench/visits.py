@@ -267,7 +267,7 @@ class VisitsBench:
             workers = {pid for pid, p in table.items()
                        if p.ppid == server.process.pid and not p.zombie}
             started = [pid for pid, p in table.items() if p.ppid in workers and not p.zombie
-                       and niceness(pid) == visits.WRITER_NICENESS]
+                       and p.nice == visits.WRITER_NICENESS]
             if len(workers) == self.args.workers and len(started) >= len(workers):
                 return
             if time.monotonic() > deadline:
@@ -342,14 +342,6 @@ def children_cpu() -> float:
     they waited for: a stopped gunicorn brings its workers' time with it."""
     usage = resource.getrusage(resource.RUSAGE_CHILDREN)
     return usage.ru_utime + usage.ru_stime
-
-
-def niceness(pid: int) -> int | None:
-    """A live process's nice value (None: it has exited)."""
-    try:
-        return int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[16])
-    except OSError:
-        return None
 
 
 def cpu_of(leader: int) -> float:

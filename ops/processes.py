@@ -64,6 +64,7 @@ class Process:
     session: int
     started: int  # clock ticks after boot: tells a process from a later one with its pid
     zombie: bool  # exited, waiting for its parent to collect its status
+    nice: int  # its nice value, -20 to 19
 
 
 def process_table() -> dict[int, Process]:
@@ -77,7 +78,7 @@ def process_table() -> dict[int, Process]:
         pid = int(stat.parent.name)
         table[pid] = Process(pid=pid, ppid=int(fields[1]), pgrp=int(fields[2]),
                              session=int(fields[3]), started=int(fields[19]),
-                             zombie=fields[0] in ("Z", "X"))
+                             zombie=fields[0] in ("Z", "X"), nice=int(fields[16]))
     return table
 
 
