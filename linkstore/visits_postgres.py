@@ -4,11 +4,13 @@
   ``visit_batches`` first, so a batch sent again after a lost connection (it may have
   committed) is not counted twice. Then one ``INSERT ... SELECT FROM unnest(...) ON
   CONFLICT DO UPDATE`` adds every (link, day) of the batch to the counters of this
-  worker's shard, and one ``INSERT ... ON CONFLICT DO NOTHING`` the visitor hashes.
-  Writers take row locks only on their own shard's rows, so however hot a link is,
-  no worker waits for another's flush; rows go in sorted order, so two workers that
-  share a shard (16 shards, picked by host and process) wait briefly, never deadlock.
-- **Reading**: sums over the shards.
+  worker's shard (details as arrays: migration 0005), and one ``INSERT ... ON CONFLICT
+  DO NOTHING`` the visitor hashes. Writers take row locks only on their own shard's
+  rows, so however hot a link is, no worker waits for another's flush; rows go in
+  sorted order, so two workers that share a shard (16 shards, picked by host and
+  process) wait briefly, never deadlock.
+- **Reading**: sums over the shards (and, for details, over both the arrays and the
+  JSON object the release before migration 0005 wrote).
 - **Forgetting** (hourly, by any worker): the hashes of closed days (``visits.
   closed_before``) are replaced by their number, and batch ids older than a day go.
 
@@ -28,18 +30,38 @@ import zlib
 from collections.abc import Sequence
 from typing import Any
 
-from psycopg.types.json import Jsonb
-
 from linkstore.postgres import Connection, PostgresStore
-from visits import DETAILS, Batch, Day, DayCount, Stats, add_days, closed_before
+from visits import DETAILS, Batch, Day, DayCount, Stats, Tally, add_days, closed_before
 
 SHARDS = 16
 MAINTAIN_SECONDS = 3600.0
 
 TAKE_BATCH = "INSERT INTO visit_batches (id) VALUES (%s) ON CONFLICT (id) DO NOTHING"
 # %b: the arrays go in binary, which halves the Python work of a flush (psycopg quotes
-# every element of a text-format array; docs/visits.md, "Cost").
+# every element of a text-format array; docs/visits.md, "Cost"). A row's details come as
+# one string each, "kind:value" lines and comma-separated counts, split by the database.
+# A conflict adds them to the row's by key (migration 0005 says why arrays, not jsonb).
 ADD_COUNTS = """
+INSERT INTO visit_counts AS c (code, day, shard, visits, bots, private, detail_keys,
+                               detail_counts)
+SELECT code, day, %s, visits, bots, private, string_to_array(keys, E'\\n'),
+       string_to_array(counts, ',')::bigint[]
+  FROM unnest(%b::text[], %b::text[]::date[], %b::bigint[], %b::bigint[], %b::bigint[],
+              %b::text[], %b::text[]) AS t(code, day, visits, bots, private, keys, counts)
+    ON CONFLICT (code, day, shard) DO UPDATE
+   SET visits = c.visits + excluded.visits, bots = c.bots + excluded.bots,
+       private = c.private + excluded.private,
+       (detail_keys, detail_counts) = (
+           SELECT coalesce(array_agg(key ORDER BY key), '{}'),
+                  coalesce(array_agg(n ORDER BY key), '{}')
+             FROM (SELECT key, sum(n)::bigint AS n
+                     FROM unnest(c.detail_keys || excluded.detail_keys,
+                                 c.detail_counts || excluded.detail_counts) AS d(key, n)
+                    GROUP BY key) AS added)"""
+# The statement of the release before migration 0005, which a rollback brings back: it
+# adds to `details`. Kept to show that both releases' counts add up (tests/
+# test_visits_postgres.py) and what the arrays saved (bench/pg_details.py).
+ADD_COUNTS_0004 = """
 INSERT INTO visit_counts AS c (code, day, shard, visits, bots, private, details)
 SELECT code, day, %s, visits, bots, private, details
   FROM unnest(%b::text[], %b::text[]::date[], %b::bigint[], %b::bigint[], %b::bigint[],
@@ -56,9 +78,14 @@ DAYS = """
 SELECT day::text, sum(visits)::bigint, sum(bots)::bigint, sum(private)::bigint
   FROM visit_counts WHERE code = %s GROUP BY day"""
 DETAIL_COUNTS = """
-SELECT kind.key, value.key, sum(value.value::bigint)::bigint
-  FROM visit_counts, jsonb_each(details) AS kind, jsonb_each_text(kind.value) AS value
- WHERE code = %s GROUP BY 1, 2"""
+SELECT kind, value, sum(n)::bigint FROM (
+    SELECT split_part(key, ':', 1) AS kind, substr(key, strpos(key, ':') + 1) AS value, n
+      FROM visit_counts, unnest(detail_keys, detail_counts) AS d(key, n) WHERE code = %s
+    UNION ALL  -- what the release before migration 0005 wrote
+    SELECT kind.key, value.key, value.value::bigint
+      FROM visit_counts, jsonb_each(details) AS kind, jsonb_each_text(kind.value) AS value
+     WHERE code = %s) AS counted
+ GROUP BY 1, 2"""
 UNIQUE_VISITORS = """
 SELECT day::text, sum(n)::bigint FROM (
     SELECT day, visitors AS n FROM visit_unique_days WHERE code = %s
@@ -103,6 +130,7 @@ class PostgresVisits:
         counted = sorted(batch.tallies.items())
         visitors = sorted((code, day, visitor)
                           for (code, day), tally in counted for visitor in tally.visitors)
+        details = [detail_arrays(tally) for _, tally in counted]
         shard = self.shard()
 
         def work(conn: Connection) -> None:
@@ -112,9 +140,8 @@ class PostgresVisits:
                 conn.execute(ADD_COUNTS, (
                     shard, [code for (code, _), _ in counted], [day for (_, day), _ in counted],
                     [t.visits for _, t in counted], [t.bots for _, t in counted],
-                    [t.private for _, t in counted],
-                    [Jsonb({kind: dict(t.details[kind]) for kind in DETAILS if t.details[kind]})
-                     for _, t in counted]))
+                    [t.private for _, t in counted], [keys for keys, _ in details],
+                    [counts for _, counts in details]))
                 if visitors:
                     conn.execute(ADD_VISITORS, tuple(map(list, zip(*visitors))))
         # Retried on a new connection if the first was lost: the batch id makes it safe.
@@ -123,7 +150,7 @@ class PostgresVisits:
     def stats(self, code: str) -> Stats:
         def work(conn: Connection) -> tuple[list[Any], list[Any], list[Any]]:
             return (conn.execute(DAYS, (code,)).fetchall(),
-                    conn.execute(DETAIL_COUNTS, (code,)).fetchall(),
+                    conn.execute(DETAIL_COUNTS, (code, code)).fetchall(),
                     conn.execute(UNIQUE_VISITORS, (code, code)).fetchall())
         days, details, uniques = self.links._call(work, retry=True)
         unique = {day: int(n) for day, n in uniques}
@@ -160,3 +187,15 @@ class PostgresVisits:
         if self._shard is not None:
             return self._shard
         return zlib.crc32(f"{socket.gethostname()}-{os.getpid()}".encode()) % SHARDS
+
+
+def detail_arrays(tally: Tally) -> tuple[str, str]:
+    """A tally's details as ADD_COUNTS takes them: "kind:value" lines, and their counts.
+    No value holds a line break (HTTP headers cannot), but one that did would be split
+    wrongly, so it becomes a space."""
+    keys, counts = [], []
+    for kind in DETAILS:
+        for value, n in tally.details[kind].items():
+            keys.append(f"{kind}:{value}".replace("\n", " "))
+            counts.append(str(n))
+    return "\n".join(keys), ",".join(counts)

@@ -20,13 +20,14 @@ from urllib.parse import unquote, urlsplit
 
 import psycopg
 import pytest
+from psycopg.types.json import Jsonb
 
 import visits
 from linkstore import Link, LinkStore, StoreUnavailable, is_postgres_url
 from linkstore.jsonfile import FileStore, write_atomically
 from linkstore.postgres import PostgresStore
 from linkstore.visits_file import FileVisits, shard_of
-from linkstore.visits_postgres import PostgresVisits
+from linkstore.visits_postgres import ADD_COUNTS_0004, PostgresVisits
 from ops import processes
 from tests.helpers import CHROME_UA, FIREFOX_UA, everything_stored
 from visitors import BOT, Visit
@@ -285,6 +286,36 @@ def test_one_hot_link_never_makes_one_workers_flush_wait_for_anothers(
             PostgresVisits(pg_links, shard=0).add(batch((FIREFOX, None)))  # its own shard
         flushing.rollback()
     assert PostgresVisits(pg_links).stats("abc").visits == 3
+
+
+def test_the_details_of_every_flush_to_a_row_add_up_by_value(pg_links: PostgresStore) -> None:
+    store = PostgresVisits(pg_links, shard=0)
+    odd = Visit("person", "Odd: one\nbrowser", "Linux", "desktop", "t.co")
+    for visits_ in [(CHROME, None), (FIREFOX, None), (CHROME, None), (odd, None)], [(BOT, None)]:
+        for visit in visits_:
+            store.add(batch(visit))  # one row, four flushes: three add to the row's
+    details = store.stats("abc").details
+    assert details["browser"] == {"Chrome": 2, "Firefox": 1, "Odd: one browser": 1}
+    assert details["referrer"] == {"t.co": 3, "direct": 1}
+    assert details["device"] == {"desktop": 4}
+
+
+def test_the_counts_of_the_release_before_the_detail_arrays_still_add_up(
+        pg_links: PostgresStore, database_url: str) -> None:
+    """Migration 0005 is additive: after a rollback, the release before it adds its
+    details to the JSON column of the rows this release wrote arrays to, and a read
+    counts both."""
+    PostgresVisits(pg_links, shard=0).add(batch((CHROME, None), (FIREFOX, None)))
+    with psycopg.connect(database_url) as previous:  # its flush, word for word
+        previous.execute(ADD_COUNTS_0004.encode(), (
+            0, ["abc", "abc"], [TODAY, YESTERDAY], [2, 1], [1, 0], [0, 0],
+            [Jsonb({"browser": {"Chrome": 2}, "referrer": {"t.co": 2}}),
+             Jsonb({"browser": {"Chrome": 1}})]))
+    PostgresVisits(pg_links, shard=0).add(batch((CHROME, None)))
+    stats = PostgresVisits(pg_links).stats("abc")
+    assert stats.days == {TODAY: DayCount(5, 1, 0), YESTERDAY: DayCount(1, 0, 0)}
+    assert stats.details["browser"] == {"Chrome": 5, "Firefox": 1}
+    assert stats.details["referrer"] == {"t.co": 4, "direct": 1}
 
 
 # --- The recorder, on the redirect's path -------------------------------------------------
