@@ -79,6 +79,7 @@ torture: $(VENV)/.dev
 bench: $(VENV)/.dev
 	$(BIN)/python -m bench
 	$(BIN)/python -m bench.visits
+	$(BIN)/python -m bench.pg_details
 
 # Release a good version and one bad version of each failure class (A-E) through real
 # nginx under steady traffic; prints the table and writes test-output/rehearsal.json.

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 
+from ops.pgserver import PostgresServer
 from tests.servers import REPO
 
 
@@ -28,3 +29,17 @@ def test_the_quick_visits_benchmark_counts_every_request_it_sent(tmp_path: Path)
     assert {(run["contender"], run["visits"]) for run in results["runs"]} >= {
         ("file", "off"), ("file", "on")}
     assert "| file | 300 |" in (tmp_path / "visits.md").read_text()
+
+
+def test_the_detail_arrays_benchmark_runs_and_both_statements_count_alike(
+        tmp_path: Path, postgres: PostgresServer) -> None:
+    """bench.pg_details starts a server of its own; `postgres` only makes a machine
+    without PostgreSQL skip here (or fail, with REQUIRE_POSTGRES=1)."""
+    done = subprocess.run(  # nosec B603
+        [sys.executable, "-m", "bench.pg_details", "--rows", "300", "--rounds", "2",
+         "--out", str(tmp_path)],
+        cwd=REPO, capture_output=True, text=True, timeout=120, check=False)
+    assert done.returncode == 0, done.stderr[-3000:]
+    text = (tmp_path / "pg_details.md").read_text()
+    assert "| new rows |" in text and "| onto them |" in text
+    assert "added up to the same numbers" in text
