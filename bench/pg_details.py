@@ -1,15 +1,18 @@
-"""What adding a flush's visit details costs PostgreSQL: migration 0005's arrays against the
-JSON object before it, side by side on one server.
+"""What one flush of visit counts costs PostgreSQL: migration 0005's schema (details as
+arrays, visitors as a sketch in the row) against the one before it (details as a JSON
+object, a row per visitor), side by side on one server.
 
-Usage: python -m bench.pg_details [--rows 30000] [--rounds 5] [--out bench/results]
+Usage: python -m bench.pg_details [--links 1000] [--visitors 14] [--rounds 5]
+       [--out bench/results]
 
-Each round, on an empty `visit_counts`, each statement writes the same `rows` tallies
-(one link each, the details of a few browsers, systems and referrers) twice: first as
-new rows (a link's first flush of the day), then onto those rows (every later flush),
-the one that goes first alternating by round. The previous release's statement writes
-shard 0 and this release's shard 1, so neither touches the other's rows. Times are the
-statement's, from the client, per row; at the end the details of both shards must add up
-to the same numbers, or the run fails.
+The default flush is one worker's in `python -m bench.visits`: 1,000 links, each with
+about 14 new visitors in a few browsers and referrers. Each round, on an empty
+`visit_counts`, each schema's statements store such a flush twice, each in one
+transaction: first as new rows (the links' first flush of the day), then onto them
+(every later flush, with other visitors), the schema that goes first alternating by
+round. The release before writes shard 0 and this one shard 1, so neither touches the
+other's rows. Times are from the client, per visit. At the end both must have counted
+the same details, and the same visitors within 2 %, or the run fails.
 """
 from __future__ import annotations
 
@@ -27,7 +30,8 @@ from psycopg.types.json import Jsonb
 
 from bench import postgres
 from linkstore.postgres import migrate
-from linkstore.visits_postgres import ADD_COUNTS, ADD_COUNTS_0004, detail_arrays
+from linkstore.visits_postgres import (ADD_COUNTS, ADD_COUNTS_0004, ADD_VISITORS_0004,
+                                       detail_arrays, visitor_sketch)
 from ops.pgserver import PostgresServer
 from visitors import Device, Visit
 from visits import DETAILS, Tally
@@ -48,68 +52,89 @@ SELECT split_part(key, ':', 1), substr(key, strpos(key, ':') + 1), sum(n)
  WHERE shard = 1 GROUP BY 1, 2 ORDER BY 1, 2"""
 
 
-def tallies(rows: int) -> list[tuple[str, Tally]]:
-    chosen = random.Random(rows)  # nosec B311: a benchmark's mix, not a secret
+VISITORS = """
+SELECT (SELECT count(*) FROM visit_visitors),
+       (SELECT sum(visit_sketch_count(visitor_sketch)) FROM visit_counts WHERE shard = 1)"""
+SCHEMAS = ["0004: JSON, visitor rows", "0005: arrays, sketch"]
+
+
+def flush(links: int, visitors: int, seed: int) -> list[tuple[str, Tally]]:
+    """A flush: each link's visits, from about `visitors` new visitors each."""
+    chosen = random.Random(seed)  # nosec B311: a benchmark's mix, not a secret
     made = []
-    for index in range(rows):
+    for index in range(links):
         tally = Tally()
-        for visit in chosen.choices(VISITS, k=chosen.randint(1, 3)):
+        for visit in chosen.choices(VISITS, k=chosen.randint(1, 2 * visitors - 1)):
             tally.count(visit)
+            tally.visitors.add(chosen.getrandbits(64) - 2**63)
         made.append((f"link{index:08d}", tally))
     return made
 
 
-def parameters(statement: str, counted: list[tuple[str, Tally]]) -> tuple[Any, ...]:
+def store(conn: psycopg.Connection[Any], schema: str, counted: list[tuple[str, Tally]]
+          ) -> None:
     common = ([code for code, _ in counted], [DAY] * len(counted),
               [t.visits for _, t in counted], [t.bots for _, t in counted],
               [t.private for _, t in counted])
-    if statement == "jsonb (0004)":
-        return (0, *common, [Jsonb({kind: dict(t.details[kind]) for kind in DETAILS
-                                    if t.details[kind]}) for _, t in counted])
+    if schema == SCHEMAS[0]:
+        conn.execute(ADD_COUNTS_0004.encode(), (0, *common, [
+            Jsonb({kind: dict(t.details[kind]) for kind in DETAILS if t.details[kind]})
+            for _, t in counted]))
+        visitors = sorted((code, DAY, visitor) for code, t in counted for visitor in t.visitors)
+        conn.execute(ADD_VISITORS_0004.encode(), tuple(map(list, zip(*visitors))))
+        return
     arrays = [detail_arrays(t) for _, t in counted]
-    return (1, *common, [keys for keys, _ in arrays], [n for _, n in arrays])
+    conn.execute(ADD_COUNTS.encode(), (1, *common, [keys for keys, _ in arrays],
+                                       [n for _, n in arrays],
+                                       [visitor_sketch(t.visitors) for _, t in counted]))
 
 
-def timed(conn: psycopg.Connection[Any], statement: str, counted: list[tuple[str, Tally]]
+def timed(conn: psycopg.Connection[Any], schema: str, counted: list[tuple[str, Tally]]
           ) -> float:
-    sql = ADD_COUNTS_0004 if statement == "jsonb (0004)" else ADD_COUNTS
+    """µs per visit to store the flush, in one transaction."""
     started = time.perf_counter()
     with conn.transaction():
-        conn.execute(sql.encode(), parameters(statement, counted))
-    return (time.perf_counter() - started) / len(counted) * 1e6
+        store(conn, schema, counted)
+    return (time.perf_counter() - started) / sum(t.visits for _, t in counted) * 1e6
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--rows", type=int, default=30_000, help="tallies per flush")
+    parser.add_argument("--links", type=int, default=1000, help="links in a flush")
+    parser.add_argument("--visitors", type=int, default=14, help="a link's, on average")
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--out", type=Path, default=Path("bench/results"))
     args = parser.parse_args(argv)
     if not postgres.available():
         print("bench.pg_details: PostgreSQL is not installed", file=sys.stderr)
         return 1
-    counted = tallies(args.rows)
-    statements = ["jsonb (0004)", "arrays (0005)"]
+    flushes = [flush(args.links, args.visitors, seed) for seed in (1, 2)]
     times: dict[tuple[str, str], list[float]] = {}
     with PostgresServer(postgres.SETTINGS) as server, \
             psycopg.connect(server.create_database("details"), autocommit=True) as conn:
         migrate(conn)
         for round_ in range(args.rounds):
             conn.execute("TRUNCATE visit_counts")
-            for step in ("new rows", "onto them"):
-                for statement in statements[round_ % 2:] + statements[:round_ % 2]:
-                    times.setdefault((statement, step), []).append(
-                        timed(conn, statement, counted))
+            conn.execute("TRUNCATE visit_visitors")
+            for step, counted in zip(("new rows", "onto them"), flushes):
+                for schema in SCHEMAS[round_ % 2:] + SCHEMAS[:round_ % 2]:
+                    times.setdefault((schema, step), []).append(timed(conn, schema, counted))
         if conn.execute(JSON_DETAILS).fetchall() != conn.execute(ARRAY_DETAILS).fetchall():
-            print("bench.pg_details: the two statements counted differently", file=sys.stderr)
+            print("bench.pg_details: the two schemas counted different details", file=sys.stderr)
             return 1
-    lines = [f"# Visit details in PostgreSQL: µs per row, median of {args.rounds} rounds of "
-             f"{args.rows:,} rows", "",
-             "| flush | jsonb (0004) | arrays (0005) | arrays ÷ jsonb |", "|---|---|---|---|"]
+        [(exact, estimated)] = conn.execute(VISITORS).fetchall()
+        if abs(estimated / exact - 1) > 0.02:
+            print(f"bench.pg_details: {exact} visitors counted as {estimated}", file=sys.stderr)
+            return 1
+    visits = sum(t.visits for _, t in flushes[0])
+    lines = [f"# A flush of visit counts in PostgreSQL: µs per visit, median of {args.rounds}"
+             f" rounds; {args.links:,} links, {visits:,} visits, each a new visitor", "",
+             f"| flush | {SCHEMAS[0]} | {SCHEMAS[1]} | 0005 ÷ 0004 |", "|---|---:|---:|---:|"]
     for step in ("new rows", "onto them"):
-        old, new = (statistics.median(times[statement, step]) for statement in statements)
-        lines.append(f"| {step} | {old:.1f} | {new:.1f} | {new / old:.2f} |")
-    text = "\n".join(lines) + "\n\nBoth statements' details added up to the same numbers.\n"
+        old, new = (statistics.median(times[schema, step]) for schema in SCHEMAS)
+        lines.append(f"| {step} | {old:.2f} | {new:.2f} | {new / old:.2f} |")
+    text = "\n".join(lines) + (f"\n\nBoth counted the same details; {exact:,} visitors, "
+                               f"estimated from the sketches as {estimated:,}.\n")
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "pg_details.md").write_text(text)
     print(text)

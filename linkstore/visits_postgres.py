@@ -4,14 +4,15 @@
   ``visit_batches`` first, so a batch sent again after a lost connection (it may have
   committed) is not counted twice. Then one ``INSERT ... SELECT FROM unnest(...) ON
   CONFLICT DO UPDATE`` adds every (link, day) of the batch to the counters of this
-  worker's shard (details as arrays: migration 0005), and one ``INSERT ... ON CONFLICT
-  DO NOTHING`` the visitor hashes. Writers take row locks only on their own shard's
-  rows, so however hot a link is, no worker waits for another's flush; rows go in
-  sorted order, so two workers that share a shard (16 shards, picked by host and
-  process) wait briefly, never deadlock.
-- **Reading**: sums over the shards (and, for details, over both the arrays and the
-  JSON object the release before migration 0005 wrote).
-- **Forgetting** (hourly, by any worker): the hashes of closed days (``visits.
+  worker's shard: visits, bots, details (arrays of keys and counts) and the visitors
+  (a sketch of their hashes, ORed into the row's; migration 0005 describes it). Writers
+  take row locks only on their own shard's rows, so however hot a link is, no worker
+  waits for another's flush; rows go in sorted order, so two workers that share a shard
+  (16 shards, picked by host and process) wait briefly, never deadlock.
+- **Reading**: sums over the shards; a day's unique visitors are counted from its
+  sketches ORed together, so a visitor two workers saw counts once. What the release
+  before migration 0005 wrote (``details`` as JSON, ``visit_visitors``) is added in.
+- **Forgetting** (hourly, by any worker): the sketches of closed days (``visits.
   closed_before``) are replaced by their number, and batch ids older than a day go.
 
 Statements go through a link store's connections (``PostgresStore._call``: its pool,
@@ -27,7 +28,7 @@ import secrets
 import socket
 import time
 import zlib
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from typing import Any
 
 from linkstore.postgres import Connection, PostgresStore
@@ -39,15 +40,17 @@ MAINTAIN_SECONDS = 3600.0
 TAKE_BATCH = "INSERT INTO visit_batches (id) VALUES (%s) ON CONFLICT (id) DO NOTHING"
 # %b: the arrays go in binary, which halves the Python work of a flush (psycopg quotes
 # every element of a text-format array; docs/visits.md, "Cost"). A row's details come as
-# one string each, "kind:value" lines and comma-separated counts, split by the database.
-# A conflict adds them to the row's by key (migration 0005 says why arrays, not jsonb).
+# one string each, "kind:value" lines and comma-separated counts, split by the database,
+# and its visitors as a sketch in hex; a conflict adds the details by key and ORs the
+# sketches (migration 0005).
 ADD_COUNTS = """
 INSERT INTO visit_counts AS c (code, day, shard, visits, bots, private, detail_keys,
-                               detail_counts)
+                               detail_counts, visitor_sketch)
 SELECT code, day, %s, visits, bots, private, string_to_array(keys, E'\\n'),
-       string_to_array(counts, ',')::bigint[]
+       string_to_array(counts, ',')::bigint[], sketch::bit(4096)
   FROM unnest(%b::text[], %b::text[]::date[], %b::bigint[], %b::bigint[], %b::bigint[],
-              %b::text[], %b::text[]) AS t(code, day, visits, bots, private, keys, counts)
+              %b::text[], %b::text[], %b::text[])
+       AS t(code, day, visits, bots, private, keys, counts, sketch)
     ON CONFLICT (code, day, shard) DO UPDATE
    SET visits = c.visits + excluded.visits, bots = c.bots + excluded.bots,
        private = c.private + excluded.private,
@@ -57,10 +60,12 @@ SELECT code, day, %s, visits, bots, private, string_to_array(keys, E'\\n'),
              FROM (SELECT key, sum(n)::bigint AS n
                      FROM unnest(c.detail_keys || excluded.detail_keys,
                                  c.detail_counts || excluded.detail_counts) AS d(key, n)
-                    GROUP BY key) AS added)"""
-# The statement of the release before migration 0005, which a rollback brings back: it
-# adds to `details`. Kept to show that both releases' counts add up (tests/
-# test_visits_postgres.py) and what the arrays saved (bench/pg_details.py).
+                    GROUP BY key) AS added),
+       visitor_sketch = coalesce(c.visitor_sketch | excluded.visitor_sketch,
+                                 c.visitor_sketch, excluded.visitor_sketch)"""
+# The statements of the release before migration 0005, which a rollback brings back: it
+# adds details to `details` and writes a row per visitor. Kept to show that both
+# releases' counts add up (tests/test_visits.py) and what 0005 saved (bench/pg_details.py).
 ADD_COUNTS_0004 = """
 INSERT INTO visit_counts AS c (code, day, shard, visits, bots, private, details)
 SELECT code, day, %s, visits, bots, private, details
@@ -70,7 +75,7 @@ SELECT code, day, %s, visits, bots, private, details
    SET visits = c.visits + excluded.visits, bots = c.bots + excluded.bots,
        private = c.private + excluded.private,
        details = visit_details_add(c.details, excluded.details)"""
-ADD_VISITORS = """
+ADD_VISITORS_0004 = """
 INSERT INTO visit_visitors (code, day, visitor)
 SELECT * FROM unnest(%b::text[], %b::text[]::date[], %b::bigint[])
     ON CONFLICT DO NOTHING"""
@@ -88,16 +93,31 @@ SELECT kind, value, sum(n)::bigint FROM (
  GROUP BY 1, 2"""
 UNIQUE_VISITORS = """
 SELECT day::text, sum(n)::bigint FROM (
-    SELECT day, visitors AS n FROM visit_unique_days WHERE code = %s
+    SELECT day, visitors AS n FROM visit_unique_days WHERE code = %(code)s
     UNION ALL
-    SELECT day, count(*) FROM visit_visitors WHERE code = %s GROUP BY day) AS counted
+    SELECT day, visit_sketch_count(bit_or(visitor_sketch)) FROM visit_counts
+     WHERE code = %(code)s AND visitor_sketch IS NOT NULL GROUP BY day
+    UNION ALL  -- what the release before migration 0005 wrote
+    SELECT day, count(*) FROM visit_visitors WHERE code = %(code)s GROUP BY day) AS counted
  GROUP BY day"""
-CLOSE_DAYS = """
-WITH moved AS (DELETE FROM visit_visitors WHERE day < %s::date RETURNING code, day)
-INSERT INTO visit_unique_days (code, day, visitors)
+# A closed day's visitors become a number: its sketches' (ORed across the shards), and
+# the rows the release before migration 0005 wrote. A flush that comes later still adds
+# its own at the next close.
+CLOSE_DAYS = ["""
+WITH closed AS (  -- locked in a flush's order, so the two never deadlock
+    SELECT code, day, shard, visitor_sketch FROM visit_counts
+     WHERE day < %(day)s::date AND visitor_sketch IS NOT NULL
+     ORDER BY code, day, shard FOR UPDATE),
+cleared AS (
+    UPDATE visit_counts AS c SET visitor_sketch = NULL FROM closed
+     WHERE (c.code, c.day, c.shard) = (closed.code, closed.day, closed.shard))
+INSERT INTO visit_unique_days AS u (code, day, visitors)
+SELECT code, day, visit_sketch_count(bit_or(visitor_sketch)) FROM closed GROUP BY code, day
+    ON CONFLICT (code, day) DO UPDATE SET visitors = u.visitors + excluded.visitors""", """
+WITH moved AS (DELETE FROM visit_visitors WHERE day < %(day)s::date RETURNING code, day)
+INSERT INTO visit_unique_days AS u (code, day, visitors)
 SELECT code, day, count(*) FROM moved GROUP BY code, day
-    ON CONFLICT (code, day) DO UPDATE SET visitors = visit_unique_days.visitors +
-                                                     excluded.visitors"""
+    ON CONFLICT (code, day) DO UPDATE SET visitors = u.visitors + excluded.visitors"""]
 
 
 class PostgresVisits:
@@ -128,8 +148,6 @@ class PostgresVisits:
 
     def add(self, batch: Batch) -> None:
         counted = sorted(batch.tallies.items())
-        visitors = sorted((code, day, visitor)
-                          for (code, day), tally in counted for visitor in tally.visitors)
         details = [detail_arrays(tally) for _, tally in counted]
         shard = self.shard()
 
@@ -141,9 +159,8 @@ class PostgresVisits:
                     shard, [code for (code, _), _ in counted], [day for (_, day), _ in counted],
                     [t.visits for _, t in counted], [t.bots for _, t in counted],
                     [t.private for _, t in counted], [keys for keys, _ in details],
-                    [counts for _, counts in details]))
-                if visitors:
-                    conn.execute(ADD_VISITORS, tuple(map(list, zip(*visitors))))
+                    [counts for _, counts in details],
+                    [visitor_sketch(t.visitors) for _, t in counted]))
         # Retried on a new connection if the first was lost: the batch id makes it safe.
         self.links._call(work, retry=True)
 
@@ -151,7 +168,7 @@ class PostgresVisits:
         def work(conn: Connection) -> tuple[list[Any], list[Any], list[Any]]:
             return (conn.execute(DAYS, (code,)).fetchall(),
                     conn.execute(DETAIL_COUNTS, (code, code)).fetchall(),
-                    conn.execute(UNIQUE_VISITORS, (code, code)).fetchall())
+                    conn.execute(UNIQUE_VISITORS, {"code": code}).fetchall())
         days, details, uniques = self.links._call(work, retry=True)
         unique = {day: int(n) for day, n in uniques}
         stats = Stats(days={day: DayCount(int(v), int(b), unique.get(day, 0))
@@ -178,7 +195,8 @@ class PostgresVisits:
 
         def work(conn: Connection) -> None:
             with conn.transaction():
-                conn.execute(CLOSE_DAYS, (closed_before(now),))
+                for close in CLOSE_DAYS:
+                    conn.execute(close, {"day": closed_before(now)})
                 conn.execute("DELETE FROM visit_batches WHERE added_at < now() - interval "
                              "'1 day'")
         self.links._call(work, retry=False)
@@ -199,3 +217,19 @@ def detail_arrays(tally: Tally) -> tuple[str, str]:
             keys.append(f"{kind}:{value}".replace("\n", " "))
             counts.append(str(n))
     return "\n".join(keys), ",".join(counts)
+
+
+SKETCH_LEVELS, LEVEL_BITS = 16, 256  # as in migration 0005
+
+
+def visitor_sketch(visitors: Iterable[int]) -> str | None:
+    """Visitor hashes as migration 0005's sketch, in PostgreSQL's hex form of a bit string
+    ("x" and 1,024 digits): bit ``hash & 255`` of level min(15, the trailing zero bits of
+    ``hash >> 8``), levels and bits counted from the left. None for no visitors."""
+    bits = 0
+    for visitor in visitors:
+        rest = (visitor & 0xFFFF_FFFF_FFFF_FFFF) >> 8
+        level = min((rest & -rest).bit_length() - 1, SKETCH_LEVELS - 1) if rest else (
+            SKETCH_LEVELS - 1)
+        bits |= 1 << (SKETCH_LEVELS * LEVEL_BITS - 1 - level * LEVEL_BITS - (visitor & 255))
+    return f"x{bits:0{SKETCH_LEVELS * LEVEL_BITS // 4}x}" if bits else None

@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import marshal  # nosec B403: what visits.Recorder sends its writer
 import os
+import random
 import signal
 import threading
 import time
@@ -27,7 +28,7 @@ from linkstore import Link, LinkStore, StoreUnavailable, is_postgres_url
 from linkstore.jsonfile import FileStore, write_atomically
 from linkstore.postgres import PostgresStore
 from linkstore.visits_file import FileVisits, shard_of
-from linkstore.visits_postgres import ADD_COUNTS_0004, PostgresVisits
+from linkstore.visits_postgres import ADD_COUNTS_0004, ADD_VISITORS_0004, PostgresVisits
 from ops import processes
 from tests.helpers import CHROME_UA, FIREFOX_UA, everything_stored
 from visitors import BOT, Visit
@@ -300,22 +301,51 @@ def test_the_details_of_every_flush_to_a_row_add_up_by_value(pg_links: PostgresS
     assert details["device"] == {"desktop": 4}
 
 
-def test_the_counts_of_the_release_before_the_detail_arrays_still_add_up(
+def test_a_days_visitors_are_counted_from_sketches_exactly_when_few_and_closely_when_many(
+        pg_links: PostgresStore) -> None:
+    """Two workers (shards) see overlapping visitors; the union is what is counted."""
+    for code, count in [("few", 10), ("some", 1000), ("many", 100_000)]:
+        seeded = random.Random(count)  # the same hashes every run
+        hashes = [seeded.getrandbits(64) - 2**63 for _ in range(count)]
+        PostgresVisits(pg_links, shard=0).add(sketched(code, hashes[:count * 2 // 3]))
+        PostgresVisits(pg_links, shard=1).add(sketched(code, hashes[count // 3:]))
+        counted = PostgresVisits(pg_links).stats(code).days[TODAY].visitors
+        assert counted == count if count < 100 else abs(counted / count - 1) < 0.12, counted
+
+
+def sketched(code: str, visitors: list[int]) -> Batch:
+    made = batch((CHROME, None), code=code)
+    made.tally(code, TODAY).visitors.update(visitors)
+    return made
+
+
+def test_the_counts_of_the_release_before_migration_5_still_add_up(
         pg_links: PostgresStore, database_url: str) -> None:
     """Migration 0005 is additive: after a rollback, the release before it adds its
-    details to the JSON column of the rows this release wrote arrays to, and a read
-    counts both."""
-    PostgresVisits(pg_links, shard=0).add(batch((CHROME, None), (FIREFOX, None)))
+    details to the JSON column of the rows this release wrote arrays to, and its
+    visitors as rows; a read counts both, and so does closing the day."""
+    PostgresVisits(pg_links, shard=0).add(batch((CHROME, 0x01), (FIREFOX, 0x02)))
     with psycopg.connect(database_url) as previous:  # its flush, word for word
         previous.execute(ADD_COUNTS_0004.encode(), (
             0, ["abc", "abc"], [TODAY, YESTERDAY], [2, 1], [1, 0], [0, 0],
             [Jsonb({"browser": {"Chrome": 2}, "referrer": {"t.co": 2}}),
              Jsonb({"browser": {"Chrome": 1}})]))
-    PostgresVisits(pg_links, shard=0).add(batch((CHROME, None)))
+        previous.execute(ADD_VISITORS_0004.encode(), (
+            ["abc", "abc", "abc"], [TODAY, TODAY, YESTERDAY], [0x03, 0x04, 0x05]))
+    PostgresVisits(pg_links, shard=0).add(batch((CHROME, 0x06), day=YESTERDAY))
     stats = PostgresVisits(pg_links).stats("abc")
-    assert stats.days == {TODAY: DayCount(5, 1, 0), YESTERDAY: DayCount(1, 0, 0)}
+    assert stats.days == {TODAY: DayCount(4, 1, 4), YESTERDAY: DayCount(2, 0, 2)}
     assert stats.details["browser"] == {"Chrome": 5, "Firefox": 1}
     assert stats.details["referrer"] == {"t.co": 4, "direct": 1}
+    PostgresVisits(pg_links).maintain(now=NOW + 2 * DAY)  # both days closed
+    assert PostgresVisits(pg_links).stats("abc").days == stats.days
+    assert sql_rows(pg_links, "SELECT count(*) FROM visit_visitors") == [(0,)]
+    assert sql_rows(pg_links, "SELECT count(*) FROM visit_counts WHERE visitor_sketch IS "
+                              "NOT NULL") == [(0,)]
+
+
+def sql_rows(links: PostgresStore, query: str) -> list[Any]:
+    return links._call(lambda conn: conn.execute(query.encode()).fetchall(), retry=False)
 
 
 # --- The recorder, on the redirect's path -------------------------------------------------
