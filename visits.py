@@ -285,36 +285,48 @@ class Pace:
             self.started = time.thread_time()
 
 
-def batch_of(hits: Iterable[Sequence[Any]], pace: Callable[[], None] = lambda: None) -> Batch:
-    """Count queued hits into a batch. Per hit, a few dictionary lookups: each distinct
-    request (method, User-Agent, Referer, privacy) becomes a ``visitors.Hit`` and is
-    classified once, and each (link, day, visit) is counted once. ``pace`` is called
-    every 64 hits."""
-    kinds: dict[Request, int] = {}
-    classified: list[Visit] = []
-    seen: Counter[tuple[str, int, int]] = Counter()
-    visitors_of: dict[tuple[str, int, int], set[int]] = {}
-    for number, (code, day, method, agent, referer, private, visitor) in enumerate(hits):
-        if not number % 64:
-            pace()
-        kind = kinds.get((method, agent, referer, private))
-        if kind is None:
-            kind = kinds[method, agent, referer, private] = len(classified)
-            classified.append(visitors.classify(visitors.Hit(
-                method, agent, visitors.referrer_host(referer), private)))
-        seen[code, day, kind] += 1
-        if visitor is not None:
-            visitors_of.setdefault((code, day, kind), set()).add(visitor)
-    batch = Batch()
-    days = {day: day_of(day) for _, day, _ in seen}
-    for (code, day, kind), times in seen.items():
-        visit = classified[kind]
-        if visit.kind != "ignored":
-            batch.tally(code, days[day]).count(visit, times)
-    for (code, day, kind), found in visitors_of.items():
-        if classified[kind].browser is not None:  # a person's visit with details: no bot
-            batch.tally(code, days[day]).visitors |= found
-    return batch
+class Counting:
+    """Hits counted as they come, for the next batch. Per hit, a few dictionary lookups:
+    each distinct request (method, User-Agent, Referer, privacy) becomes a
+    ``visitors.Hit`` and is classified once, and each (link, day, visit) is counted once.
+
+    A writer counts each frame as it arrives, so that a flush only has to store: its
+    work is spread over the interval, not bunched at every flush (docs/visits.md,
+    "Cost")."""
+
+    def __init__(self) -> None:
+        self.kinds: dict[Request, int] = {}
+        self.classified: list[Visit] = []
+        self.seen: Counter[tuple[str, int, int]] = Counter()
+        self.visitors_of: dict[tuple[str, int, int], set[int]] = {}
+
+    def add(self, hits: Iterable[Sequence[Any]], pace: Callable[[], None] = lambda: None
+            ) -> None:
+        """Count hits (``Queued`` tuples); ``pace`` is called every 64."""
+        for number, (code, day, method, agent, referer, private, visitor) in enumerate(hits):
+            if not number % 64:
+                pace()
+            kind = self.kinds.get((method, agent, referer, private))
+            if kind is None:
+                kind = self.kinds[method, agent, referer, private] = len(self.classified)
+                self.classified.append(visitors.classify(visitors.Hit(
+                    method, agent, visitors.referrer_host(referer), private)))
+            self.seen[code, day, kind] += 1
+            if visitor is not None:
+                self.visitors_of.setdefault((code, day, kind), set()).add(visitor)
+
+    def batch(self) -> Batch:
+        """What was counted, as a batch."""
+        batch = Batch()
+        days = {day: day_of(day) for _, day, _ in self.seen}
+        for (code, day, kind), times in self.seen.items():
+            visit = self.classified[kind]
+            if visit.kind != "ignored":
+                batch.tally(code, days[day]).count(visit, times)
+        for (code, day, kind), found in self.visitors_of.items():
+            if self.classified[kind].browser is not None:  # a person's, with details
+                batch.tally(code, days[day]).visitors |= found
+        return batch
 
 
 @contextlib.contextmanager
@@ -506,23 +518,24 @@ def pipes(writer: subprocess.Popen[bytes]) -> tuple[IO[bytes], IO[bytes]]:
 class Writer:
     """Stores the hits of one worker: every flush_seconds, and at the end.
 
-    A flush goes to the store in parts of PART_ROWS rows, each one write, with a pause
-    after each (PACE times as long as the write took): the database's work for a flush
-    of thousands of visitors comes in pieces of a few milliseconds, not one burst that a
-    busy machine's requests would queue behind. The writer's own work before that, and
-    reading frames, goes in steps (``Pace``). A part the store cannot take is kept,
-    UNSAVED_PARTS at most, for the next flush."""
+    Each frame's hits are counted as it arrives, in steps (``Pace``), so that a flush
+    only stores. A flush goes to the store in parts of PART_ROWS rows, each one write,
+    with a pause after each (PACE times as long as the write took): the database's work
+    for a flush of thousands of visitors comes in pieces of a few milliseconds, not one
+    burst that a busy machine's requests would queue behind. A part the store cannot
+    take is kept, UNSAVED_PARTS at most, for the next flush."""
 
     def __init__(self, store: VisitStore) -> None:
         self.store = store
-        self.hits: list[Queued] = []
+        self.counting = Counting()
+        self.pace = Pace()
         self._unsaved: deque[Batch] = deque()
 
     def flush(self) -> bool:
         """Store what was handed off, and any part kept; True if nothing is left."""
         with collector_paused():
-            self._unsaved.extend(batch_of(self.hits, Pace()).parts(PART_ROWS))
-            self.hits = []
+            self._unsaved.extend(self.counting.batch().parts(PART_ROWS))
+            self.counting = Counting()
             while self._unsaved:
                 started = time.monotonic()
                 try:
@@ -548,7 +561,6 @@ class Writer:
                 if not data:
                     break
                 pending += data
-                pace = Pace()
                 start = 0  # of the next frame: what was read is cut once, not per frame
                 while len(pending) - start >= FRAME.size:
                     (size,) = FRAME.unpack_from(pending, start)
@@ -556,7 +568,6 @@ class Writer:
                     if len(pending) < end:
                         break  # the rest of the frame is on its way
                     if size:
-                        pace()
                         self.take(pending[start + FRAME.size:end])
                     else:  # the worker waits for the answer: nothing follows until then
                         stdout.write(b"stored\n" if self.flush() else b"kept\n")
@@ -571,9 +582,9 @@ class Writer:
                       sum(part.counted() for part in self._unsaved))
 
     def take(self, frame: bytes) -> None:
-        """Queue the hits of a frame."""
+        """Count the hits of a frame, in steps (``Pace``)."""
         try:
-            self.hits.extend(marshal.loads(frame))  # nosec B302: only from our worker
+            self.counting.add(marshal.loads(frame), self.pace)  # nosec B302: our worker's
         except (ValueError, EOFError, TypeError):
             log.warning("visit writer skipped a frame it cannot read (%d bytes)", len(frame))
 

@@ -503,8 +503,9 @@ def test_a_writer_works_in_steps_each_followed_by_a_pause_pace_times_as_long() -
     assert time.monotonic() - paused_at >= worked * visits.PACE and pace.started > began
     hit = ("abc", int(time.time() // 86400), "GET", CHROME_UA, None, False, 7)
     calls: list[None] = []
-    batch = visits.batch_of([hit] * 200, pace=lambda: calls.append(None))
-    assert len(calls) == 4 and batch.counted() == 200  # every 64 hits: 0, 64, 128, 192
+    counting = visits.Counting()
+    counting.add([hit] * 200, pace=lambda: calls.append(None))
+    assert len(calls) == 4 and counting.batch().counted() == 200  # at 0, 64, 128, 192
 
 
 def parent_of(pid: int) -> int:
