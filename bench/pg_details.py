@@ -31,7 +31,7 @@ from psycopg.types.json import Jsonb
 from bench import postgres
 from linkstore.postgres import migrate
 from linkstore.visits_postgres import (ADD_COUNTS, ADD_COUNTS_0004, ADD_VISITORS_0004,
-                                       detail_arrays, visitor_sketch)
+                                       add_counts_parameters, count_columns)
 from ops.pgserver import PostgresServer
 from visitors import Device, Visit
 from visits import DETAILS, Tally
@@ -58,7 +58,7 @@ SELECT (SELECT count(*) FROM visit_visitors),
 SCHEMAS = ["0004: JSON, visitor rows", "0005: arrays, sketch"]
 
 
-def flush(links: int, visitors: int, seed: int) -> list[tuple[str, Tally]]:
+def flush(links: int, visitors: int, seed: int) -> list[tuple[tuple[str, str], Tally]]:
     """A flush: each link's visits, from about `visitors` new visitors each."""
     chosen = random.Random(seed)  # nosec B311: a benchmark's mix, not a secret
     made = []
@@ -67,30 +67,25 @@ def flush(links: int, visitors: int, seed: int) -> list[tuple[str, Tally]]:
         for visit in chosen.choices(VISITS, k=chosen.randint(1, 2 * visitors - 1)):
             tally.count(visit)
             tally.visitors.add(chosen.getrandbits(64) - 2**63)
-        made.append((f"link{index:08d}", tally))
+        made.append(((f"link{index:08d}", DAY), tally))
     return made
 
 
-def store(conn: psycopg.Connection[Any], schema: str, counted: list[tuple[str, Tally]]
-          ) -> None:
-    common = ([code for code, _ in counted], [DAY] * len(counted),
-              [t.visits for _, t in counted], [t.bots for _, t in counted],
-              [t.private for _, t in counted])
+def store(conn: psycopg.Connection[Any], schema: str,
+          counted: list[tuple[tuple[str, str], Tally]]) -> None:
     if schema == SCHEMAS[0]:
-        conn.execute(ADD_COUNTS_0004.encode(), (0, *common, [
+        conn.execute(ADD_COUNTS_0004.encode(), (0, *count_columns(counted), [
             Jsonb({kind: dict(t.details[kind]) for kind in DETAILS if t.details[kind]})
             for _, t in counted]))
-        visitors = sorted((code, DAY, visitor) for code, t in counted for visitor in t.visitors)
+        visitors = sorted((code, day, visitor) for (code, day), t in counted
+                          for visitor in t.visitors)
         conn.execute(ADD_VISITORS_0004.encode(), tuple(map(list, zip(*visitors))))
         return
-    arrays = [detail_arrays(t) for _, t in counted]
-    conn.execute(ADD_COUNTS.encode(), (1, *common, [keys for keys, _ in arrays],
-                                       [n for _, n in arrays],
-                                       [visitor_sketch(t.visitors) for _, t in counted]))
+    conn.execute(ADD_COUNTS.encode(), add_counts_parameters(1, counted))
 
 
-def timed(conn: psycopg.Connection[Any], schema: str, counted: list[tuple[str, Tally]]
-          ) -> float:
+def timed(conn: psycopg.Connection[Any], schema: str,
+          counted: list[tuple[tuple[str, str], Tally]]) -> float:
     """µs per visit to store the flush, in one transaction."""
     started = time.perf_counter()
     with conn.transaction():

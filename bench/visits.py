@@ -174,8 +174,8 @@ class VisitsBench:
             self.contender("file", count, sample, paths, file_env,
                            lambda env: counted_in(open_url(Path(env["DATA_DIR"], "urls.json")
                                                            .as_uri()), sample, fold=True))
-        if count == self.args.sizes[0] and servers.nginx_available() and not self.args.no_file:
-            self.nginx(count, sample, paths, file_env)
+            if count == self.args.sizes[0] and servers.nginx_available():
+                self.nginx(count, sample, paths, file_env)
         if self.database is not None:
             self.log(f"loading {count:,} links into PostgreSQL")
             url, _ = postgres.load(self.database, count)

@@ -147,20 +147,13 @@ class PostgresVisits:
         return self.links._call(work, retry=True)
 
     def add(self, batch: Batch) -> None:
-        counted = sorted(batch.tallies.items())
-        details = [detail_arrays(tally) for _, tally in counted]
-        shard = self.shard()
+        parameters = add_counts_parameters(self.shard(), sorted(batch.tallies.items()))
 
         def work(conn: Connection) -> None:
             with conn.transaction():
                 if conn.execute(TAKE_BATCH, (batch.id,)).rowcount == 0:
                     return  # taken before: the commit happened, its answer was lost
-                conn.execute(ADD_COUNTS, (
-                    shard, [code for (code, _), _ in counted], [day for (_, day), _ in counted],
-                    [t.visits for _, t in counted], [t.bots for _, t in counted],
-                    [t.private for _, t in counted], [keys for keys, _ in details],
-                    [counts for _, counts in details],
-                    [visitor_sketch(t.visitors) for _, t in counted]))
+                conn.execute(ADD_COUNTS, parameters)
         # Retried on a new connection if the first was lost: the batch id makes it safe.
         self.links._call(work, retry=True)
 
@@ -205,6 +198,21 @@ class PostgresVisits:
         if self._shard is not None:
             return self._shard
         return zlib.crc32(f"{socket.gethostname()}-{os.getpid()}".encode()) % SHARDS
+
+
+def add_counts_parameters(shard: int, counted: Sequence[tuple[tuple[str, Day], Tally]]
+                          ) -> tuple[Any, ...]:
+    """ADD_COUNTS's parameters for tallies by (code, day), in the order given."""
+    details = [detail_arrays(tally) for _, tally in counted]
+    return (shard, *count_columns(counted), [keys for keys, _ in details],
+            [counts for _, counts in details], [visitor_sketch(t.visitors) for _, t in counted])
+
+
+def count_columns(counted: Sequence[tuple[tuple[str, Day], Tally]]) -> list[list[Any]]:
+    """The code, day, visits, bots and private columns of both releases' statements."""
+    return [[code for (code, _), _ in counted], [day for (_, day), _ in counted],
+            [t.visits for _, t in counted], [t.bots for _, t in counted],
+            [t.private for _, t in counted]]
 
 
 def detail_arrays(tally: Tally) -> tuple[str, str]:

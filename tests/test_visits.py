@@ -339,13 +339,10 @@ def test_the_counts_of_the_release_before_migration_5_still_add_up(
     assert stats.details["referrer"] == {"t.co": 4, "direct": 1}
     PostgresVisits(pg_links).maintain(now=NOW + 2 * DAY)  # both days closed
     assert PostgresVisits(pg_links).stats("abc").days == stats.days
-    assert sql_rows(pg_links, "SELECT count(*) FROM visit_visitors") == [(0,)]
-    assert sql_rows(pg_links, "SELECT count(*) FROM visit_counts WHERE visitor_sketch IS "
-                              "NOT NULL") == [(0,)]
-
-
-def sql_rows(links: PostgresStore, query: str) -> list[Any]:
-    return links._call(lambda conn: conn.execute(query.encode()).fetchall(), retry=False)
+    with psycopg.connect(database_url) as conn:
+        assert conn.execute("SELECT count(*) FROM visit_visitors").fetchone() == (0,)
+        assert conn.execute("SELECT count(*) FROM visit_counts WHERE visitor_sketch IS NOT "
+                            "NULL").fetchone() == (0,)
 
 
 # --- The recorder, on the redirect's path -------------------------------------------------
