@@ -6,6 +6,7 @@ PostgreSQL server the suite starts. tests/test_visits_server.py does it through 
 """
 from __future__ import annotations
 
+import io
 import json
 import marshal  # nosec B403: what visits.Recorder sends its writer
 import os
@@ -30,7 +31,7 @@ from linkstore.postgres import PostgresStore
 from linkstore.visits_file import FileVisits, shard_of
 from linkstore.visits_postgres import ADD_COUNTS_0004, ADD_VISITORS_0004, PostgresVisits
 from ops import processes
-from tests.helpers import CHROME_UA, FIREFOX_UA, everything_stored
+from tests.helpers import CHROME_UA, FIREFOX_UA, eventually, everything_stored
 from visitors import BOT, Visit
 from visits import Batch, DayCount, Recorder, VisitStore
 
@@ -519,6 +520,27 @@ def test_a_writer_counts_its_first_frame_without_pausing_for_its_own_start(
                                 False, 7)]))
     assert time.monotonic() - started < 0.2 * visits.PACE / 2, "paused for its start"
     assert writer.flush() and file_visits.stats("abc").visits == 1
+
+
+def test_a_writers_first_flush_is_one_interval_after_it_began_not_after_its_start_up(
+        file_visits: FileVisits) -> None:
+    """A writer begins when its worker hands off the first hits, which wait in the pipe
+    while it starts (over a second on a loaded machine): its interval counts from then."""
+    writer = visits.Writer(file_visits)
+    read_end, write_end = os.pipe()
+    frame = marshal.dumps([("abc", int(time.time() // 86400), "GET", CHROME_UA, None, False,
+                            7)])
+    os.write(write_end, visits.FRAME.pack(len(frame)) + frame)
+    serving = threading.Thread(target=writer.serve, args=(
+        read_end, io.BytesIO(), 3.0, time.monotonic() - 2.5))  # began 2.5 s ago
+    serving.start()
+    try:
+        assert eventually(lambda: file_visits.stats("abc").visits == 1) < 2.0
+    finally:
+        os.close(write_end)
+        serving.join(timeout=30)
+        os.close(read_end)
+    assert not serving.is_alive()
 
 
 def parent_of(pid: int) -> int:
