@@ -1,6 +1,7 @@
-"""What one flush of visit counts costs PostgreSQL: migration 0005's schema (details as
-arrays, visitors as a sketch in the row) against the one before it (details as a JSON
-object, a row per visitor), side by side on one server.
+"""What one flush of visit counts costs PostgreSQL under three schemas side by side on one
+server: before migration 0005 (details as a JSON object, a row per visitor), 0005
+(details as arrays, visitors as a sketch in the row) and 0006 (the sketch, and the
+hashes themselves while a row has no more than 64).
 
 Usage: python -m bench.pg_details [--links 1000] [--visitors 14] [--rounds 5]
        [--out bench/results]
@@ -9,10 +10,12 @@ The default flush is one worker's in `python -m bench.visits`: 1,000 links, each
 about 14 new visitors in a few browsers and referrers. Each round, on an empty
 `visit_counts`, each schema's statements store such a flush twice, each in one
 transaction: first as new rows (the links' first flush of the day), then onto them
-(every later flush, with other visitors), the schema that goes first alternating by
-round. The release before writes shard 0 and this one shard 1, so neither touches the
-other's rows. Times are from the client, per visit. At the end both must have counted
-the same details, and the same visitors within 2 %, or the run fails.
+(every later flush, with other visitors), the schema that goes first turning by round.
+Each schema writes a shard of its own (0004 shard 0, 0005 shard 1, 0006 shard 2), so
+none touches another's rows. The default flush's rows keep their lists after both: the
+most 0006 adds. Times are from the client, per visit. At the end all three must have
+counted the same details, 0004 and 0006 the same visitors and 0005 within 2 %, or the
+run fails.
 """
 from __future__ import annotations
 
@@ -30,7 +33,8 @@ from psycopg.types.json import Jsonb
 
 from bench import postgres
 from linkstore.postgres import migrate
-from linkstore.visits_postgres import (ADD_COUNTS, ADD_COUNTS_0004, ADD_VISITORS_0004,
+from linkstore.visits_postgres import (ADD_COUNTS, ADD_COUNTS_0004, ADD_COUNTS_0005,
+                                       ADD_VISITORS_0004, UNIQUE_VISITORS,
                                        add_counts_parameters, count_columns)
 from ops.pgserver import PostgresServer
 from visitors import Device, Visit
@@ -49,13 +53,11 @@ SELECT kind.key, value.key, sum(value.value::bigint)
 ARRAY_DETAILS = """
 SELECT split_part(key, ':', 1), substr(key, strpos(key, ':') + 1), sum(n)
   FROM visit_counts, unnest(detail_keys, detail_counts) AS d(key, n)
- WHERE shard = 1 GROUP BY 1, 2 ORDER BY 1, 2"""
-
-
+ WHERE shard = %s GROUP BY 1, 2 ORDER BY 1, 2"""
 VISITORS = """
 SELECT (SELECT count(*) FROM visit_visitors),
        (SELECT sum(visit_sketch_count(visitor_sketch)) FROM visit_counts WHERE shard = 1)"""
-SCHEMAS = ["0004: JSON, visitor rows", "0005: arrays, sketch"]
+SCHEMAS = ["0004: JSON, visitor rows", "0005: arrays, sketch", "0006: and a few hashes"]
 
 
 def flush(links: int, visitors: int, seed: int) -> list[tuple[tuple[str, str], Tally]]:
@@ -80,8 +82,10 @@ def store(conn: psycopg.Connection[Any], schema: str,
         visitors = sorted((code, day, visitor) for (code, day), t in counted
                           for visitor in t.visitors)
         conn.execute(ADD_VISITORS_0004.encode(), tuple(map(list, zip(*visitors))))
-        return
-    conn.execute(ADD_COUNTS.encode(), add_counts_parameters(1, counted))
+    elif schema == SCHEMAS[1]:  # its parameters are this release's, without the lists
+        conn.execute(ADD_COUNTS_0005.encode(), add_counts_parameters(1, counted)[:-1])
+    else:
+        conn.execute(ADD_COUNTS.encode(), add_counts_parameters(2, counted))
 
 
 def timed(conn: psycopg.Connection[Any], schema: str,
@@ -112,24 +116,33 @@ def main(argv: Sequence[str] | None = None) -> int:
             conn.execute("TRUNCATE visit_counts")
             conn.execute("TRUNCATE visit_visitors")
             for step, counted in zip(("new rows", "onto them"), flushes):
-                for schema in SCHEMAS[round_ % 2:] + SCHEMAS[:round_ % 2]:
+                for schema in SCHEMAS[round_ % 3:] + SCHEMAS[:round_ % 3]:
                     times.setdefault((schema, step), []).append(timed(conn, schema, counted))
-        if conn.execute(JSON_DETAILS).fetchall() != conn.execute(ARRAY_DETAILS).fetchall():
-            print("bench.pg_details: the two schemas counted different details", file=sys.stderr)
+        details = conn.execute(JSON_DETAILS).fetchall()
+        if any(conn.execute(ARRAY_DETAILS, (shard,)).fetchall() != details for shard in (1, 2)):
+            print("bench.pg_details: the schemas counted different details", file=sys.stderr)
             return 1
         [(exact, estimated)] = conn.execute(VISITORS).fetchall()
-        if abs(estimated / exact - 1) > 0.02:
-            print(f"bench.pg_details: {exact} visitors counted as {estimated}", file=sys.stderr)
+        conn.execute("DELETE FROM visit_counts WHERE shard <> 2")  # leaves 0006's to read
+        conn.execute("TRUNCATE visit_visitors")
+        listed = sum(n for code, _ in flushes[0] for _, n in conn.execute(
+            UNIQUE_VISITORS.encode(), {"code": code[0]}).fetchall())
+        if abs(estimated / exact - 1) > 0.02 or listed != exact:
+            print(f"bench.pg_details: {exact} visitors counted as {estimated} from the "
+                  f"sketches and {listed} from the lists", file=sys.stderr)
             return 1
     visits = sum(t.visits for _, t in flushes[0])
     lines = [f"# A flush of visit counts in PostgreSQL: µs per visit, median of {args.rounds}"
              f" rounds; {args.links:,} links, {visits:,} visits, each a new visitor", "",
-             f"| flush | {SCHEMAS[0]} | {SCHEMAS[1]} | 0005 ÷ 0004 |", "|---|---:|---:|---:|"]
+             f"| flush | {' | '.join(SCHEMAS)} | 0005 ÷ 0004 | 0006 ÷ 0004 |",
+             "|---|---:|---:|---:|---:|---:|"]
     for step in ("new rows", "onto them"):
-        old, new = (statistics.median(times[schema, step]) for schema in SCHEMAS)
-        lines.append(f"| {step} | {old:.2f} | {new:.2f} | {new / old:.2f} |")
-    text = "\n".join(lines) + (f"\n\nBoth counted the same details; {exact:,} visitors, "
-                               f"estimated from the sketches as {estimated:,}.\n")
+        old, sketch, listing = (statistics.median(times[schema, step]) for schema in SCHEMAS)
+        lines.append(f"| {step} | {old:.2f} | {sketch:.2f} | {listing:.2f} | "
+                     f"{sketch / old:.2f} | {listing / old:.2f} |")
+    text = "\n".join(lines) + (f"\n\nAll three counted the same details; {exact:,} "
+                               f"visitors, counted from 0006's lists as {listed:,} and "
+                               f"estimated from 0005's sketches as {estimated:,}.\n")
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "pg_details.md").write_text(text)
     print(text)

@@ -5,15 +5,18 @@
   committed) is not counted twice. Then one ``INSERT ... SELECT FROM unnest(...) ON
   CONFLICT DO UPDATE`` adds every (link, day) of the batch to the counters of this
   worker's shard: visits, bots, details (arrays of keys and counts) and the visitors
-  (a sketch of their hashes, ORed into the row's; migration 0005 describes it). Writers
+  (a sketch of their hashes, ORed into the row's, migration 0005; and the hashes
+  themselves while the row has no more than 64, migration 0006). Writers
   take row locks only on their own shard's rows, so however hot a link is, no worker
   waits for another's flush; rows go in sorted order, so two workers that share a shard
   (16 shards, picked by host and process) wait briefly, never deadlock.
-- **Reading**: sums over the shards; a day's unique visitors are counted from its
-  sketches ORed together, so a visitor two workers saw counts once. What the release
+- **Reading**: sums over the shards; a day's unique visitors are its distinct hashes
+  if every shard's row still lists them, else its sketches ORed together: a visitor two
+  workers saw counts once either way, and a few are counted exactly. What the release
   before migration 0005 wrote (``details`` as JSON, ``visit_visitors``) is added in.
-- **Forgetting** (hourly, by any worker): the sketches of closed days (``visits.
-  closed_before``) are replaced by their number, and batch ids older than a day go.
+- **Forgetting** (hourly, by any worker): the sketches and hashes of closed days
+  (``visits.closed_before``) are replaced by their number, and batch ids older than a
+  day go.
 
 Statements go through a link store's connections (``PostgresStore._call``: its pool,
 timeouts, fail-fast and schema migrations), so the same errors read the same way. Reads
@@ -28,7 +31,7 @@ import secrets
 import socket
 import time
 import zlib
-from collections.abc import Iterable, Sequence
+from collections.abc import Collection, Iterable, Sequence
 from typing import Any
 
 from linkstore.postgres import Connection, PostgresStore
@@ -40,10 +43,61 @@ MAINTAIN_SECONDS = 3600.0
 TAKE_BATCH = "INSERT INTO visit_batches (id) VALUES (%s) ON CONFLICT (id) DO NOTHING"
 # %b: the arrays go in binary, which halves the Python work of a flush (psycopg quotes
 # every element of a text-format array; docs/visits.md, "Cost"). A row's details come as
-# one string each, "kind:value" lines and comma-separated counts, split by the database,
-# and its visitors as a sketch in hex; a conflict adds the details by key and ORs the
-# sketches (migration 0005).
+# one string each, "kind:value" lines and comma-separated counts, split by the database;
+# its visitors as a sketch in hex and, while they are few, as comma-separated hashes. A
+# conflict adds the details by key, ORs the sketches and joins the lists (migrations
+# 0005 and 0006).
 ADD_COUNTS = """
+INSERT INTO visit_counts AS c (code, day, shard, visits, bots, private, detail_keys,
+                               detail_counts, visitor_sketch, visitor_hashes)
+SELECT code, day, %s, visits, bots, private, string_to_array(keys, E'\\n'),
+       string_to_array(counts, ',')::bigint[], sketch::bit(4096),
+       string_to_array(hashes, ',')::bigint[]
+  FROM unnest(%b::text[], %b::text[]::date[], %b::bigint[], %b::bigint[], %b::bigint[],
+              %b::text[], %b::text[], %b::text[], %b::text[])
+       AS t(code, day, visits, bots, private, keys, counts, sketch, hashes)
+    ON CONFLICT (code, day, shard) DO UPDATE
+   SET visits = c.visits + excluded.visits, bots = c.bots + excluded.bots,
+       private = c.private + excluded.private,
+       (detail_keys, detail_counts) = (
+           SELECT coalesce(array_agg(key ORDER BY key), '{}'),
+                  coalesce(array_agg(n ORDER BY key), '{}')
+             FROM (SELECT key, sum(n)::bigint AS n
+                     FROM unnest(c.detail_keys || excluded.detail_keys,
+                                 c.detail_counts || excluded.detail_counts) AS d(key, n)
+                    GROUP BY key) AS added),
+       visitor_sketch = coalesce(c.visitor_sketch | excluded.visitor_sketch,
+                                 c.visitor_sketch, excluded.visitor_sketch),
+       visitor_hashes = CASE  -- NULL if either is not known, or together they are over 64
+           WHEN visit_hashes(c.visitor_sketch, c.visitor_hashes) IS NULL
+                OR excluded.visitor_hashes IS NULL THEN NULL
+           WHEN NOT visit_hashes(c.visitor_sketch, c.visitor_hashes) && excluded.visitor_hashes
+           THEN CASE WHEN cardinality(visit_hashes(c.visitor_sketch, c.visitor_hashes))
+                          + cardinality(excluded.visitor_hashes) <= 64
+                     THEN visit_hashes(c.visitor_sketch, c.visitor_hashes)
+                          || excluded.visitor_hashes END
+           ELSE (SELECT CASE WHEN count(*) <= 64 THEN array_agg(hash) END
+                   FROM (SELECT DISTINCT hash FROM unnest(c.visitor_hashes
+                         || excluded.visitor_hashes) AS hash) AS joined) END"""
+# The statements of the release before migration 0005, which a rollback brings back: it
+# adds details to `details` and writes a row per visitor. Kept to show that both
+# releases' counts add up (tests/test_visits.py) and what 0005 saved (bench/pg_details.py).
+ADD_COUNTS_0004 = """
+INSERT INTO visit_counts AS c (code, day, shard, visits, bots, private, details)
+SELECT code, day, %s, visits, bots, private, details
+  FROM unnest(%b::text[], %b::text[]::date[], %b::bigint[], %b::bigint[], %b::bigint[],
+              %b::jsonb[]) AS t(code, day, visits, bots, private, details)
+    ON CONFLICT (code, day, shard) DO UPDATE
+   SET visits = c.visits + excluded.visits, bots = c.bots + excluded.bots,
+       private = c.private + excluded.private,
+       details = visit_details_add(c.details, excluded.details)"""
+ADD_VISITORS_0004 = """
+INSERT INTO visit_visitors (code, day, visitor)
+SELECT * FROM unnest(%b::text[], %b::text[]::date[], %b::bigint[])
+    ON CONFLICT DO NOTHING"""
+# The statement of the release before migration 0006: it ORs its visitors into the
+# sketch and leaves the lists alone (tests/test_visits.py shows the counts still add up).
+ADD_COUNTS_0005 = """
 INSERT INTO visit_counts AS c (code, day, shard, visits, bots, private, detail_keys,
                                detail_counts, visitor_sketch)
 SELECT code, day, %s, visits, bots, private, string_to_array(keys, E'\\n'),
@@ -63,22 +117,6 @@ SELECT code, day, %s, visits, bots, private, string_to_array(keys, E'\\n'),
                     GROUP BY key) AS added),
        visitor_sketch = coalesce(c.visitor_sketch | excluded.visitor_sketch,
                                  c.visitor_sketch, excluded.visitor_sketch)"""
-# The statements of the release before migration 0005, which a rollback brings back: it
-# adds details to `details` and writes a row per visitor. Kept to show that both
-# releases' counts add up (tests/test_visits.py) and what 0005 saved (bench/pg_details.py).
-ADD_COUNTS_0004 = """
-INSERT INTO visit_counts AS c (code, day, shard, visits, bots, private, details)
-SELECT code, day, %s, visits, bots, private, details
-  FROM unnest(%b::text[], %b::text[]::date[], %b::bigint[], %b::bigint[], %b::bigint[],
-              %b::jsonb[]) AS t(code, day, visits, bots, private, details)
-    ON CONFLICT (code, day, shard) DO UPDATE
-   SET visits = c.visits + excluded.visits, bots = c.bots + excluded.bots,
-       private = c.private + excluded.private,
-       details = visit_details_add(c.details, excluded.details)"""
-ADD_VISITORS_0004 = """
-INSERT INTO visit_visitors (code, day, visitor)
-SELECT * FROM unnest(%b::text[], %b::text[]::date[], %b::bigint[])
-    ON CONFLICT DO NOTHING"""
 DAYS = """
 SELECT day::text, sum(visits)::bigint, sum(bots)::bigint, sum(private)::bigint
   FROM visit_counts WHERE code = %s GROUP BY day"""
@@ -91,33 +129,44 @@ SELECT kind, value, sum(n)::bigint FROM (
       FROM visit_counts, jsonb_each(details) AS kind, jsonb_each_text(kind.value) AS value
      WHERE code = %s) AS counted
  GROUP BY 1, 2"""
-UNIQUE_VISITORS = """
+# A (link, day)'s visitors from its counts rows, ORed across the shards: their hashes,
+# if every row's list is known (migration 0006), else their sketches'.
+VISITORS_OF_ROWS = """
+CASE WHEN bool_and(hashes IS NOT NULL) THEN count(DISTINCT hash)
+     ELSE visit_sketch_count(bit_or(visitor_sketch)) END"""
+ROWS_HASHES = """
+CROSS JOIN LATERAL visit_hashes(visitor_sketch, visitor_hashes) AS hashes
+ LEFT JOIN LATERAL unnest(hashes) AS hash ON true"""
+# B608: the f-strings below put this module's SQL together; every value is a parameter.
+UNIQUE_VISITORS = f"""
 SELECT day::text, sum(n)::bigint FROM (
     SELECT day, visitors AS n FROM visit_unique_days WHERE code = %(code)s
     UNION ALL
-    SELECT day, visit_sketch_count(bit_or(visitor_sketch)) FROM visit_counts
+    SELECT day, {VISITORS_OF_ROWS} FROM visit_counts {ROWS_HASHES}
      WHERE code = %(code)s AND visitor_sketch IS NOT NULL GROUP BY day
     UNION ALL  -- what the release before migration 0005 wrote
     SELECT day, count(*) FROM visit_visitors WHERE code = %(code)s GROUP BY day) AS counted
- GROUP BY day"""
-# A closed day's visitors become a number: its sketches' (ORed across the shards), and
-# the rows the release before migration 0005 wrote. A flush that comes later still adds
-# its own at the next close.
-CLOSE_DAYS = ["""
+ GROUP BY day"""  # nosec B608
+# A closed day's visitors become a number: its counts rows' (as above), and the rows the
+# release before migration 0005 wrote. A flush that comes later still adds its own at
+# the next close.
+CLOSE_COUNTED_DAYS = f"""
 WITH closed AS (  -- locked in a flush's order, so the two never deadlock
-    SELECT code, day, shard, visitor_sketch FROM visit_counts
+    SELECT code, day, shard, visitor_sketch, visitor_hashes FROM visit_counts
      WHERE day < %(day)s::date AND visitor_sketch IS NOT NULL
      ORDER BY code, day, shard FOR UPDATE),
 cleared AS (
-    UPDATE visit_counts AS c SET visitor_sketch = NULL FROM closed
+    UPDATE visit_counts AS c SET visitor_sketch = NULL, visitor_hashes = NULL FROM closed
      WHERE (c.code, c.day, c.shard) = (closed.code, closed.day, closed.shard))
 INSERT INTO visit_unique_days AS u (code, day, visitors)
-SELECT code, day, visit_sketch_count(bit_or(visitor_sketch)) FROM closed GROUP BY code, day
-    ON CONFLICT (code, day) DO UPDATE SET visitors = u.visitors + excluded.visitors""", """
+SELECT code, day, {VISITORS_OF_ROWS} FROM closed {ROWS_HASHES} GROUP BY code, day
+    ON CONFLICT (code, day) DO UPDATE SET visitors = u.visitors + excluded.visitors"""  # nosec B608
+CLOSE_VISITOR_ROWS = """
 WITH moved AS (DELETE FROM visit_visitors WHERE day < %(day)s::date RETURNING code, day)
 INSERT INTO visit_unique_days AS u (code, day, visitors)
 SELECT code, day, count(*) FROM moved GROUP BY code, day
-    ON CONFLICT (code, day) DO UPDATE SET visitors = u.visitors + excluded.visitors"""]
+    ON CONFLICT (code, day) DO UPDATE SET visitors = u.visitors + excluded.visitors"""
+CLOSE_DAYS = [CLOSE_COUNTED_DAYS, CLOSE_VISITOR_ROWS]
 
 
 class PostgresVisits:
@@ -205,7 +254,8 @@ def add_counts_parameters(shard: int, counted: Sequence[tuple[tuple[str, Day], T
     """ADD_COUNTS's parameters for tallies by (code, day), in the order given."""
     details = [detail_arrays(tally) for _, tally in counted]
     return (shard, *count_columns(counted), [keys for keys, _ in details],
-            [counts for _, counts in details], [visitor_sketch(t.visitors) for _, t in counted])
+            [counts for _, counts in details], [visitor_sketch(t.visitors) for _, t in counted],
+            [visitor_hashes(t.visitors) for _, t in counted])
 
 
 def count_columns(counted: Sequence[tuple[tuple[str, Day], Tally]]) -> list[list[Any]]:
@@ -228,6 +278,13 @@ def detail_arrays(tally: Tally) -> tuple[str, str]:
 
 
 SKETCH_LEVELS, LEVEL_BITS = 16, 256  # as in migration 0005
+EXACT_VISITORS = 64  # as in migration 0006
+
+
+def visitor_hashes(visitors: Collection[int]) -> str | None:
+    """Visitor hashes as migration 0006's list takes them, comma-separated; None (the
+    sketch counts) if there are more than EXACT_VISITORS."""
+    return ",".join(map(str, visitors)) if len(visitors) <= EXACT_VISITORS else None
 
 
 def visitor_sketch(visitors: Iterable[int]) -> str | None:

@@ -31,7 +31,7 @@ def test_the_quick_visits_benchmark_counts_every_request_it_sent(tmp_path: Path)
     assert "| file | 300 |" in (tmp_path / "visits.md").read_text()
 
 
-def test_the_detail_arrays_benchmark_runs_and_both_statements_count_alike(
+def test_the_flush_benchmark_runs_and_all_three_schemas_count_alike(
         tmp_path: Path, postgres: PostgresServer) -> None:
     """bench.pg_details starts a server of its own; `postgres` only makes a machine
     without PostgreSQL skip here (or fail, with REQUIRE_POSTGRES=1)."""
@@ -42,4 +42,4 @@ def test_the_detail_arrays_benchmark_runs_and_both_statements_count_alike(
     assert done.returncode == 0, done.stderr[-3000:]
     text = (tmp_path / "pg_details.md").read_text()
     assert "| new rows |" in text and "| onto them |" in text
-    assert "Both counted the same details" in text
+    assert "All three counted the same details" in text
