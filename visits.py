@@ -65,6 +65,7 @@ STEP_SECONDS = 0.0005  # and works at most about this long (CPU) between pauses
 CHART_DAYS = 30
 HANDOFF_SECONDS = 1.0  # at most this long (or a tenth of the flush interval) in a worker
 CHUNK = 500  # hits a frame to the writer: a marshal.dumps of about 100 us holding the GIL
+MAX_QUEUED = 100_000  # hits a worker holds while its writer takes none: about 35 MB
 WRITER_NICENESS = 10  # requests first; at 19 a writer on a saturated machine fell behind
 WRITER_EXIT_SECONDS = 30.0  # for a writer to answer a flush, or to store and exit
 PIPE_BYTES = 1 << 20  # the pipe to a writer: Linux's largest for an unprivileged process
@@ -357,7 +358,12 @@ class Recorder:
         self.store = store
         self.flush_seconds = flush_seconds
         self.handoff_seconds = min(HANDOFF_SECONDS, flush_seconds / 10)
-        self._hits: deque[Queued] = deque()
+        # Bounded: if the writer takes nothing (stopped, or its pipe full while a flush
+        # waits on the store), the oldest hits go, and a log line says how many.
+        self._hits: deque[Queued] = deque(maxlen=MAX_QUEUED)
+        self._recorded = 0  # hits appended to _hits, ever
+        self._handed = 0  # hits written to a writer, ever
+        self._dropped_logged = 0
         self._salts: dict[int, bytes] = {}
         self._writer: subprocess.Popen[bytes] | None = None  # started at the first hand-off
         self._pipe_lock = threading.Lock()
@@ -384,6 +390,11 @@ class Recorder:
                                      "big", signed=True)  # a PostgreSQL bigint
         self._hits.append((code, day, environ["REQUEST_METHOD"], agent,
                            environ.get("HTTP_REFERER"), private, visitor))
+        self._recorded += 1
+
+    def dropped(self) -> int:
+        """Hits that fell off the queue's far end before a writer took them."""
+        return self._recorded - self._handed - len(self._hits)
 
     def hand_off(self) -> None:
         """Send what the queue holds to the writer, CHUNK hits a frame."""
@@ -422,6 +433,7 @@ class Recorder:
             hits = [self._hits.popleft() for _ in range(min(CHUNK, len(self._hits)))]
             payload = marshal.dumps(hits)
             self._send(FRAME.pack(len(payload)) + payload)
+            self._handed += len(hits)
 
     def _send(self, frame: bytes) -> None:
         """Write a frame to the writer, starting one if there is none or it has died (the
@@ -503,9 +515,17 @@ class Recorder:
             try:
                 self._keep_salts()
                 self.hand_off()
+                self._log_dropped()
             except Exception:  # the thread must outlive any surprise, or counting stops
                 log.exception("visit hand-off failed; trying again in %g s",
                               self.handoff_seconds)
+
+    def _log_dropped(self) -> None:
+        dropped = self.dropped()
+        if dropped > self._dropped_logged:
+            log.warning("%d visits dropped uncounted: the visit writer took none while %d "
+                        "waited (MAX_QUEUED)", dropped - self._dropped_logged, MAX_QUEUED)
+            self._dropped_logged = dropped
 
 
 def pipes(writer: subprocess.Popen[bytes]) -> tuple[IO[bytes], IO[bytes]]:

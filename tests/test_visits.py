@@ -479,6 +479,42 @@ def test_batches_wait_in_memory_while_the_store_is_down(tmp_path: Path) -> None:
     assert stats.days[TODAY].visitors == 0, "no salt could be kept: no visitor hashes"
 
 
+def test_a_worker_whose_writer_takes_nothing_holds_at_most_max_queued_hits(
+        file_visits: FileVisits, monkeypatch: pytest.MonkeyPatch,
+        caplog: pytest.LogCaptureFixture) -> None:
+    """A stopped writer (SIGSTOP) reads nothing: its pipe fills, the hand-off waits on
+    it, and the hits that keep coming wait in the worker, MAX_QUEUED at most; older ones
+    go, counted and logged. Once the writer goes on, every hit kept is stored."""
+    monkeypatch.setattr(visits, "MAX_QUEUED", 2000)
+    counter = Recorder(file_visits, flush_seconds=3600)  # its own hand-offs: hourly
+    counter.record("abc", environ(user_agent=CHROME_UA))
+    assert counter.flush() and counter._writer is not None  # started, and ready
+    writer = counter._writer.pid
+    os.kill(writer, signal.SIGSTOP)
+    try:
+        for _ in range(30):  # until a hand-off waits on the full pipe
+            for _ in range(2000):
+                counter.record("abc", environ(user_agent=CHROME_UA))
+            handing = threading.Thread(target=counter.hand_off)
+            handing.start()
+            handing.join(timeout=1)
+            if handing.is_alive():
+                break
+        assert handing.is_alive(), "the pipe never filled"
+        for _ in range(30_000):
+            counter.record("abc", environ(user_agent=CHROME_UA))
+        assert len(counter._hits) == 2000 and counter.dropped() >= 28_000
+    finally:
+        os.kill(writer, signal.SIGCONT)
+    handing.join(timeout=30)
+    try:
+        assert counter.flush()
+        eventually(lambda: "visits dropped uncounted" in caplog.text)
+    finally:
+        counter.close()
+    assert file_visits.stats("abc").visits == counter._recorded - counter.dropped()
+
+
 def test_a_graceful_close_flushes_what_is_queued(file_visits: FileVisits) -> None:
     counter = Recorder(file_visits, flush_seconds=3600)
 
