@@ -278,7 +278,7 @@ def detail_arrays(tally: Tally) -> tuple[str, str]:
 
 
 SKETCH_LEVELS, LEVEL_BITS = 16, 256  # as in migration 0005
-EXACT_VISITORS = 64  # as in migration 0006
+EXACT_VISITORS = 64  # as in ADD_COUNTS, which stops joining lists past 64 (migration 0006)
 
 
 def visitor_hashes(visitors: Collection[int]) -> str | None:
