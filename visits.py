@@ -523,8 +523,9 @@ class Recorder:
     def _log_dropped(self) -> None:
         dropped = self.dropped()
         if dropped > self._dropped_logged:
-            log.warning("%d visits dropped uncounted: the visit writer took none while %d "
-                        "waited (MAX_QUEUED)", dropped - self._dropped_logged, MAX_QUEUED)
+            log.warning("%d visits dropped uncounted: the visit writer did not take them "
+                        "(the queue holds at most %d)", dropped - self._dropped_logged,
+                        MAX_QUEUED)
             self._dropped_logged = dropped
 
 
