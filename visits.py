@@ -268,6 +268,12 @@ FRAME = struct.Struct("!I")
 FLUSH = FRAME.pack(0)
 
 
+def framed(hits: list[Queued]) -> bytes:
+    """Hits as one frame of the pipe: their length, then their marshal."""
+    payload = marshal.dumps(hits)
+    return FRAME.pack(len(payload)) + payload
+
+
 class Pace:
     """Spreads a writer's work in steps: once a step has used STEP_SECONDS of CPU, a
     pause PACE times as long. Whatever its nice value, a process that gets a core keeps
@@ -431,8 +437,7 @@ class Recorder:
     def _hand_off(self) -> None:
         while self._hits:
             hits = [self._hits.popleft() for _ in range(min(CHUNK, len(self._hits)))]
-            payload = marshal.dumps(hits)
-            self._send(FRAME.pack(len(payload)) + payload)
+            self._send(framed(hits))
             self._handed += len(hits)
 
     def _send(self, frame: bytes) -> None:

@@ -574,9 +574,14 @@ def test_a_dead_writer_is_replaced_at_the_next_hand_off(
     assert recorder.store.stats("abc").details["browser"] == {"Chrome": 1, "Firefox": 1}
 
 
+def queued_hit() -> visits.Queued:
+    """One person's visit to abc today, as a worker queues it for its writer."""
+    return ("abc", int(time.time() // 86400), "GET", CHROME_UA, None, False, 7)
+
+
 def test_the_writer_counts_every_frame_it_can_read_and_skips_one_it_cannot(
         file_visits: FileVisits, caplog: pytest.LogCaptureFixture) -> None:
-    hit = ("abc", int(time.time() // 86400), "GET", CHROME_UA, None, False, 7)
+    hit = queued_hit()
     writer = visits.Writer(file_visits)
     for frame in (marshal.dumps([hit]), b"\xff not marshal", marshal.dumps([hit])):
         writer.take(frame)
@@ -596,7 +601,7 @@ def test_a_writer_works_in_steps_each_followed_by_a_pause_pace_times_as_long() -
     paused_at = time.monotonic()
     pace()
     assert time.monotonic() - paused_at >= worked * visits.PACE and pace.started > began
-    hit = ("abc", int(time.time() // 86400), "GET", CHROME_UA, None, False, 7)
+    hit = queued_hit()
     calls: list[None] = []
     counting = visits.Counting()
     counting.add([hit] * 200, pace=lambda: calls.append(None))
@@ -613,8 +618,7 @@ def test_a_writer_counts_its_first_frame_without_pausing_for_its_own_start(
     while time.thread_time() - began < 0.2:
         pass  # a start's worth of work
     started = time.monotonic()
-    writer.take(marshal.dumps([("abc", int(time.time() // 86400), "GET", CHROME_UA, None,
-                                False, 7)]))
+    writer.take(marshal.dumps([queued_hit()]))
     assert time.monotonic() - started < 0.2 * visits.PACE / 2, "paused for its start"
     assert writer.flush() and file_visits.stats("abc").visits == 1
 
@@ -625,9 +629,7 @@ def test_a_writers_first_flush_is_one_interval_after_it_began_not_after_its_star
     while it starts (over a second on a loaded machine): its interval counts from then."""
     writer = visits.Writer(file_visits)
     read_end, write_end = os.pipe()
-    frame = marshal.dumps([("abc", int(time.time() // 86400), "GET", CHROME_UA, None, False,
-                            7)])
-    os.write(write_end, visits.FRAME.pack(len(frame)) + frame)
+    os.write(write_end, visits.framed([queued_hit()]))
     serving = threading.Thread(target=writer.serve, args=(
         read_end, io.BytesIO(), 3.0, time.monotonic() - 2.5))  # began 2.5 s ago
     serving.start()
