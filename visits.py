@@ -68,6 +68,7 @@ CHUNK = 500  # hits a frame to the writer: a marshal.dumps of about 100 us holdi
 MAX_QUEUED = 100_000  # hits a worker holds while its writer takes none: about 35 MB
 WRITER_NICENESS = 10  # requests first; at 19 a writer on a saturated machine fell behind
 WRITER_EXIT_SECONDS = 30.0  # for a writer to answer a flush, or to store and exit
+CLOSE_SECONDS = 10.0  # a closing worker's hand-off at most: half gunicorn's graceful_timeout
 PIPE_BYTES = 1 << 20  # the pipe to a writer: Linux's largest for an unprivileged process
 EPOCH = date(1970, 1, 1)
 WARM_UP = visitors.Hit("GET", "Mozilla/5.0 (X11; Linux x86_64) Firefox/140.0", "direct", False)
@@ -419,30 +420,51 @@ class Recorder:
 
     def close(self) -> None:
         """Stop the thread, hand off what is left, and wait while the writer stores it
-        and exits (a graceful exit of the worker)."""
+        and exits (a graceful exit of the worker).
+
+        A writer that reads nothing (stopped, or hung) leaves the hand-off waiting on a
+        full pipe. After CLOSE_SECONDS the worker gives up the hits it has not handed
+        off, says how many, and goes on exiting, well within gunicorn's graceful_timeout:
+        the writer keeps what is in its pipe, and stores it once it reads again (the
+        pipe ends with the worker)."""
         if self._closed:
             return
         self._closed = True
         atexit.unregister(self.close)
         self._closing.set()
-        self._thread.join(timeout=30)
-        with self._pipe_lock:
-            self._hand_off()
-            writer, self._writer = self._writer, None
-        if writer is not None:
+        deadline = time.monotonic() + CLOSE_SECONDS
+        self._thread.join(timeout=CLOSE_SECONDS)
+        writer = None
+        stuck = not self._pipe_lock.acquire(timeout=max(0.0, deadline - time.monotonic()))
+        if not stuck:
+            try:
+                self._hand_off(deadline)
+                writer, self._writer = self._writer, None
+            except WriterStuck:
+                stuck = True
+            finally:
+                self._pipe_lock.release()
+        if stuck:
+            log.warning("%d visits not handed off: visit writer %d took nothing for %g s, "
+                        "and this worker exits without them", self._recorded - self._handed
+                        - self._dropped_logged, self._writer.pid if self._writer else 0,
+                        CLOSE_SECONDS)
+        elif writer is not None:
             self._end(writer, WRITER_EXIT_SECONDS)
 
     # --- the pipe to the writer ----------------------------------------------------------
 
-    def _hand_off(self) -> None:
+    def _hand_off(self, deadline: float | None = None) -> None:
         while self._hits:
             hits = [self._hits.popleft() for _ in range(min(CHUNK, len(self._hits)))]
-            self._send(framed(hits))
+            self._send(framed(hits), deadline)
             self._handed += len(hits)
 
-    def _send(self, frame: bytes) -> None:
+    def _send(self, frame: bytes, deadline: float | None = None) -> None:
         """Write a frame to the writer, starting one if there is none or it has died (the
-        counts it had not stored yet are lost: at most one flush interval's)."""
+        counts it had not stored yet are lost: at most one flush interval's). With a
+        deadline (a time.monotonic() value), WriterStuck if the frame is not all written
+        by then."""
         for attempt in range(2):
             if self._writer is None or self._writer.poll() is not None:
                 if self._writer is not None:
@@ -453,8 +475,11 @@ class Recorder:
                 self._writer = self._start_writer()
             stdin, _ = pipes(self._writer)
             try:
-                stdin.write(frame)
-                stdin.flush()
+                if deadline is None:
+                    stdin.write(frame)
+                    stdin.flush()
+                else:
+                    write_by(stdin.fileno(), frame, deadline)
                 return
             except OSError:  # it died after poll(): the next round starts another
                 if attempt:
@@ -488,18 +513,26 @@ class Recorder:
     @staticmethod
     def _end(writer: subprocess.Popen[bytes], seconds: float) -> None:
         """Close the writer's stdin (it stores what it has and exits); kill it if it has
-        not exited within seconds."""
+        not exited within seconds. A stopped writer (SIGSTOP) cannot exit until it is
+        continued, and is not waited for: it stores what it has then, on its own."""
         for stream in (writer.stdin, writer.stdout):
             if stream is not None:
                 with contextlib.suppress(OSError):
                     stream.close()
-        try:
-            writer.wait(seconds)
-        except subprocess.TimeoutExpired:
-            log.warning("visit writer %d did not exit within %g s; killed, the visits it "
-                        "had not stored are lost", writer.pid, seconds)
-            writer.kill()
-            writer.wait()
+        deadline = time.monotonic() + seconds
+        while writer.poll() is None:
+            if stopped(writer.pid):
+                log.warning("visit writer %d is stopped: not waited for; it stores what it "
+                            "has once it is continued", writer.pid)
+                return
+            if time.monotonic() >= deadline:
+                log.warning("visit writer %d did not exit within %g s; killed, the visits "
+                            "it had not stored are lost", writer.pid, seconds)
+                writer.kill()
+                writer.wait()
+                return
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                writer.wait(min(0.1, max(0.0, deadline - time.monotonic())))
 
     def _keep_salts(self) -> None:
         """Have today's and tomorrow's salts in memory, and forget earlier ones."""
@@ -532,6 +565,33 @@ class Recorder:
                         "(the queue holds at most %d)", dropped - self._dropped_logged,
                         MAX_QUEUED)
             self._dropped_logged = dropped
+
+
+class WriterStuck(Exception):
+    """The visit writer took nothing until a deadline."""
+
+
+def write_by(fd: int, data: bytes, deadline: float) -> None:
+    """Write all of data to a pipe, or raise WriterStuck at deadline (time.monotonic()).
+    The pipe stays non-blocking: only a closing worker writes this way."""
+    os.set_blocking(fd, False)
+    view = memoryview(data)
+    while view:
+        try:
+            view = view[os.write(fd, view):]
+        except BlockingIOError:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                raise WriterStuck from None
+            select.select([], [fd], [], left)
+
+
+def stopped(pid: int) -> bool:
+    """Whether a process is stopped (SIGSTOP, a debugger): state T or t in /proc."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] in ("T", "t")
+    except (OSError, IndexError):
+        return False
 
 
 def pipes(writer: subprocess.Popen[bytes]) -> tuple[IO[bytes], IO[bytes]]:

@@ -12,6 +12,7 @@ import marshal  # nosec B403: what visits.Recorder sends its writer
 import os
 import random
 import signal
+import subprocess  # nosec B404: the Popen of a visit writer, for its type
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -513,6 +514,71 @@ def test_a_worker_whose_writer_takes_nothing_holds_at_most_max_queued_hits(
     finally:
         counter.close()
     assert file_visits.stats("abc").visits == counter._recorded - counter.dropped()
+
+
+@pytest.fixture
+def stopped_writer(file_visits: FileVisits, monkeypatch: pytest.MonkeyPatch
+                   ) -> Iterator[tuple[Recorder, subprocess.Popen[bytes]]]:
+    """A recorder whose writer has started, then been stopped with SIGSTOP; only a
+    close hands off (CLOSE_SECONDS: 1). The writer goes on (SIGCONT) after the test."""
+    monkeypatch.setattr(visits, "CLOSE_SECONDS", 1.0)
+    monkeypatch.setattr(visits, "HANDOFF_SECONDS", 3600.0)
+    counter = Recorder(file_visits, flush_seconds=3600)
+    counter.record("abc", environ(user_agent=CHROME_UA))
+    assert counter.flush() and counter._writer is not None  # started, and ready
+    writer = counter._writer
+    os.kill(writer.pid, signal.SIGSTOP)
+    try:
+        yield counter, writer
+    finally:
+        if writer.poll() is None:
+            os.kill(writer.pid, signal.SIGCONT)
+            Recorder._end(writer, 30)
+
+
+def closed_within(counter: Recorder, seconds: float) -> None:
+    closing = threading.Thread(target=counter.close)
+    started = time.monotonic()
+    closing.start()
+    closing.join(timeout=10)
+    took = time.monotonic() - started
+    assert not closing.is_alive() and took < seconds, f"the close took {took:.1f} s"
+
+
+def test_a_closing_worker_does_not_wait_for_a_stopped_writer_which_stores_all_later(
+        stopped_writer: tuple[Recorder, subprocess.Popen[bytes]], file_visits: FileVisits,
+        caplog: pytest.LogCaptureFixture) -> None:
+    """A stopped writer cannot exit: a graceful exit of its worker must not wait for it
+    until gunicorn's graceful_timeout kills the worker. Once it goes on, it stores
+    every visit it was handed, and exits."""
+    counter, writer = stopped_writer
+    for _ in range(1000):  # room for them in its pipe
+        counter.record("abc", environ(user_agent=CHROME_UA))
+    closed_within(counter, 3)
+    assert f"visit writer {writer.pid} is stopped: not waited for" in caplog.text
+    os.kill(writer.pid, signal.SIGCONT)
+    assert writer.wait(30) == 0
+    assert file_visits.stats("abc").visits == counter._handed == 1001
+
+
+def test_a_closing_worker_whose_writer_takes_nothing_gives_up_what_the_pipe_cannot_hold(
+        stopped_writer: tuple[Recorder, subprocess.Popen[bytes]], file_visits: FileVisits,
+        caplog: pytest.LogCaptureFixture) -> None:
+    """When the stopped writer's pipe is full, the close stops handing off after
+    CLOSE_SECONDS and says how many visits it did not hand off; the writer, once it
+    goes on and its pipe ends (as when the worker exits), stores the rest."""
+    counter, writer = stopped_writer
+    for n in range(20_000):  # distinct referrers: about 3 MB of frames, the pipe holds 1
+        counter.record("abc", environ(user_agent=CHROME_UA,
+                                      referer=f"https://example.com/{n:05}/{'x' * 100}"))
+    closed_within(counter, 3)
+    lost = counter._recorded - counter._handed
+    assert 0 < lost < 20_000
+    assert f"{lost} visits not handed off: visit writer {writer.pid}" in caplog.text
+    os.kill(writer.pid, signal.SIGCONT)
+    Recorder._end(writer, 30)
+    assert writer.returncode == 0
+    assert file_visits.stats("abc").visits == counter._handed == counter._recorded - lost
 
 
 def test_a_graceful_close_flushes_what_is_queued(file_visits: FileVisits) -> None:
