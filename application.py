@@ -49,8 +49,8 @@ import visits
 from linkrules import (CODE_PATTERN, RESERVED_CODES, InvalidInput, checked_code,
                        checked_url)
 from linkstore import (DELETED, MAX_REPORT_DETAILS, REPORT_REASONS, ApiKey, CodeTaken, Link,
-                       LinkDeleted, LinkStore, Report, StoreUnavailable, hash_password,
-                       is_postgres_url, new_manage_token, redacted, utc_now)
+                       LinkDeleted, LinkStore, Report, StoreUnavailable, data_paths,
+                       hash_password, is_postgres_url, new_manage_token, redacted, utc_now)
 from linkstore.jsonfile import FileStore, identity_of, write_atomically
 from linkstore.keys import KeyStore, open_keys
 from linkstore.reports import ReportStore, open_reports
@@ -108,7 +108,7 @@ def load_config(overrides: Mapping[str, Any] | None) -> dict[str, Any]:
         except (TypeError, ValueError):
             raise ConfigError(f"{name} must be a number, not {value!r}") from None
 
-    data_dir = Path(setting("DATA_DIR", "./data"))
+    data_dir, urls_file, upload_dir = data_paths(lambda name: setting(name, ""))
     max_upload_bytes = int(number("MAX_UPLOAD_MB", "10") * 1024 * 1024)
     database_url = str(setting("DATABASE_URL", ""))
     if database_url and not is_postgres_url(database_url):
@@ -137,8 +137,8 @@ def load_config(overrides: Mapping[str, Any] | None) -> dict[str, Any]:
                           f"{redirect_status!r}")
     config: dict[str, Any] = {
         "DATA_DIR": data_dir,
-        "URLS_FILE": Path(setting("URLS_FILE", str(data_dir / "urls.json"))),
-        "UPLOAD_DIR": Path(setting("UPLOAD_DIR", str(data_dir / "uploads"))),
+        "URLS_FILE": urls_file,
+        "UPLOAD_DIR": upload_dir,
         "DATABASE_URL": database_url,
         "DATABASE_TIMEOUT": number("DATABASE_TIMEOUT", "3"),
         "LINK_CACHE_SIZE": int(number("LINK_CACHE_SIZE", "20000")),

@@ -24,7 +24,7 @@ import base64
 import hashlib
 import hmac
 import secrets
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, replace
 from datetime import datetime, timezone
 from pathlib import Path
@@ -381,6 +381,16 @@ class LinkStore(Protocol):
 
 def is_postgres_url(url: str) -> bool:
     return urlsplit(url).scheme in POSTGRES_SCHEMES
+
+
+def data_paths(setting: Callable[[str], object]) -> tuple[Path, Path, Path]:
+    """DATA_DIR, URLS_FILE and UPLOAD_DIR, read with ``setting`` (``os.environ.get``, or
+    the app's settings): DATA_DIR is ./data unless set, and the others are urls.json and
+    uploads in it unless set. A setting left empty is not set. The app and every
+    operator tool find the files this one way."""
+    data_dir = Path(str(setting("DATA_DIR") or "./data"))
+    return (data_dir, Path(str(setting("URLS_FILE") or data_dir / "urls.json")),
+            Path(str(setting("UPLOAD_DIR") or data_dir / "uploads")))
 
 
 def open_url(url: str, timeout: float = 5.0) -> LinkStore:

@@ -51,7 +51,7 @@ from typing import Any, Protocol, Sequence
 
 import psycopg
 
-from linkstore import Link, StateChange, StoreUnavailable, open_url, redacted
+from linkstore import Link, StateChange, StoreUnavailable, data_paths, open_url, redacted
 from linkstore.jsonfile import (FileStore, State, dump_links, exclusive_lock, state_of,
                                 states_problem, write_atomically)
 from linkstore.jsonfile import parse_links as parse_links_file
@@ -114,10 +114,10 @@ class Live:
     @classmethod
     def from_env(cls, urls_file: str | None, upload_dir: str | None,
                  lock_timeout: float, database_url: str | None = None) -> Live:
-        data_dir = Path(os.environ.get("DATA_DIR", "./data"))
+        _, live_file, live_uploads = data_paths(os.environ.get)
         return cls(
-            Path(urls_file or os.environ.get("URLS_FILE", str(data_dir / LINKS))),
-            Path(upload_dir or os.environ.get("UPLOAD_DIR", str(data_dir / UPLOADS))),
+            Path(urls_file) if urls_file else live_file,
+            Path(upload_dir) if upload_dir else live_uploads,
             lock_timeout,
             database_url if database_url is not None else os.environ.get("DATABASE_URL", ""),
         )

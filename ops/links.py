@@ -41,8 +41,8 @@ from typing import Any
 import linkrules
 import visits
 from linkstore import (ACTIVE, DISABLE_REASONS, CodeTaken, Link, LinkDeleted,
-                       LinkStore, NoSuchLink, StoreUnavailable, is_postgres_url, new_api_key,
-                       open_url, utc_now)
+                       LinkStore, NoSuchLink, StoreUnavailable, data_paths, is_postgres_url,
+                       new_api_key, open_url, utc_now)
 from linkstore.jsonfile import write_atomically
 from linkstore.keys import NoSuchKey, open_keys
 from linkstore.reports import open_reports
@@ -60,8 +60,7 @@ class CommandError(Exception):
 
 def upload_dir(environ: Mapping[str, str]) -> Path:
     """UPLOAD_DIR as the app reads it."""
-    return Path(environ.get("UPLOAD_DIR", str(Path(environ.get("DATA_DIR", "./data"))
-                                              / "uploads")))
+    return data_paths(environ.get)[2]
 
 
 def open_links(environ: Mapping[str, str]) -> LinkStore:
@@ -72,9 +71,7 @@ def open_links(environ: Mapping[str, str]) -> LinkStore:
             raise CommandError("DATABASE_URL must be a postgresql:// URL, or unset for the "
                                "JSON file at URLS_FILE")
         return open_url(database_url, timeout=TIMEOUT)
-    data_dir = Path(environ.get("DATA_DIR", "./data"))
-    urls_file = Path(environ.get("URLS_FILE", str(data_dir / "urls.json")))
-    return open_url(urls_file.resolve().as_uri(), timeout=TIMEOUT)
+    return open_url(data_paths(environ.get)[1].resolve().as_uri(), timeout=TIMEOUT)
 
 
 def counting(environ: Mapping[str, str]) -> tuple[bool, float]:

@@ -40,6 +40,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
+from linkstore import data_paths
 from ops.smoke import CSRF_FIELD, Response, SmokeFailure, Visitor
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
@@ -73,9 +74,7 @@ class Recovery:
 
 def store_paths() -> tuple[Path, Path]:
     """(urls file, upload directory), from the environment as the app reads them."""
-    data_dir = Path(os.environ.get("DATA_DIR", "./data"))
-    return (Path(os.environ.get("URLS_FILE") or data_dir / "urls.json"),
-            Path(os.environ.get("UPLOAD_DIR") or data_dir / "uploads"))
+    return data_paths(os.environ.get)[1:]
 
 
 def restore(snapshot: str) -> dict[str, Any]:

@@ -51,6 +51,39 @@ def test_settings_come_from_the_environment(tmp_path: Path, monkeypatch: pytest.
     assert created.json["short_url"] == "https://sho.rt/x"  # type: ignore[index]
 
 
+@pytest.mark.parametrize("settings, links, uploads", [
+    ({"DATA_DIR": "d"}, "d/urls.json", "d/uploads"),
+    ({"DATA_DIR": "d", "URLS_FILE": "links.json", "UPLOAD_DIR": "up"}, "links.json", "up"),
+    ({"DATA_DIR": "d", "URLS_FILE": "", "UPLOAD_DIR": ""}, "d/urls.json", "d/uploads"),
+    ({"DATA_DIR": "", "URLS_FILE": ""}, "data/urls.json", "data/uploads"),
+])
+def test_the_app_and_every_operator_tool_find_the_same_files(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, settings: dict[str, str],
+        links: str, uploads: str) -> None:
+    """DATA_DIR, URLS_FILE and UPLOAD_DIR read one way (linkstore.data_paths), by the app,
+    ops.links, ops.backup and ops.recover alike; a setting left empty is not set."""
+    from ops import backup, recover
+    from ops import links as operator
+    monkeypatch.chdir(tmp_path)
+    for name in ("DATA_DIR", "URLS_FILE", "UPLOAD_DIR", "DATABASE_URL"):
+        monkeypatch.delenv(name, raising=False)
+    for name, value in settings.items():
+        monkeypatch.setenv(name, value)
+    Path(settings["DATA_DIR"] or "data").mkdir()
+    app = create_app()
+    found = (Path(app.config["URLS_FILE"]), Path(app.config["UPLOAD_DIR"]))
+    assert found == (Path(links), Path(uploads))
+    assert recover.store_paths() == found
+    live = backup.Live.from_env(None, None, 5.0)
+    assert (live.urls_file, live.upload_dir) == found
+    assert operator.upload_dir(os.environ) == found[1]
+    store = operator.open_links(os.environ)
+    try:
+        assert store.path == found[0].resolve()  # type: ignore[attr-defined]
+    finally:
+        store.close()
+
+
 def test_no_secret_is_committed() -> None:
     tracked = subprocess.run(["git", "ls-files"], cwd=REPO, capture_output=True, text=True,
                              check=True).stdout.split()  # nosec B603 B607
