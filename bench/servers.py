@@ -181,8 +181,7 @@ def wait_until_listening(server: Server, timeout: float) -> float:
 
 def worker_pids(master_pid: int) -> list[int]:
     """The pids of a process's children (gunicorn's workers, nginx's workers)."""
-    children = Path(f"/proc/{master_pid}/task/{master_pid}/children")
-    return [int(pid) for pid in children.read_text().split()]
+    return processes.children({master_pid})
 
 
 def memory_mib(pid: int) -> tuple[float, float]:

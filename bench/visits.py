@@ -264,10 +264,9 @@ class VisitsBench:
         deadline = time.monotonic() + timeout
         while True:
             table = processes.process_table()
-            workers = {pid for pid, p in table.items()
-                       if p.ppid == server.process.pid and not p.zombie}
-            started = [pid for pid, p in table.items() if p.ppid in workers and not p.zombie
-                       and p.nice == visits.WRITER_NICENESS]
+            workers = processes.children({server.process.pid}, table)
+            started = [pid for pid in processes.children(set(workers), table)
+                       if table[pid].nice == visits.WRITER_NICENESS]
             if len(workers) == self.args.workers and len(started) >= len(workers):
                 return
             if time.monotonic() > deadline:

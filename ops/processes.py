@@ -22,7 +22,7 @@ import os
 import signal
 import subprocess  # nosec B404: callers pass argument lists, never a shell
 import time
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any
@@ -80,6 +80,14 @@ def process_table() -> dict[int, Process]:
                              session=int(fields[3]), started=int(fields[19]),
                              zombie=fields[0] in ("Z", "X"), nice=int(fields[16]))
     return table
+
+
+def children(parents: Collection[int], table: Mapping[int, Process] | None = None
+             ) -> list[int]:
+    """The live children of parents (a gunicorn master's workers, their visit writers),
+    sorted; from table if given, else from /proc now."""
+    return sorted(p.pid for p in (process_table() if table is None else table).values()
+                  if p.ppid in parents and not p.zombie)
 
 
 def descendants(roots: Iterable[int], table: Mapping[int, Process]) -> set[int]:

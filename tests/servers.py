@@ -112,14 +112,11 @@ class GunicornServer:
 
     def worker_pids(self) -> list[int]:
         """The worker processes of the running master, from /proc."""
-        return sorted(p.pid for p in processes.process_table().values()
-                      if p.ppid == self.pid and not p.zombie)
+        return processes.children({self.pid})
 
     def writer_pids(self) -> list[int]:
         """The visit writers (visits.Recorder's children) of the running workers."""
-        workers = set(self.worker_pids())
-        return sorted(p.pid for p in processes.process_table().values()
-                      if p.ppid in workers and not p.zombie)
+        return processes.children(set(self.worker_pids()))
 
     def wait_for_workers(self, count: int | None = None, timeout: float = 30.0) -> list[int]:
         deadline = time.monotonic() + timeout
