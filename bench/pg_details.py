@@ -35,6 +35,7 @@ from bench import postgres
 from linkstore.postgres import migrate
 from linkstore.visits_postgres import (ADD_COUNTS, ADD_COUNTS_0004, ADD_COUNTS_0005,
                                        ADD_VISITORS_0004, UNIQUE_VISITORS,
+                                       add_counts_0005_parameters,
                                        add_counts_parameters, count_columns)
 from ops.pgserver import PostgresServer
 from visitors import Device, Visit
@@ -82,8 +83,8 @@ def store(conn: psycopg.Connection[Any], schema: str,
         visitors = sorted((code, day, visitor) for (code, day), t in counted
                           for visitor in t.visitors)
         conn.execute(ADD_VISITORS_0004.encode(), tuple(map(list, zip(*visitors))))
-    elif schema == SCHEMAS[1]:  # its parameters are this release's, without the lists
-        conn.execute(ADD_COUNTS_0005.encode(), add_counts_parameters(1, counted)[:-1])
+    elif schema == SCHEMAS[1]:
+        conn.execute(ADD_COUNTS_0005.encode(), add_counts_0005_parameters(1, counted))
     else:
         conn.execute(ADD_COUNTS.encode(), add_counts_parameters(2, counted))
 

@@ -258,6 +258,13 @@ def add_counts_parameters(shard: int, counted: Sequence[tuple[tuple[str, Day], T
             [visitor_hashes(t.visitors) for _, t in counted])
 
 
+def add_counts_0005_parameters(shard: int,
+                               counted: Sequence[tuple[tuple[str, Day], Tally]]
+                               ) -> tuple[Any, ...]:
+    """ADD_COUNTS_0005's parameters: this release's without the lists of hashes."""
+    return add_counts_parameters(shard, counted)[:-1]
+
+
 def count_columns(counted: Sequence[tuple[tuple[str, Day], Tally]]) -> list[list[Any]]:
     """The code, day, visits, bots and private columns of both releases' statements."""
     return [[code for (code, _), _ in counted], [day for (_, day), _ in counted],

@@ -31,7 +31,7 @@ from linkstore.jsonfile import FileStore, write_atomically
 from linkstore.postgres import PostgresStore
 from linkstore.visits_file import FileVisits, shard_of
 from linkstore.visits_postgres import (ADD_COUNTS_0004, ADD_COUNTS_0005, ADD_VISITORS_0004,
-                                       PostgresVisits, add_counts_parameters)
+                                       PostgresVisits, add_counts_0005_parameters)
 from ops import processes
 from tests.helpers import CHROME_UA, FIREFOX_UA, eventually, everything_stored
 from visitors import BOT, Visit
@@ -386,8 +386,8 @@ def test_the_counts_of_the_release_before_migration_6_still_add_up(
     def previous(*visits_: tuple[Visit, int], shard: int) -> None:
         made = batch(*visits_)
         with psycopg.connect(database_url) as conn:  # its flush, word for word
-            conn.execute(ADD_COUNTS_0005.encode(), add_counts_parameters(
-                shard, sorted(made.tallies.items()))[:-1])  # without this release's lists
+            conn.execute(ADD_COUNTS_0005.encode(), add_counts_0005_parameters(
+                shard, sorted(made.tallies.items())))
 
     PostgresVisits(pg_links, shard=0).add(batch((CHROME, 0x01), (FIREFOX, 0x02)))
     previous((CHROME, 0x03), shard=0)  # onto this release's row and list
