@@ -18,7 +18,6 @@ from visits import DayCount, Stats
 
 IPHONE = ("Mozilla/5.0 (iPhone; CPU iPhone OS 18_6 like Mac OS X) AppleWebKit/605.1.15 "
           "(KHTML, like Gecko) Version/18.6 Mobile/15E148 Safari/604.1")
-TODAY = visits.today()
 
 
 def create(client: FlaskClient, code: str) -> None:
@@ -61,7 +60,7 @@ def test_the_stats_count_people_bots_and_the_details_per_day(app: Flask,
     flushed(app)
     stats = stats_of(client, "doc")
     assert (stats["visits"], stats["bots"], stats["private_visits"]) == (3, 1, 1)
-    assert stats["days"] == [{"date": TODAY, "visits": 3, "bots": 1, "unique_visitors": 2}]
+    assert stats["days"] == [{"date": visits.today(), "visits": 3, "bots": 1, "unique_visitors": 2}]
     assert stats["referrers"] == {"t.co": 1, "direct": 1}
     assert stats["browsers"] == {"Chrome": 1, "Mobile Safari": 1}
     assert stats["systems"] == {"Windows": 1, "iOS": 1}
@@ -98,9 +97,9 @@ def test_the_page_draws_30_days_as_svg_bars_with_the_same_numbers_in_a_table(
     assert "<dd>3</dd>" in page
     svg = page.split("<svg", 1)[1].split("</svg>", 1)[0]
     assert 'aria-hidden="true"' in svg and 'viewBox="0 0 600 200"' in svg
-    assert svg.count("<rect ") == 30 and f"<title>{TODAY}: 3 visits</title>" in svg
+    assert svg.count("<rect ") == 30 and f"<title>{visits.today()}: 3 visits</title>" in svg
     rows = re.findall(r"<tr><th scope=\"row\">([-0-9]+)</th><td>(\d+)</td>", page)
-    assert len(rows) == 30 and rows[-1] == (TODAY, "3") and rows[0][1] == "0"
+    assert len(rows) == 30 and rows[-1] == (visits.today(), "3") and rows[0][1] == "0"
     assert " style=" not in page, "an inline style: the CSP forbids it"
     assert 'href="/api/links/chart/stats"' in page
 
