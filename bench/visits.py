@@ -82,6 +82,7 @@ class Run:
     warm_bots: int = 0
     app_cpu_us: float | None = None  # CPU per redirect: gunicorn, its final flush included
     database_cpu_us: float | None = None  # and PostgreSQL's, for the same redirects
+    writers_cpu_us: float | None = None  # of app_cpu_us, the visit writers' in the run
 
     @property
     def exact(self) -> bool | None:
@@ -200,7 +201,9 @@ class VisitsBench:
         """VISITS=off and on, round after round, each measured in wall-clock time (wrk)
         and in CPU time: the server's, from just before the run until it has exited
         (its last flush included, and the whole life of the workers' visit writers,
-        their start too), and the database's over the same span."""
+        their start too), and the database's over the same span. Of the server's, the
+        visit writers' own CPU in the run is shown apart: what counting costs outside
+        the workers (their last flush, at the stop, is not in it)."""
         quota = 0
         for number in range(self.args.rounds):
             for mode in ("off", "on") if number % 2 == 0 else ("on", "off"):
@@ -212,7 +215,10 @@ class VisitsBench:
                     quota = quota or self.quota(warm.rps)
                     before = load1()
                     app_before, database_before = cpu_of(server.process.pid), self.database_cpu()
+                    writers_before = writers_cpu(server.process.pid)
                     load = self.load(server.base_url, paths, quota)
+                    writers = sum(cpu - writers_before.get(pid, 0.0) for pid, cpu
+                                  in writers_cpu(server.process.pid).items())
                 finally:
                     server.stop()  # gracefully: every writer stores what was counted
                 database = self.database_cpu() - database_before
@@ -224,7 +230,9 @@ class VisitsBench:
                                 warm.sent["people"], warm.sent["bots"],
                                 round(app / load.requests * 1e6, 1),
                                 round(database / load.requests * 1e6, 1)
-                                if "DATABASE_URL" in env else None))
+                                if "DATABASE_URL" in env else None,
+                                round(writers / load.requests * 1e6, 1)
+                                if mode == "on" else None))
 
     def database_cpu(self) -> float:
         return cpu_of(self.database.process.pid) if self.database and self.database.process \
@@ -346,14 +354,26 @@ def children_cpu() -> float:
 def cpu_of(leader: int) -> float:
     """CPU seconds a running server has used: each live process of it, and what its
     exited processes used (added to their parent's cutime and cstime when reaped)."""
-    ticks = 0
-    for pid in processes.members(leader):
-        try:
-            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-        except OSError:
-            continue  # exited since it was listed
-        ticks += sum(int(value) for value in fields[11:15])  # utime stime cutime cstime
-    return ticks / os.sysconf("SC_CLK_TCK")
+    return sum(sum(cpu_ticks(pid)) for pid in processes.members(leader)) / os.sysconf(
+        "SC_CLK_TCK")
+
+
+def writers_cpu(leader: int) -> dict[int, float]:
+    """CPU seconds each visit writer of a gunicorn master's workers has used so far: the
+    part of the server's CPU that counting spends outside the workers."""
+    table = processes.process_table()
+    writers = processes.children(set(processes.children({leader}, table)), table)
+    return {pid: sum(cpu_ticks(pid)[:2]) / os.sysconf("SC_CLK_TCK") for pid in writers}
+
+
+def cpu_ticks(pid: int) -> tuple[int, ...]:
+    """A process's utime, stime, cutime and cstime in clock ticks (zeros once it has
+    exited: it was listed, then reaped)."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return (0, 0, 0, 0)
+    return tuple(int(value) for value in fields[11:15])
 
 
 def counted_in(links: Any, sample: list[Link], fold: bool = False) -> tuple[int, int]:
@@ -408,6 +428,8 @@ def summary(runs: list[Run]) -> list[dict[str, Any]]:
             if group and group[0].app_cpu_us is not None:
                 row[f"cpu_{mode}"] = statistics.median(
                     (r.app_cpu_us or 0) + (r.database_cpu_us or 0) for r in group)
+            if group and group[0].writers_cpu_us is not None:
+                row["writers_on"] = statistics.median(r.writers_cpu_us or 0 for r in group)
         if off and on:
             row["rps_ratio"] = round(row["rps_on"] / row["rps_off"], 3)
             row["p99_ratio"] = round(row["p99_on"] / row["p99_off"], 3)
@@ -446,8 +468,8 @@ def markdown(results: Results) -> str:
              f"{results.machine.get('load_after', ['?'])[0]} after)", "",
              "| contender | links | VISITS=off /s | VISITS=on /s | on / off | round by "
              "round | p99 off ms | p99 on ms | p99 on / off | round by round | CPU µs off "
-             "| CPU µs on | by CPU, on / off | counts exact | load |",
-             "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|---|"]
+             "| CPU µs on | of which writers | by CPU, on / off | counts exact | load |",
+             "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|---|"]
     for row in rows:
         def cell(key: str, digits: int = 0) -> str:
             return f"{row[key]:,.{digits}f}" if key in row else "-"
@@ -459,14 +481,17 @@ def markdown(results: Results) -> str:
                      f"{cell('rps_on')} | {cell('rps_ratio', 3)} | {spread('rps_ratio_rounds')} | "
                      f"{cell('p99_off', 2)} | {cell('p99_on', 2)} | {cell('p99_ratio', 3)} | "
                      f"{spread('p99_ratio_rounds')} | {cell('cpu_off', 1)} | "
-                     f"{cell('cpu_on', 1)} | {cell('cpu_ratio', 3)} | {exact} | "
+                     f"{cell('cpu_on', 1)} | {cell('writers_on', 1)} | "
+                     f"{cell('cpu_ratio', 3)} | {exact} | "
                      f"{row['load'][0]}-{row['load'][1]} |")
     lines += ["", "| contender | links | VISITS | round | redirects/s | p99 ms | CPU µs app "
-              "| CPU µs database | people sent | counted | bots sent | counted | errors | load |",
-              "|---|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
+              "| of which writers | CPU µs database | people sent | counted | bots sent | "
+              "counted | errors | load |",
+              "|---|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
     for run in results.runs:
         lines.append(f"| {run.contender} | {run.links:,} | {run.visits} | {run.round} | "
                      f"{run.rps:,.0f} | {run.p99_ms} | {run.app_cpu_us or '-'} | "
+                     f"{run.writers_cpu_us or '-'} | "
                      f"{run.database_cpu_us or '-'} | {run.warm_people + run.sent_people:,} | "
                      f"{'-' if run.counted_people is None else f'{run.counted_people:,}'} | "
                      f"{run.warm_bots + run.sent_bots:,} | "
