@@ -701,13 +701,14 @@ def main() -> None:
     """The visit writer, started by a worker's ``Recorder`` (``python -c "import visits;
     visits.main()"``): VISIT_WRITER says where the store is, stdin is the pipe from the
     worker. It exits when the pipe ends, after storing what it has: when its worker
-    exits, even by ``kill -9``. SIGTERM and SIGINT, which a stop may send the whole
-    process group, are its worker's to act on. Once started (the store opened, the
-    parsers loaded), it lowers its priority below the workers': on a busy machine its
-    flushes wait a little, and requests do not."""
+    exits, even by ``kill -9``. SIGTERM, SIGINT and SIGHUP, which a stop or a hangup
+    may send the whole process group (and the kernel sends a stopped writer whose
+    worker has exited, with SIGCONT), are its worker's to act on. Once started (the
+    store opened, the parsers loaded), it lowers its priority below the workers': on a
+    busy machine its flushes wait a little, and requests do not."""
     started = time.monotonic()
-    signal.signal(signal.SIGTERM, signal.SIG_IGN)
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    for stop in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+        signal.signal(stop, signal.SIG_IGN)
     logging.basicConfig(format="[visit writer %(process)d] %(levelname)s %(message)s")
     settings = json.loads(os.environ["VISIT_WRITER"])
     writer = Writer(reopen(settings["store"]))

@@ -6,13 +6,15 @@ PostgreSQL server the suite starts. tests/test_visits_server.py does it through 
 """
 from __future__ import annotations
 
+import contextlib
 import io
 import json
 import marshal  # nosec B403: what visits.Recorder sends its writer
 import os
 import random
 import signal
-import subprocess  # nosec B404: the Popen of a visit writer, for its type
+import subprocess  # nosec B404: visit writers, and a worker of a test
+import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -34,6 +36,7 @@ from linkstore.visits_postgres import (ADD_COUNTS_0004, ADD_COUNTS_0005, ADD_VIS
                                        PostgresVisits, add_counts_0005_parameters)
 from ops import processes
 from tests.helpers import CHROME_UA, FIREFOX_UA, eventually, everything_stored
+from tests.servers import REPO
 from visitors import BOT, Visit
 from visits import Batch, DayCount, Recorder, VisitStore
 
@@ -579,6 +582,67 @@ def test_a_closing_worker_whose_writer_takes_nothing_gives_up_what_the_pipe_cann
     Recorder._end(writer, 30)
     assert writer.returncode == 0
     assert file_visits.stats("abc").visits == counter._handed == counter._recorded - lost
+
+
+# A worker whose writer it stops, then fills the writer's pipe and exits gracefully.
+STOPPED_WRITER_WORKER = """
+import os, signal, sys
+from pathlib import Path
+import visits
+from linkstore.visits_file import FileVisits
+visits.CLOSE_SECONDS = 1.0
+visits.HANDOFF_SECONDS = 3600.0
+directory = Path(sys.argv[1])
+counter = visits.Recorder(FileVisits(directory / "visits"), flush_seconds=3600)
+environ = {"REQUEST_METHOD": "GET", "REMOTE_ADDR": "198.51.100.23", "HTTP_USER_AGENT": sys.argv[2]}
+counter.record("abc", environ)
+assert counter.flush() and counter._writer is not None
+os.kill(counter._writer.pid, signal.SIGSTOP)
+(directory / "writer").write_text(str(counter._writer.pid))
+for n in range(20_000):
+    counter.record("abc", dict(environ, HTTP_REFERER=f"https://example.com/{n:05}/{'x' * 100}"))
+counter.close()
+(directory / "handed").write_text(str(counter._handed))
+"""
+
+
+def test_a_stopped_writer_whose_worker_exits_stores_what_it_was_handed_once_continued(
+        tmp_path: Path, file_visits: FileVisits) -> None:
+    """The worker gives up what its stopped writer's pipe cannot hold, and exits. When a
+    process group is left orphaned with a stopped member, the kernel sends it SIGHUP,
+    then SIGCONT; so does this test (under pytest, a subreaper, the group is not
+    orphaned). The writer ignores the hangup (it is for the worker, like SIGTERM and
+    SIGINT), goes on, and stores every visit it was handed before it exits."""
+    directory = file_visits.dir.parent
+    with open(tmp_path / "worker.log", "w+") as log:  # not a pipe: the writer holds it
+        worker = subprocess.run(  # nosec B603: this interpreter, the script above
+            [sys.executable, "-c", STOPPED_WRITER_WORKER, str(directory), CHROME_UA],
+            cwd=REPO, env=dict(os.environ, PYTHONPATH=str(REPO)), timeout=60,
+            stdout=log, stderr=subprocess.STDOUT)
+        log.seek(0)
+        output = log.read()
+    assert worker.returncode == 0, output
+    assert "visits not handed off" in output
+    writer = int((directory / "writer").read_text())
+    try:
+        assert visits.stopped(writer)
+        os.kill(writer, signal.SIGHUP)
+        os.kill(writer, signal.SIGCONT)
+        eventually(lambda: not alive(writer), timeout=30)
+    finally:
+        if alive(writer):
+            os.kill(writer, signal.SIGKILL)
+        with contextlib.suppress(ChildProcessError):  # this process reaps it: a subreaper
+            os.waitpid(writer, 0)
+    handed = int((directory / "handed").read_text())
+    assert 1 < handed < 20_001
+    file_visits.fold()
+    assert file_visits.stats("abc").visits == handed
+
+
+def alive(pid: int) -> bool:
+    process = processes.process_table().get(pid)
+    return process is not None and not process.zombie
 
 
 def test_a_graceful_close_flushes_what_is_queued(file_visits: FileVisits) -> None:
