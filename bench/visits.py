@@ -369,11 +369,8 @@ def writers_cpu(leader: int) -> dict[int, float]:
 def cpu_ticks(pid: int) -> tuple[int, ...]:
     """A process's utime, stime, cutime and cstime in clock ticks (zeros once it has
     exited: it was listed, then reaped)."""
-    try:
-        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    except OSError:
-        return (0, 0, 0, 0)
-    return tuple(int(value) for value in fields[11:15])
+    fields = processes.stat_fields(pid)
+    return (0, 0, 0, 0) if fields is None else tuple(int(value) for value in fields[11:15])
 
 
 def counted_in(links: Any, sample: list[Link], fold: bool = False) -> tuple[int, int]:

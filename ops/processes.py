@@ -67,13 +67,21 @@ class Process:
     nice: int  # its nice value, -20 to 19
 
 
+def stat_fields(pid: int | str) -> list[str] | None:
+    """The fields of /proc/<pid>/stat after the command name, its state first (so
+    fields[11:15] are utime, stime, cutime and cstime); None once the process is gone."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except (OSError, IndexError):
+        return None
+
+
 def process_table() -> dict[int, Process]:
     """Every process on the machine, by pid."""
     table = {}
     for stat in Path("/proc").glob("[0-9]*/stat"):
-        try:
-            fields = stat.read_text().rsplit(")", 1)[1].split()
-        except (OSError, IndexError):
+        fields = stat_fields(stat.parent.name)
+        if fields is None:
             continue  # the process exited while we looked
         pid = int(stat.parent.name)
         table[pid] = Process(pid=pid, ppid=int(fields[1]), pgrp=int(fields[2]),
