@@ -1,8 +1,8 @@
 """What counting visits costs a redirect, measured side by side, and whether it counts right.
 
 Usage: python -m bench.visits [--sizes 100000,1000000] [--duration 10] [--rounds 7]
-       [--connections 16] [--workers 2] [--out bench/results] [--quick] [--no-postgres]
-       [--no-file]
+       [--connections 16] [--workers 2] [--pace-ms 5] [--out bench/results] [--quick]
+       [--no-postgres] [--no-file]
 
 For each size and backend (the JSON file; PostgreSQL when it is installed), the app runs
 with VISITS=off and with VISITS=on in turn, `rounds` times each, alternating which goes
@@ -14,6 +14,12 @@ worker's visit writer has started (once in a worker's life) before the measured 
 After each VISITS=on run the server is stopped gracefully (each worker hands off what
 it has, and its visit writer stores it) and the counts are read back from the store:
 they must equal what wrk sent, warm-up and run, people and bots, exactly.
+
+Each run above saturates the server (wrk sends the next request as soon as the answer
+comes). At the first size each backend also runs under a steady load ("steady load"
+contenders): each wrk connection waits `--pace-ms` after each answer, about 60 % of what
+the 2-core reference machine can serve, as a server in service runs. There the load is
+the same with counting on and off, and what counting costs shows in the p99 alone.
 
 At the first size, on the file, the nginx redirect cache (.platform/nginx, as deployed)
 with each way of counting: not counted (VISITS=off, the cache answers); counted from
@@ -83,6 +89,7 @@ class Run:
     app_cpu_us: float | None = None  # CPU per redirect: gunicorn, its final flush included
     database_cpu_us: float | None = None  # and PostgreSQL's, for the same redirects
     writers_cpu_us: float | None = None  # of app_cpu_us, the visit writers' in the run
+    pace_ms: float = 0.0  # each connection's wait after an answer; 0: saturated
 
     @property
     def exact(self) -> bool | None:
@@ -111,6 +118,9 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
                         "(default 7; with --quick 1)")
     parser.add_argument("--connections", type=int, default=16, help="wrk connections, 1-256")
     parser.add_argument("--workers", type=int, default=2, help="gunicorn sync workers, 1-16")
+    parser.add_argument("--pace-ms", type=float, default=5.0,
+                        help="a steady load's wait after each answer, per connection, 0-100 "
+                             "ms (default 5; 0 leaves the steady-load runs out)")
     parser.add_argument("--out", type=Path, default=Path("bench/results"),
                         help="where visits.json and visits.md go (default bench/results)")
     parser.add_argument("--quick", action="store_true", help="1,000 links, short runs")
@@ -124,9 +134,9 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     args.rounds = args.rounds or (1 if args.quick else 7)
     if not (all(1 <= s <= 2_000_000 for s in args.sizes) and 2 <= args.duration <= 60
             and 1 <= args.rounds <= 10 and 1 <= args.connections <= 256
-            and 1 <= args.workers <= 16):
+            and 1 <= args.workers <= 16 and 0 <= args.pace_ms <= 100):
         parser.error("--sizes 1-2,000,000, --duration 2-60, --rounds 1-10, "
-                     "--connections 1-256, --workers 1-16")
+                     "--connections 1-256, --workers 1-16, --pace-ms 0-100")
     if args.no_file and (args.no_postgres or not postgres.available()):
         parser.error("--no-file leaves PostgreSQL only, and it is "
                      + ("left out too" if args.no_postgres else "not installed"))
@@ -171,12 +181,18 @@ class VisitsBench:
             data.mkdir()
             os.link(base / "urls.json", data / "urls.json")
             return {"DATA_DIR": str(data)}
+
+        def in_file(env: dict[str, str]) -> tuple[int, int]:
+            return counted_in(open_url(Path(env["DATA_DIR"], "urls.json").as_uri()), sample,
+                              fold=True)
+        steady = [self.args.pace_ms] if count == self.args.sizes[0] and self.args.pace_ms else []
         if not self.args.no_file:
-            self.contender("file", count, sample, paths, file_env,
-                           lambda env: counted_in(open_url(Path(env["DATA_DIR"], "urls.json")
-                                                           .as_uri()), sample, fold=True))
+            self.contender("file", count, sample, paths, file_env, in_file)
             if count == self.args.sizes[0] and servers.nginx_available():
                 self.nginx(count, sample, paths, file_env)
+            for pace_ms in steady:
+                self.contender("file, steady load", count, sample, paths, file_env, in_file,
+                               pace_ms)
         if self.database is not None:
             self.log(f"loading {count:,} links into PostgreSQL")
             url, _ = postgres.load(self.database, count)
@@ -188,22 +204,31 @@ class VisitsBench:
                 data = base / run
                 data.mkdir()
                 return {"DATA_DIR": str(data), "DATABASE_URL": url}
+
+            def in_database(env: dict[str, str]) -> tuple[int, int]:
+                return counted_in(open_url(env["DATABASE_URL"]), sample)
             try:
-                self.contender("postgresql", count, sample, paths, database_env,
-                               lambda env: counted_in(open_url(env["DATABASE_URL"]), sample))
+                self.contender("postgresql", count, sample, paths, database_env, in_database)
+                for pace_ms in steady:
+                    self.contender("postgresql, steady load", count, sample, paths,
+                                   database_env, in_database, pace_ms)
             finally:
                 self.database.drop_database(f"links_{count}")
         shutil.rmtree(base)
 
     def contender(self, name: str, count: int, sample: list[Link], paths: Path,
                   env_for: Callable[[str], dict[str, str]],
-                  counted: Callable[[dict[str, str]], tuple[int, int]]) -> None:
+                  counted: Callable[[dict[str, str]], tuple[int, int]],
+                  pace_ms: float = 0.0) -> None:
         """VISITS=off and on, round after round, each measured in wall-clock time (wrk)
         and in CPU time: the server's, from just before the run until it has exited
         (its last flush included, and the whole life of the workers' visit writers,
         their start too), and the database's over the same span. Of the server's, the
         visit writers' own CPU in the run is shown apart: what counting costs outside
-        the workers (their last flush, at the stop, is not in it)."""
+        the workers (their last flush, at the stop, is not in it). With pace_ms, under
+        a steady load: each connection waits that long after each answer."""
+        script = SCRIPT if not pace_ms else self.steady_script(pace_ms)
+        most = self.args.connections * 1000 / pace_ms if pace_ms else float("inf")
         quota = 0
         for number in range(self.args.rounds):
             for mode in ("off", "on") if number % 2 == 0 else ("on", "off"):
@@ -212,11 +237,11 @@ class VisitsBench:
                 server = self.gunicorn(f"{name} VISITS={mode}", env | {"VISITS": mode})
                 try:
                     warm = self.warm(server, sample, paths, counting=mode == "on")
-                    quota = quota or self.quota(warm.rps)
+                    quota = quota or self.quota(min(warm.rps, most))
                     before = load1()
                     app_before, database_before = cpu_of(server.process.pid), self.database_cpu()
                     writers_before = writers_cpu(server.process.pid)
-                    load = self.load(server.base_url, paths, quota)
+                    load = self.load(server.base_url, paths, quota, script=script)
                     writers = sum(cpu - writers_before.get(pid, 0.0) for pid, cpu
                                   in writers_cpu(server.process.pid).items())
                 finally:
@@ -232,7 +257,14 @@ class VisitsBench:
                                 round(database / load.requests * 1e6, 1)
                                 if "DATABASE_URL" in env else None,
                                 round(writers / load.requests * 1e6, 1)
-                                if mode == "on" else None))
+                                if mode == "on" else None, pace_ms))
+
+    def steady_script(self, pace_ms: float) -> Path:
+        """visits.lua with a wait of pace_ms after each answer: wrk calls a script's
+        delay() before each request, and waits what it returns (ms)."""
+        script = self.tmp / "visits-steady.lua"
+        script.write_text(f"{SCRIPT.read_text()}\nfunction delay()\n  return {pace_ms:g}\nend\n")
+        return script
 
     def database_cpu(self) -> float:
         return cpu_of(self.database.process.pid) if self.database and self.database.process \
@@ -288,12 +320,13 @@ class VisitsBench:
         threads = min(2, self.args.connections)
         return max(1, int(rate * self.args.duration * COUNTED_SHARE / threads))
 
-    def load(self, base_url: str, paths: Path, quota: int, seconds: float | None = None) -> Load:
+    def load(self, base_url: str, paths: Path, quota: int, seconds: float | None = None,
+             script: Path = SCRIPT) -> Load:
         """A wrk run; its own CPU time is kept apart (wrk is a child of this process too)."""
         reaped = children_cpu()
         try:
             return run_wrk(base_url, paths, seconds or self.args.duration,
-                           self.args.connections, script=SCRIPT, script_args=[str(quota)])
+                           self.args.connections, script=script, script_args=[str(quota)])
         finally:
             self.wrk_cpu += children_cpu() - reaped
 
@@ -417,7 +450,8 @@ def summary(runs: list[Run]) -> list[dict[str, Any]]:
         row: dict[str, Any] = {"contender": contender, "links": links,
                                "load": [min(r.load1 for r in mine), max(r.load1 for r in mine)],
                                "exact": all(r.exact for r in mine if r.exact is not None)
-                               if any(r.exact is not None for r in mine) else None}
+                               if any(r.exact is not None for r in mine) else None,
+                               "steady": any(r.pace_ms for r in mine)}
         for mode, group in (("off", off), ("on", on)):
             if group:
                 row[f"rps_{mode}"] = statistics.median(r.rps for r in group)
@@ -449,8 +483,10 @@ def targets(rows: list[dict[str, Any]]) -> dict[str, Any]:
         if "rps_ratio" not in row:
             continue
         where = f"{row['contender']} at {row['links']:,} links"
-        judged[f"{where}: redirects/s on / off"] = {
-            "target": ">= 0.95", "measured": row["rps_ratio"], "met": row["rps_ratio"] >= 0.95}
+        if not row["steady"]:  # a steady load is the same on and off
+            judged[f"{where}: redirects/s on / off"] = {
+                "target": ">= 0.95", "measured": row["rps_ratio"],
+                "met": row["rps_ratio"] >= 0.95}
         judged[f"{where}: p99 on / off"] = {
             "target": "<= 1.1", "measured": row["p99_ratio"], "met": row["p99_ratio"] <= 1.1}
         judged[f"{where}: counts equal what was sent"] = {
@@ -462,7 +498,10 @@ def markdown(results: Results) -> str:
     rows = summary(results.runs)
     lines = [f"Visit counting, measured {results.machine['started_at']} "
              f"(load {results.machine['load_before'][0]} before, "
-             f"{results.machine.get('load_after', ['?'])[0]} after)", "",
+             f"{results.machine.get('load_after', ['?'])[0]} after)"
+             + "".join(f"; steady load: each wrk connection waits {pace:g} ms after each answer"
+                       for pace in sorted({r.pace_ms for r in results.runs if r.pace_ms})),
+             "",
              "| contender | links | VISITS=off /s | VISITS=on /s | on / off | round by "
              "round | p99 off ms | p99 on ms | p99 on / off | round by round | CPU µs off "
              "| CPU µs on | of which writers | by CPU, on / off | counts exact | load |",

@@ -27,8 +27,16 @@ def test_the_quick_visits_benchmark_counts_every_request_it_sent(tmp_path: Path)
     assert counted and all(run["exact"] for run in counted), counted
     assert all(run["errors"] == 0 and run["sent_people"] > 0 for run in results["runs"])
     assert {(run["contender"], run["visits"]) for run in results["runs"]} >= {
-        ("file", "off"), ("file", "on")}
-    assert "| file | 300 |" in (tmp_path / "visits.md").read_text()
+        ("file", "off"), ("file", "on"), ("file, steady load", "off"),
+        ("file, steady load", "on")}
+    steady = [run for run in results["runs"] if run["contender"] == "file, steady load"]
+    assert all(run["pace_ms"] == 5 for run in steady)
+    # paced by each connection's 5 ms wait after an answer: 4 connections, 800/s at most
+    assert steady and max(run["rps"] for run in steady) <= 800
+    text = (tmp_path / "visits.md").read_text()
+    assert "| file | 300 |" in text and "| file, steady load | 300 |" in text
+    assert "each wrk connection waits 5 ms after each answer" in text
+    assert not any("file, steady load: redirects/s" in name for name in results["targets"])
 
 
 def test_the_flush_benchmark_runs_and_all_three_schemas_count_alike(
