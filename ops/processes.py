@@ -67,6 +67,9 @@ class Process:
     nice: int  # its nice value, -20 to 19
 
 
+EXITED = ("Z", "X")  # the states of /proc/<pid>/stat of a process that has exited
+
+
 def stat_fields(pid: int | str) -> list[str] | None:
     """The fields of /proc/<pid>/stat after the command name, its state first (so
     fields[11:15] are utime, stime, cutime and cstime); None once the process is gone."""
@@ -74,6 +77,12 @@ def stat_fields(pid: int | str) -> list[str] | None:
         return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
     except (OSError, IndexError):
         return None
+
+
+def running(pid: int) -> bool:
+    """pid is a live process: listed in /proc, and not a zombie waiting to be reaped."""
+    fields = stat_fields(pid)
+    return fields is not None and fields[0] not in EXITED
 
 
 def process_table() -> dict[int, Process]:
@@ -86,7 +95,7 @@ def process_table() -> dict[int, Process]:
         pid = int(stat.parent.name)
         table[pid] = Process(pid=pid, ppid=int(fields[1]), pgrp=int(fields[2]),
                              session=int(fields[3]), started=int(fields[19]),
-                             zombie=fields[0] in ("Z", "X"), nice=int(fields[16]))
+                             zombie=fields[0] in EXITED, nice=int(fields[16]))
     return table
 
 

@@ -9,7 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from ops.processes import Graceful, group_leaders_below, group_members, members, spawn, stop
+from ops.processes import (Graceful, group_leaders_below, group_members, members, running,
+                           spawn, stop)
 
 # A leader that exits on SIGTERM, with a child that ignores SIGTERM and SIGQUIT (as an
 # nginx worker outlives a master killed with SIGKILL). The child may leave the leader's
@@ -42,15 +43,6 @@ def start_leader_with_stubborn_child(tmp_path: Path, child: str = "stay") -> tup
     return leader.pid, int(pid_file.read_text())
 
 
-def alive(pid: int) -> bool:
-    """pid runs (a zombie waiting to be reaped does not count)."""
-    try:
-        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
-    except FileNotFoundError:
-        return False
-    return state != "Z"
-
-
 def test_a_spawned_server_leads_its_own_process_group(tmp_path: Path) -> None:
     leader, child = start_leader_with_stubborn_child(tmp_path)
     try:
@@ -64,7 +56,7 @@ def test_stop_kills_members_that_ignore_the_graceful_signal(tmp_path: Path) -> N
     leader, child = start_leader_with_stubborn_child(tmp_path)
     stop(leader, graceful=(Graceful(signal.SIGTERM, 0.5),))
     assert group_members(leader) == []
-    assert not alive(child)
+    assert not running(child)
 
 
 def test_killing_only_the_leader_would_leave_the_child_running(tmp_path: Path) -> None:
@@ -101,7 +93,7 @@ def test_stop_kills_a_child_that_left_the_group_even_after_its_parent_exited(
     assert os.getpgid(child) != leader
     assert members(leader) == sorted([leader, child])
     stop(leader, graceful=(Graceful(signal.SIGTERM, 0.5),))  # the leader exits, the child not
-    assert not alive(child)
+    assert not running(child)
 
 
 def test_the_group_is_killed_even_when_a_graceful_step_fails(tmp_path: Path) -> None:
@@ -113,7 +105,7 @@ def test_the_group_is_killed_even_when_a_graceful_step_fails(tmp_path: Path) -> 
     with pytest.raises(OSError, match="stop command"):
         stop(leader, graceful=(Graceful(broken, 10.0),))
     assert members(leader) == []
-    assert not alive(child) and not alive(leader)
+    assert not running(child) and not running(leader)
 
 
 def test_the_servers_a_process_started_are_the_group_leaders_below_it(tmp_path: Path) -> None:

@@ -628,9 +628,9 @@ def test_a_stopped_writer_whose_worker_exits_stores_what_it_was_handed_once_cont
         assert visits.stopped(writer)
         os.kill(writer, signal.SIGHUP)
         os.kill(writer, signal.SIGCONT)
-        eventually(lambda: not alive(writer), timeout=30)
+        eventually(lambda: not processes.running(writer), timeout=30)
     finally:
-        if alive(writer):
+        if processes.running(writer):
             os.kill(writer, signal.SIGKILL)
         with contextlib.suppress(ChildProcessError):  # this process reaps it: a subreaper
             os.waitpid(writer, 0)
@@ -638,11 +638,6 @@ def test_a_stopped_writer_whose_worker_exits_stores_what_it_was_handed_once_cont
     assert 1 < handed < 20_001
     file_visits.fold()
     assert file_visits.stats("abc").visits == handed
-
-
-def alive(pid: int) -> bool:
-    process = processes.process_table().get(pid)
-    return process is not None and not process.zombie
 
 
 def test_a_graceful_close_flushes_what_is_queued(file_visits: FileVisits) -> None:
