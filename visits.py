@@ -59,7 +59,6 @@ DETAILS = {"referrer": "referrers", "browser": "browsers", "os": "systems",
            "device": "devices"}  # what a person's visit records, and its name in the stats
 CLOSE_AFTER_SECONDS = 3600  # a day's visitor hashes outlive it by this much: late flushes
 UNSAVED_PARTS = 3600  # parts of flushes kept while the store is down
-PART_ROWS = 500  # rows (tallies and visitor hashes) a write to the store
 PACE = 3.0  # a writer pauses 3 times as long as a write took: a quarter of a core at most
 STEP_SECONDS = 0.0005  # and works at most about this long (CPU) between pauses
 CHART_DAYS = 30
@@ -168,17 +167,18 @@ class Batch:
         """Visits and bots in this batch: what is lost if it is never stored."""
         return sum(tally.visits + tally.bots for tally in self.tallies.values())
 
-    def parts(self, rows: int) -> list[Batch]:
-        """This batch as batches of about `rows` rows each (a tally and each of its
-        visitor hashes being a row), each with an id of its own."""
+    def parts(self, rows: int, visitor_rows: float = 1.0) -> list[Batch]:
+        """This batch as batches of about `rows` rows each, each with an id of its own: a
+        tally counts as a row, and each of its visitor hashes as `visitor_rows` more."""
         parts = [Batch()]
-        size = 0
+        size = 0.0
         for key, tally in sorted(self.tallies.items()):
-            if size and size + 1 + len(tally.visitors) > rows:
+            rows_of = 1 + visitor_rows * len(tally.visitors)
+            if size and size + rows_of > rows:
                 parts.append(Batch())
-                size = 0
+                size = 0.0
             parts[-1].tallies[key] = tally
-            size += 1 + len(tally.visitors)
+            size += rows_of
         return [part for part in parts if part.tallies]
 
 
@@ -206,6 +206,10 @@ class VisitStore(Protocol):
     def salts(self, day: Day) -> dict[Day, bytes]:
         """The salts of day and of the day after, made if missing; every older salt is
         deleted. Every worker and instance gets the same salt for a day."""
+
+    def parts(self, batch: Batch) -> list[Batch]:
+        """A flush's batch cut into parts of one ``add`` each: a write of about a
+        millisecond of this store's work (``Batch.parts``)."""
 
     def add(self, batch: Batch) -> None:
         """Add a batch's counts in one write, all or nothing; StoreUnavailable if it
@@ -333,15 +337,19 @@ class Counting:
             if visitor is not None:
                 self.visitors_of.setdefault((code, day, kind), set()).add(visitor)
 
-    def batch(self) -> Batch:
-        """What was counted, as a batch."""
+    def batch(self, pace: Callable[[], None] = lambda: None) -> Batch:
+        """What was counted, as a batch; ``pace`` is called every 64 entries."""
         batch = Batch()
         days = {day: day_of(day) for _, day, _ in self.seen}
-        for (code, day, kind), times in self.seen.items():
+        for number, ((code, day, kind), times) in enumerate(self.seen.items()):
+            if not number % 64:
+                pace()
             visit = self.classified[kind]
             if visit.kind != "ignored":
                 batch.tally(code, days[day]).count(visit, times)
-        for (code, day, kind), found in self.visitors_of.items():
+        for number, ((code, day, kind), found) in enumerate(self.visitors_of.items()):
+            if not number % 64:
+                pace()
             if self.classified[kind].browser is not None:  # a person's, with details
                 batch.tally(code, days[day]).visitors |= found
         return batch
@@ -615,11 +623,12 @@ class Writer:
     """Stores the hits of one worker: every flush_seconds, and at the end.
 
     Each frame's hits are counted as it arrives, in steps (``Pace``), so that a flush
-    only stores. A flush goes to the store in parts of PART_ROWS rows, each one write,
-    with a pause after each (PACE times as long as the write took): the database's work
-    for a flush of thousands of visitors comes in pieces of a few milliseconds, not one
-    burst that a busy machine's requests would queue behind. A part the store cannot
-    take is kept, UNSAVED_PARTS at most, for the next flush."""
+    only adds them up (in steps too) and stores. It goes to the store in the parts the
+    store cuts (``VisitStore.parts``), each one write, with a pause after each (PACE
+    times as long as the write took): the store's work for a flush of thousands of
+    links comes in pieces of about a millisecond, not one burst that a busy machine's
+    requests would queue behind. A part the store cannot take is kept, UNSAVED_PARTS at
+    most, for the next flush."""
 
     def __init__(self, store: VisitStore) -> None:
         self.store = store
@@ -629,7 +638,7 @@ class Writer:
     def flush(self) -> bool:
         """Store what was handed off, and any part kept; True if nothing is left."""
         with collector_paused():
-            self._unsaved.extend(self.counting.batch().parts(PART_ROWS))
+            self._unsaved.extend(self.store.parts(self.counting.batch(Pace())))
             self.counting = Counting()
             while self._unsaved:
                 started = time.monotonic()

@@ -39,7 +39,7 @@ from linkstore.visits_postgres import (ADD_COUNTS, ADD_COUNTS_0004, ADD_COUNTS_0
                                        add_counts_parameters, count_columns)
 from ops.pgserver import PostgresServer
 from visitors import Device, Visit
-from visits import DETAILS, Tally
+from visits import DETAILS, Batch, Tally
 
 BROWSERS: list[tuple[str, str, Device]] = [
     ("Chrome", "Windows", "desktop"), ("Firefox", "Linux", "desktop"),
@@ -86,7 +86,7 @@ def store(conn: psycopg.Connection[Any], schema: str,
     elif schema == SCHEMAS[1]:
         conn.execute(ADD_COUNTS_0005.encode(), add_counts_0005_parameters(1, counted))
     else:
-        conn.execute(ADD_COUNTS.encode(), add_counts_parameters(2, counted))
+        conn.execute(ADD_COUNTS.encode(), (Batch().id, *add_counts_parameters(2, counted)))
 
 
 def timed(conn: psycopg.Connection[Any], schema: str,

@@ -52,6 +52,7 @@ log = logging.getLogger("shortener.visits")
 
 SHARDS = 16
 FOLD_SECONDS = 60.0
+PART_ROWS = 500  # tallies and visitor hashes (each a number in the line) an append
 
 
 def shard_of(code: str) -> int:
@@ -159,6 +160,9 @@ class FileVisits:
         return bytes.fromhex(path.read_text())
 
     # --- writing -------------------------------------------------------------------------
+
+    def parts(self, batch: Batch) -> list[Batch]:
+        return batch.parts(PART_ROWS)
 
     def add(self, batch: Batch) -> None:
         rows = [{"code": code, "day": day, **tally.to_json()}

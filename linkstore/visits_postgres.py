@@ -1,15 +1,16 @@
 """Visit counts in PostgreSQL, beside the links (tables: migrations/0003_visits.sql).
 
-- **Writing** (every flush): one transaction per batch. The batch's id goes into
-  ``visit_batches`` first, so a batch sent again after a lost connection (it may have
-  committed) is not counted twice. Then one ``INSERT ... SELECT FROM unnest(...) ON
-  CONFLICT DO UPDATE`` adds every (link, day) of the batch to the counters of this
-  worker's shard: visits, bots, details (arrays of keys and counts) and the visitors
-  (a sketch of their hashes, ORed into the row's, migration 0005; and the hashes
-  themselves while the row has no more than 64, migration 0006). Writers
-  take row locks only on their own shard's rows, so however hot a link is, no worker
-  waits for another's flush; rows go in sorted order, so two workers that share a shard
-  (16 shards, picked by host and process) wait briefly, never deadlock.
+- **Writing** (every flush, in parts of PART_ROWS rows): one statement per part, so
+  one round trip and one transaction. Its batch id goes into ``visit_batches`` first,
+  so a part sent again after a lost connection (it may have committed) adds nothing.
+  Then ``INSERT ... SELECT FROM unnest(...) ON CONFLICT DO UPDATE`` adds every (link,
+  day) of the part to the counters of this worker's shard: visits, bots, details
+  (arrays of keys and counts) and the visitors (a sketch of their hashes, ORed into the
+  row's, migration 0005; and the hashes themselves while the row has no more than 64,
+  migration 0006). Writers take row locks only on their own shard's rows, so however
+  hot a link is, no worker waits for another's flush; rows go in sorted order, so two
+  workers that share a shard (16 shards, picked by host and process) wait briefly,
+  never deadlock.
 - **Reading**: sums over the shards; a day's unique visitors are its distinct hashes
   if every shard's row still lists them, else its sketches ORed together: a visitor two
   workers saw counts once either way, and a few are counted exactly. What the release
@@ -39,15 +40,22 @@ from visits import DETAILS, Batch, Day, DayCount, Stats, Tally, add_days, closed
 
 SHARDS = 16
 MAINTAIN_SECONDS = 3600.0
+# A part of a flush is one statement: a (link, day) row costs the database about 30 µs,
+# the statement itself about 0.25 ms (docs/visits.md, "Cost"); a visitor hash adds to a
+# row's list of at most 64 and to its sketch, about a 64th of a row.
+PART_ROWS = 16
+VISITOR_ROWS = 1 / 64
 
-TAKE_BATCH = "INSERT INTO visit_batches (id) VALUES (%s) ON CONFLICT (id) DO NOTHING"
 # %b: the arrays go in binary, which halves the Python work of a flush (psycopg quotes
 # every element of a text-format array; docs/visits.md, "Cost"). A row's details come as
 # one string each, "kind:value" lines and comma-separated counts, split by the database;
 # its visitors as a sketch in hex and, while they are few, as comma-separated hashes. A
 # conflict adds the details by key, ORs the sketches and joins the lists (migrations
-# 0005 and 0006).
+# 0005 and 0006). The first parameter is the batch's id: a batch taken before (its
+# answer lost with the connection) adds no row.
 ADD_COUNTS = """
+WITH taken AS (
+    INSERT INTO visit_batches (id) VALUES (%s) ON CONFLICT (id) DO NOTHING RETURNING id)
 INSERT INTO visit_counts AS c (code, day, shard, visits, bots, private, detail_keys,
                                detail_counts, visitor_sketch, visitor_hashes)
 SELECT code, day, %s, visits, bots, private, string_to_array(keys, E'\\n'),
@@ -56,6 +64,7 @@ SELECT code, day, %s, visits, bots, private, string_to_array(keys, E'\\n'),
   FROM unnest(%b::text[], %b::text[]::date[], %b::bigint[], %b::bigint[], %b::bigint[],
               %b::text[], %b::text[], %b::text[], %b::text[])
        AS t(code, day, visits, bots, private, keys, counts, sketch, hashes)
+ WHERE EXISTS (SELECT FROM taken)
     ON CONFLICT (code, day, shard) DO UPDATE
    SET visits = c.visits + excluded.visits, bots = c.bots + excluded.bots,
        private = c.private + excluded.private,
@@ -195,16 +204,14 @@ class PostgresVisits:
             return {str(found): bytes(salt) for found, salt in rows}
         return self.links._call(work, retry=True)
 
-    def add(self, batch: Batch) -> None:
-        parameters = add_counts_parameters(self.shard(), sorted(batch.tallies.items()))
+    def parts(self, batch: Batch) -> list[Batch]:
+        return batch.parts(PART_ROWS, VISITOR_ROWS)
 
-        def work(conn: Connection) -> None:
-            with conn.transaction():
-                if conn.execute(TAKE_BATCH, (batch.id,)).rowcount == 0:
-                    return  # taken before: the commit happened, its answer was lost
-                conn.execute(ADD_COUNTS, parameters)
+    def add(self, batch: Batch) -> None:
+        parameters = (batch.id, *add_counts_parameters(self.shard(),
+                                                       sorted(batch.tallies.items())))
         # Retried on a new connection if the first was lost: the batch id makes it safe.
-        self.links._call(work, retry=True)
+        self.links._call(lambda conn: conn.execute(ADD_COUNTS, parameters), retry=True)
 
     def stats(self, code: str) -> Stats:
         def work(conn: Connection) -> tuple[list[Any], list[Any], list[Any]]:
@@ -251,7 +258,8 @@ class PostgresVisits:
 
 def add_counts_parameters(shard: int, counted: Sequence[tuple[tuple[str, Day], Tally]]
                           ) -> tuple[Any, ...]:
-    """ADD_COUNTS's parameters for tallies by (code, day), in the order given."""
+    """ADD_COUNTS's parameters after the batch id, for tallies by (code, day), in the
+    order given."""
     details = [detail_arrays(tally) for _, tally in counted]
     return (shard, *count_columns(counted), [keys for keys, _ in details],
             [counts for _, counts in details], [visitor_sketch(t.visitors) for _, t in counted],

@@ -125,6 +125,40 @@ def test_the_home_page_reads_the_visits_of_several_links_at_once(visit_store: Vi
         "one": 3, "two": 1, "bots-only": 0}
 
 
+def test_a_flush_of_many_links_is_stored_in_parts_that_add_up_to_it(
+        visit_store: VisitStore) -> None:
+    """Each store cuts a flush into writes of its own size (the file: 500 tallies and
+    hashes an append; PostgreSQL: 16 rows a statement); the parts hold every tally once,
+    each has an id of its own, and stored one by one they count the whole flush."""
+    flush = Batch()
+    for number in range(300):
+        tally = flush.tally(f"l{number:03d}", TODAY)
+        for visitor in range(3):
+            tally.count(CHROME)
+            tally.visitors.add(number * 10 + visitor)
+    parts = visit_store.parts(flush)
+    assert len(parts) > 1
+    assert sorted(key for part in parts for key in part.tallies) == sorted(flush.tallies)
+    assert len({part.id for part in parts}) == len(parts)
+    for part in parts:
+        visit_store.add(part)
+    assert visit_store.totals([f"l{number:03d}" for number in range(300)]) == {
+        f"l{number:03d}": 3 for number in range(300)}
+    assert visit_store.stats("l299").days == {TODAY: DayCount(3, 0, 3)}
+
+
+def test_a_batch_is_cut_into_parts_of_about_the_rows_asked() -> None:
+    """A tally is a row, and each of its visitor hashes `visitor_rows` more; a tally
+    larger than a part is a part of its own."""
+    flush = Batch()
+    for number in range(6):
+        flush.tally(f"l{number}", TODAY).visitors.update({1, 2, 3})
+    flush.tally("l9", TODAY).visitors.update(range(100))
+    assert [len(part.tallies) for part in flush.parts(8)] == [2, 2, 2, 1]
+    assert [len(part.tallies) for part in flush.parts(8, visitor_rows=1 / 64)] == [6, 1]
+    assert [len(part.tallies) for part in flush.parts(8, visitor_rows=0)] == [7]
+
+
 def test_every_worker_gets_the_same_salt_and_earlier_days_salts_are_deleted(
         visit_store: VisitStore, open_store: Callable[[], LinkStore],
         stored: Callable[[], bytes]) -> None:
