@@ -27,6 +27,7 @@ database's ``max_connections``.
 """
 from __future__ import annotations
 
+import math
 import os
 import secrets
 import socket
@@ -42,9 +43,11 @@ SHARDS = 16
 MAINTAIN_SECONDS = 3600.0
 # A part of a flush is one statement: a (link, day) row costs the database about 30 µs,
 # the statement itself about 0.25 ms (docs/visits.md, "Cost"); a visitor hash adds to a
-# row's list of at most 64 and to its sketch, about a 64th of a row.
+# row's list of at most 64 and to its sketch, about a 64th of a row. A flush of more
+# than MOST_PARTS parts goes in larger ones: each costs a round trip and a pause.
 PART_ROWS = 16
 VISITOR_ROWS = 1 / 64
+MOST_PARTS = 100
 
 # %b: the arrays go in binary, which halves the Python work of a flush (psycopg quotes
 # every element of a text-format array; docs/visits.md, "Cost"). A row's details come as
@@ -205,7 +208,8 @@ class PostgresVisits:
         return self.links._call(work, retry=True)
 
     def parts(self, batch: Batch) -> list[Batch]:
-        return batch.parts(PART_ROWS, VISITOR_ROWS)
+        return batch.parts(max(PART_ROWS, math.ceil(len(batch.tallies) / MOST_PARTS)),
+                           VISITOR_ROWS)
 
     def add(self, batch: Batch) -> None:
         parameters = (batch.id, *add_counts_parameters(self.shard(),

@@ -326,6 +326,20 @@ def test_a_batch_sent_again_after_a_lost_answer_is_counted_once(pg_links: Postgr
     assert (store.stats("abc").visits, store.stats("abc").bots) == (1, 1)
 
 
+def test_a_flush_of_many_links_goes_to_postgresql_in_larger_parts_not_more_of_them(
+        pg_links: PostgresStore) -> None:
+    """A part costs a round trip and a pause, so a flush of 10,000 links is not 625
+    parts of 16 (seconds of pauses) but about 100."""
+    flush = Batch()
+    for number in range(10_000):
+        flush.tally(f"l{number:05d}", TODAY).count(CHROME)
+    parts = PostgresVisits(pg_links).parts(flush)
+    assert len(parts) == 100
+    assert sum(len(part.tallies) for part in parts) == 10_000
+    assert [len(part.tallies) for part in PostgresVisits(pg_links).parts(batch(
+        *[(CHROME, visitor) for visitor in range(1000)]))] == [1]
+
+
 def test_one_hot_link_never_makes_one_workers_flush_wait_for_anothers(
         pg_links: PostgresStore, database_url: str) -> None:
     PostgresVisits(pg_links, shard=0).add(batch((CHROME, None)))
