@@ -58,7 +58,7 @@ log = logging.getLogger("shortener.visits")
 DETAILS = {"referrer": "referrers", "browser": "browsers", "os": "systems",
            "device": "devices"}  # what a person's visit records, and its name in the stats
 CLOSE_AFTER_SECONDS = 3600  # a day's visitor hashes outlive it by this much: late flushes
-UNSAVED_PARTS = 3600  # parts of flushes kept while the store is down
+UNSAVED_ROWS = 1_800_000  # tallies and visitor hashes kept while the store is down
 PACE = 3.0  # a writer pauses 3 times as long as a write took: a quarter of a core at most
 STEP_SECONDS = 0.0005  # and works at most about this long (CPU) between pauses
 CHART_DAYS = 30
@@ -166,6 +166,10 @@ class Batch:
     def counted(self) -> int:
         """Visits and bots in this batch: what is lost if it is never stored."""
         return sum(tally.visits + tally.bots for tally in self.tallies.values())
+
+    def rows(self) -> int:
+        """Its tallies and their visitor hashes: what it takes to keep in memory."""
+        return sum(1 + len(tally.visitors) for tally in self.tallies.values())
 
     def parts(self, rows: int, visitor_rows: float = 1.0) -> list[Batch]:
         """This batch as batches of about `rows` rows each, each with an id of its own: a
@@ -627,8 +631,8 @@ class Writer:
     store cuts (``VisitStore.parts``), each one write, with a pause after each (PACE
     times as long as the write took): the store's work for a flush of thousands of
     links comes in pieces of about a millisecond, not one burst that a busy machine's
-    requests would queue behind. A part the store cannot take is kept, UNSAVED_PARTS at
-    most, for the next flush."""
+    requests would queue behind. A part the store cannot take is kept for the next
+    flush, UNSAVED_ROWS at most (whatever the store's part size)."""
 
     def __init__(self, store: VisitStore) -> None:
         self.store = store
@@ -645,7 +649,7 @@ class Writer:
                 try:
                     self.store.add(self._unsaved[0])
                 except StoreUnavailable as exc:
-                    self._keep_at_most(UNSAVED_PARTS, exc)
+                    self._keep_at_most(UNSAVED_ROWS, exc)
                     return False
                 self._unsaved.popleft()
                 if self._unsaved:
@@ -708,10 +712,15 @@ class Writer:
         except Exception:  # the writer must outlive any surprise, or counting stops
             log.exception("visit flush failed; trying again at the next")
 
-    def _keep_at_most(self, batches: int, exc: StoreUnavailable) -> None:
+    def _keep_at_most(self, rows: int, exc: StoreUnavailable) -> None:
+        """Drop the oldest parts until those kept hold at most `rows` (``Batch.rows``): a
+        bound on memory whatever size of part the store cuts."""
         lost = 0
-        while len(self._unsaved) > batches:
-            lost += self._unsaved.popleft().counted()
+        kept = sum(part.rows() for part in self._unsaved)
+        while kept > rows:
+            part = self._unsaved.popleft()
+            kept -= part.rows()
+            lost += part.counted()
         log.warning("visit counts not stored yet (%s); %d parts kept for the next flush%s",
                     exc, len(self._unsaved), f", {lost} visits dropped" if lost else "")
 

@@ -531,6 +531,30 @@ def test_batches_wait_in_memory_while_the_store_is_down(tmp_path: Path) -> None:
     assert stats.days[TODAY].visitors == 0, "no salt could be kept: no visitor hashes"
 
 
+def test_a_writer_keeps_at_most_unsaved_rows_while_the_store_is_down(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+        caplog: pytest.LogCaptureFixture) -> None:
+    """The bound is in rows (tallies and visitor hashes), not parts, so a store that
+    cuts small parts keeps as much as one that cuts large ones; the oldest go first,
+    and the log says how many visits."""
+    monkeypatch.setattr(visits, "UNSAVED_ROWS", 20)
+    data_dir = tmp_path / "not-mounted-yet"
+    store = FileVisits(data_dir / "visits")
+    writer = visits.Writer(store)
+    day = int(NOW // DAY)
+    for flush in range(3):  # 5 links, a visitor each: 10 rows a flush
+        writer.take(marshal.dumps([(f"f{flush}-{n}", day, "GET", CHROME_UA, None, False, n)
+                                   for n in range(5)]))
+        assert not writer.flush()
+    assert [message.split("); ")[-1] for message in caplog.messages] == [
+        "1 parts kept for the next flush", "2 parts kept for the next flush",
+        "2 parts kept for the next flush, 5 visits dropped"]
+    data_dir.mkdir()
+    assert writer.flush()
+    codes = [f"f{flush}-{n}" for flush in range(3) for n in range(5)]
+    assert store.totals(codes) == {code: 1 for code in codes[5:]}
+
+
 def test_a_worker_whose_writer_takes_nothing_holds_at_most_max_queued_hits(
         file_visits: FileVisits, monkeypatch: pytest.MonkeyPatch,
         caplog: pytest.LogCaptureFixture) -> None:
