@@ -296,9 +296,9 @@ class Pace:
     50 µs (64 hits) behind a writer, not a step. The pauses spread the writer's work over
     the interval on a saturated machine; CPU time, not the clock, so that a writer kept
     waiting does not also pause longer for it. (docs/visits.md, "Cost": under a steady
-    load the file's p99 on ÷ off was 1.06 to 1.18 with the steps alone, 1.00 to 1.03
+    load the file's p99 on ÷ off was 1.06 to 1.18 with the steps alone, 1.00 to 1.16
     giving way; PostgreSQL's, where the database's share remains, 1.02 to 1.23, then
-    0.99 to 1.27, then 1.09.)"""
+    0.99 to 1.31.)"""
 
     def __init__(self) -> None:
         self.started = time.thread_time()
