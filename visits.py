@@ -123,6 +123,11 @@ class Tally:
             self.details[kind].update(counts)
         self.visitors |= other.visitors
 
+    def rows(self, visitor_rows: float = 1.0) -> float:
+        """Its size for cutting a flush into parts: a row, and `visitor_rows` more for
+        each visitor hash."""
+        return 1 + visitor_rows * len(self.visitors)
+
     def count(self, visit: Visit, times: int = 1) -> None:
         """Add a classified visit (not an ignored one), seen `times` times."""
         if visit.kind == "bot":
@@ -167,9 +172,10 @@ class Batch:
         """Visits and bots in this batch: what is lost if it is never stored."""
         return sum(tally.visits + tally.bots for tally in self.tallies.values())
 
-    def rows(self) -> int:
-        """Its tallies and their visitor hashes: what it takes to keep in memory."""
-        return sum(1 + len(tally.visitors) for tally in self.tallies.values())
+    def rows(self, visitor_rows: float = 1.0) -> float:
+        """Its tallies and their visitor hashes (``Tally.rows``): what it takes to keep
+        in memory."""
+        return sum(tally.rows(visitor_rows) for tally in self.tallies.values())
 
     def parts(self, rows: int, visitor_rows: float = 1.0) -> list[Batch]:
         """This batch as batches of about `rows` rows each, each with an id of its own: a
@@ -177,7 +183,7 @@ class Batch:
         parts = [Batch()]
         size = 0.0
         for key, tally in sorted(self.tallies.items()):
-            rows_of = 1 + visitor_rows * len(tally.visitors)
+            rows_of = tally.rows(visitor_rows)
             if size and size + rows_of > rows:
                 parts.append(Batch())
                 size = 0.0
