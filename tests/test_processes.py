@@ -14,20 +14,21 @@ from ops.processes import (Graceful, group_leaders_below, group_members, members
 
 # A leader that exits on SIGTERM, with a child that ignores SIGTERM and SIGQUIT (as an
 # nginx worker outlives a master killed with SIGKILL). The child may leave the leader's
-# process group first (argv[2]: "stay", "setpgid" or "setsid").
+# process group first (argv[2]: "stay", "setpgid" or "setsid"). The child writes its
+# pid once it has left and ignores the signals: written by the parent, a test could
+# see it before the child's setsid (CI once did).
 LEADER = """
 import os, signal, sys, time
-child = os.fork()
-if child == 0:
+if os.fork() == 0:
     if sys.argv[2] == "setpgid":
         os.setpgid(0, 0)
     elif sys.argv[2] == "setsid":
         os.setsid()
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
     signal.signal(signal.SIGQUIT, signal.SIG_IGN)
+    open(sys.argv[1], "w").write(str(os.getpid()))
     while True:
         time.sleep(1)
-open(sys.argv[1], "w").write(str(child))
 while True:
     time.sleep(1)
 """
