@@ -79,6 +79,7 @@ torture: $(VENV)/.dev
 bench: $(VENV)/.dev
 	$(BIN)/python -m bench
 	$(BIN)/python -m bench.visits
+	$(BIN)/python -m bench.visit_parts
 	$(BIN)/python -m bench.pg_details
 
 # Release a good version and one bad version of each failure class (A-E) through real

@@ -150,6 +150,8 @@ def load1() -> float:
 class VisitsBench:
     """One run of the benchmark: a temporary directory, the settings, the runs so far."""
 
+    target = "application:application"  # what gunicorn serves (bench.visit_parts: another)
+
     def __init__(self, args: argparse.Namespace, tmp: Path,
                  database: PostgresServer | None) -> None:
         self.args, self.tmp, self.database = args, tmp, database
@@ -273,7 +275,7 @@ class VisitsBench:
     def gunicorn(self, name: str, env: dict[str, str]) -> servers.Server:
         environment = {"CREATE_RATE_LIMIT": "off", "SECRET_KEY": secrets.token_hex(16),
                        "APP_VERSION": "bench", "TRUSTED_PROXY_HOPS": "1"} | env
-        server = servers.start_gunicorn(name, "application:application", self.args.workers,
+        server = servers.start_gunicorn(name, self.target, self.args.workers,
                                         self.tmp, self.tmp / f"{name.replace(' ', '-')}.log",
                                         environment)
         try:

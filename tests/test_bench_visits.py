@@ -51,3 +51,25 @@ def test_the_flush_benchmark_runs_and_all_three_schemas_count_alike(
     text = (tmp_path / "pg_details.md").read_text()
     assert "| new rows |" in text and "| onto them |" in text
     assert "All three counted the same details" in text
+
+
+@pytest.mark.skipif(shutil.which("wrk") is None, reason="wrk is not installed "
+                    "(apt-get install wrk); the benchmark cannot run without it")
+def test_the_parts_benchmark_runs_every_variant_and_the_cut_ones_start_no_writer(
+        tmp_path: Path) -> None:
+    """bench.visit_parts, one short round on the file: every variant answered without an
+    error, and only "on" ran visit writers (one a worker): the cut ones hand nothing on."""
+    done = subprocess.run(  # nosec B603
+        [sys.executable, "-m", "bench.visit_parts", "--links", "300", "--rounds", "1",
+         "--duration", "2", "--backends", "file", "--out", str(tmp_path)],
+        cwd=REPO, capture_output=True, text=True, timeout=300, check=False)
+    assert done.returncode == 0, done.stderr[-3000:]
+    text = (tmp_path / "visit_parts.md").read_text()
+    rows = [line.split(" | ") for line in text.splitlines() if line.startswith("| file | ")]
+    summary = {row[1]: row for row in rows if len(row) == 10}
+    assert set(summary) == {"off", "on", "on, recorded, dropped", "on, sent to /dev/null"}
+    assert all(row[8] == "0" and float(row[2].replace(",", "")) > 0
+               for row in summary.values()), summary
+    assert {name: row[9] for name, row in summary.items()} == {
+        "off": "0 |", "on": "2 |", "on, recorded, dropped": "0 |",
+        "on, sent to /dev/null": "0 |"}
