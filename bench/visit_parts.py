@@ -21,7 +21,6 @@ checks them). docs/visits.md, "Where the tail comes from", has the method and fi
 from __future__ import annotations
 
 import argparse
-import os
 import shutil
 import statistics
 import sys
@@ -31,14 +30,11 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-import psycopg
-
 from bench import postgres
 from bench.data import sample_of, write_links
 from bench.loadgen import LoadError, wrk_path
 from bench.servers import ServerError, stopped_at_exit
-from bench.visits import VisitsBench, load1, parse_args as visits_args
-from ops import processes
+from bench.visits import VisitsBench, load1, parse_args as visits_args, run_env, writers_cpu
 from ops.pgserver import ServerUnavailable
 
 PART_VARIABLE = "BENCH_VISIT_PART"  # read by bench.visit_parts_app, in each worker
@@ -73,24 +69,17 @@ class PartsBench(VisitsBench):
         url = postgres.load(self.database, links)[0] if self.database else ""
         rounds, quota, names = [], 0, list(VARIANTS)
         for number in range(self.args.rounds):
-            for variant in names[number % 4:] + names[:number % 4]:
+            turn = number % len(names)
+            for variant in names[turn:] + names[:turn]:
                 run = f"{name}-{variant.replace('/', '').replace(',', '').replace(' ', '-')}"
-                data = base / f"{run}-{number}"
-                data.mkdir()
-                if url:
-                    with psycopg.connect(url, autocommit=True) as conn:  # fresh counts
-                        conn.execute("TRUNCATE visit_counts, visit_visitors, "
-                                     "visit_unique_days, visit_batches")
-                else:
-                    os.link(base / "urls.json", data / "urls.json")
-                env = {"DATA_DIR": str(data)} | ({"DATABASE_URL": url} if url else {})
+                env = run_env(base, f"{run}-{number}", url)
                 server = self.gunicorn(run, env | VARIANTS[variant])
                 try:
                     warm = self.warm(server, sample, paths, counting=variant == "on")
                     quota = quota or self.quota(warm.rps)
                     before = load1()
                     load = self.load(server.base_url, paths, quota)
-                    writers = visit_writers(server.process.pid)
+                    writers = len(writers_cpu(server.process.pid))
                 finally:
                     server.stop()
                 rounds.append(Round(name, variant, number + 1, load.rps, load.p99_ms,
@@ -100,12 +89,6 @@ class PartsBench(VisitsBench):
         if self.database:
             self.database.drop_database(f"links_{links}")
         return rounds
-
-
-def visit_writers(master: int) -> int:
-    """The children of a gunicorn master's workers: their visit writers."""
-    table = processes.process_table()
-    return len(processes.children(set(processes.children({master}, table)), table))
 
 
 def markdown(rounds: list[Round], links: int, started: str) -> str:

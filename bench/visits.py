@@ -179,10 +179,7 @@ class VisitsBench:
         self.log(f"{count:,} links written")
 
         def file_env(run: str) -> dict[str, str]:
-            data = base / run
-            data.mkdir()
-            os.link(base / "urls.json", data / "urls.json")
-            return {"DATA_DIR": str(data)}
+            return run_env(base, run)
 
         def in_file(env: dict[str, str]) -> tuple[int, int]:
             return counted_in(open_url(Path(env["DATA_DIR"], "urls.json").as_uri()), sample,
@@ -200,12 +197,7 @@ class VisitsBench:
             url, _ = postgres.load(self.database, count)
 
             def database_env(run: str) -> dict[str, str]:
-                with psycopg.connect(url, autocommit=True) as conn:  # fresh counts
-                    conn.execute("TRUNCATE visit_counts, visit_visitors, visit_unique_days, "
-                                 "visit_batches")
-                data = base / run
-                data.mkdir()
-                return {"DATA_DIR": str(data), "DATABASE_URL": url}
+                return run_env(base, run, url)
 
             def in_database(env: dict[str, str]) -> tuple[int, int]:
                 return counted_in(open_url(env["DATABASE_URL"]), sample)
@@ -377,6 +369,20 @@ class VisitsBench:
                                 load.p99_ms, load.errors + load.bad_status,
                                 load.sent["people"], load.sent["bots"], people, bots, before,
                                 warm.sent["people"], warm.sent["bots"]))
+
+
+def run_env(base: Path, run: str, url: str = "") -> dict[str, str]:
+    """The environment of one run on fresh counts: a data directory of its own under
+    base, holding base's links file (hard-linked) or, with a database URL, beside that
+    database's links with its visit counts emptied."""
+    data = base / run
+    data.mkdir()
+    if not url:
+        os.link(base / "urls.json", data / "urls.json")
+        return {"DATA_DIR": str(data)}
+    with psycopg.connect(url, autocommit=True) as conn:
+        conn.execute("TRUNCATE visit_counts, visit_visitors, visit_unique_days, visit_batches")
+    return {"DATA_DIR": str(data), "DATABASE_URL": url}
 
 
 def children_cpu() -> float:
