@@ -736,7 +736,8 @@ def serve(link: Link, after_post: bool = False) -> ResponseReturnValue:
         if counted is None:
             return gone(store().current(link.code) or link, fallback="limit_reached")
         link = counted
-    cacheable = link.plain and not count_visit(link.code)
+    counting = count_visit(link.code)  # every link's, not only a plain one's
+    cacheable = link.plain and not counting
     if link.url is None:
         response = send_upload(link.file or "", link.name)
         if not cacheable:

@@ -77,6 +77,26 @@ def test_an_uploaded_file_is_counted_on_the_flask_path(
     assert page.status_code == 200 and "the file hello.txt" in page.text
 
 
+def test_visits_to_links_that_expire_are_limited_or_ask_for_a_password_are_counted(
+        app: Flask, client: FlaskClient) -> None:
+    """Flask's path counts every link it redirects: until this test, a link that could
+    stop or asked for a password was served and never counted (its stats said 0)."""
+    for code, fields in (("ends", {"expires_at": "2999-01-01T00:00:00+00:00"}),
+                         ("limited", {"max_visits": 5}), ("locked", {"password": "open sesame"})):
+        assert client.post("/api/links", json={"url": "https://example.com/", "code": code,
+                                               **fields}).status_code == 201
+    follow(client, "ends", User_Agent=CHROME_UA)
+    follow(client, "limited", User_Agent=IPHONE)
+    page = client.get("/locked")
+    token = re.search(r'name="csrf_token" value="([^"]+)"', page.text)
+    assert token and client.post("/locked/password", data={
+        "csrf_token": token.group(1), "password": "open sesame"}).status_code == 302
+    flushed(app)
+    assert [(stats_of(client, code)["visits"], stats_of(client, code)["browsers"])
+            for code in ("ends", "limited", "locked")] == [
+        (1, {"Chrome": 1}), (1, {"Mobile Safari": 1}), (1, {"Chrome": 1})]
+
+
 @pytest.mark.parametrize("path", ["/api/links/nothing/stats", "/nothing+"])
 def test_the_stats_of_an_unknown_code_are_a_404(client: FlaskClient, path: str) -> None:
     response = client.get(path)
