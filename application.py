@@ -29,8 +29,9 @@ from typing import Any
 from urllib.parse import urlsplit
 
 import segno
-from flask import (Blueprint, Flask, current_app, jsonify, make_response, redirect,
-                   render_template, request, send_file, send_from_directory, session, url_for)
+from flask import (Blueprint, Flask, after_this_request, current_app, jsonify, make_response,
+                   redirect, render_template, request, send_file, send_from_directory, session,
+                   url_for)
 from flask.sessions import SecureCookieSessionInterface
 from flask.typing import ResponseReturnValue
 from flask_limiter import Limiter
@@ -43,6 +44,7 @@ from werkzeug.middleware.proxy_fix import ProxyFix
 from werkzeug.urls import iri_to_uri
 from werkzeug.utils import secure_filename
 from werkzeug.wrappers import Response
+from werkzeug.wsgi import ClosingIterator
 
 import visitors
 import visits
@@ -526,11 +528,20 @@ def report_store() -> ReportStore:
 
 
 def count_visit(code: str) -> bool:
-    """Hand this request to the visit counter; False when visits are not counted."""
+    """Hand this request to the visit counter; False when visits are not counted. A
+    counter due to hand its queue off does so once the response has gone."""
     recorder: visits.Recorder | None = current_app.extensions["visits"]
-    if recorder is not None:
-        recorder.record(code, request.environ)
-    return recorder is not None
+    if recorder is None:
+        return False
+    recorder.record(code, request.environ)
+    if recorder.due():
+        hand_off = recorder.hand_off_after_response
+
+        @after_this_request
+        def after_response(response: Response) -> Response:
+            response.call_on_close(hand_off)
+            return response
+    return True
 
 
 def short_url(code: str) -> str:
@@ -1203,9 +1214,13 @@ class FastRedirects:
                 except Exception:  # Flask looks again, then logs and shows its error page
                     link = None
                 if link is not None and link.url is not None and link.plain:
-                    if self.counter is not None:
-                        self.counter.record(code, environ)
-                    return self.redirect(link.url, environ, start_response)
+                    body = self.redirect(link.url, environ, start_response)
+                    if self.counter is None:
+                        return body
+                    self.counter.record(code, environ)
+                    if self.counter.due():  # once the answer has gone
+                        return ClosingIterator(body, self.counter.hand_off_after_response)
+                    return body
         return self.app(environ, start_response)
 
     def redirect(self, url: str, environ: dict[str, Any], start_response: Any) -> list[bytes]:

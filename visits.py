@@ -6,14 +6,16 @@ did, a keyed hash of the address and User-Agent with the day's salt, in a queue 
 memory. The address never enters the queue; nothing is parsed and nothing is written
 while the redirect is answered.
 
-Once a second a thread of the worker hands the queue over a pipe to the worker's visit
-writer, a child process (``Writer``, ``main``), which every ``VISITS_FLUSH_SECONDS``
-(and when the pipe ends) makes each distinct request a ``visitors.Hit``, classifies it
-(``visitors.classify``) once, adds the hits up per link and day into a ``Batch``, and
-hands the batch to the ``VisitStore`` in one write. A store that cannot take it keeps it
-for the next flush. So a worker killed with ``kill -9`` loses at most a second of hits
-(its writer stores the rest), a writer killed so at most one flush interval's, and
-neither ever loses a link: visits are kept apart from the links.
+Once a second the queue goes over a pipe to the worker's visit writer, a child process
+(``Writer``, ``main``): handed off by the request thread once a response has gone
+(``Recorder.hand_off_after_response``), or by a thread of the worker when no request
+came. Every ``VISITS_FLUSH_SECONDS`` (and when the pipe ends) the writer makes each
+distinct request a ``visitors.Hit``, classifies it (``visitors.classify``) once, adds
+the hits up per link and day into a ``Batch``, and hands the batch to the
+``VisitStore`` in one write. A store that cannot take it keeps it for the next flush.
+So a worker killed with ``kill -9`` loses at most a second of hits (its writer stores
+the rest), a writer killed so at most one flush interval's, and neither ever loses a
+link: visits are kept apart from the links.
 
 The stores, beside the links of each backend: ``linkstore/visits_file.py`` (a log per
 worker beside the links file, folded into totals) and ``linkstore/visits_postgres.py``
@@ -387,7 +389,8 @@ class Recorder:
     database's upsert), and a thread doing it in the worker holds the GIL that the
     worker's requests need; their p99 doubled during flushes (docs/visits.md, "Cost").
     The worker's own share: queueing a tuple, and once a second a marshal.dumps and a
-    write to the pipe."""
+    write to the pipe, after a response (``hand_off_after_response``), or on the
+    worker's second thread when no request came for a second."""
 
     def __init__(self, store: VisitStore, flush_seconds: float) -> None:
         self.store = store
@@ -396,11 +399,13 @@ class Recorder:
         # Bounded: if the writer takes nothing (stopped, or its pipe full while a flush
         # waits on the store), the oldest hits go, and a log line says how many.
         self._hits: deque[Queued] = deque(maxlen=MAX_QUEUED)
+        self._next_hand_off = time.monotonic() + self.handoff_seconds
         self._recorded = 0  # hits appended to _hits, ever
         self._handed = 0  # hits written to a writer, ever
         self._dropped_logged = 0
         self._salts: dict[int, bytes] = {}
         self._writer: subprocess.Popen[bytes] | None = None  # started at the first hand-off
+        self._rest = b""  # of a frame the writer's pipe took only part of (_write_now)
         self._pipe_lock = threading.Lock()
         self._closing = threading.Event()
         self._closed = False
@@ -431,10 +436,40 @@ class Recorder:
         """Hits that fell off the queue's far end before a writer took them."""
         return self._recorded - self._handed - len(self._hits)
 
+    def due(self) -> bool:
+        """Whether the queue is due to be handed off: a hand-off interval since the last."""
+        return time.monotonic() >= self._next_hand_off
+
     def hand_off(self) -> None:
         """Send what the queue holds to the writer, CHUNK hits a frame."""
         with self._pipe_lock:
             self._hand_off()
+
+    def hand_off_after_response(self) -> None:
+        """The hand-off of a busy worker: in the request thread, once a response has
+        gone (its WSGI ``close``), when one is due (``application`` calls it).
+
+        On the second thread, the hand-off took the GIL in the middle of requests, a
+        frame at a time (a ``marshal.dumps`` of 500 hits, about 100 µs), and on a
+        saturated machine the request thread then waited for a core as well as for the
+        GIL, a queue of requests behind it. Between requests only the next connection
+        waits, once a second. Measured side by side, saturated, counting's p99 on ÷ off
+        was 1.08 to 1.14 that way and 1.05 to 1.11 this way (docs/visits.md, "The
+        hand-off after the response").
+
+        It never waits and never raises (a response's close must not): when the thread
+        is handing off, it does nothing, and what the writer's pipe has no room for
+        waits for the next hand-off (the thread's, if no request comes: its wait on a
+        full pipe stops no request). It starts the writer when there is none yet."""
+        if self._closing.is_set() or not self._pipe_lock.acquire(blocking=False):
+            return
+        try:
+            self._hand_off(waits=False)
+        except Exception:  # the response has gone: the thread tries again
+            log.exception("visit hand-off after a response failed; the hand-off thread "
+                          "tries again")
+        finally:
+            self._pipe_lock.release()
 
     def flush(self) -> bool:
         """Hand off, and wait until the writer has tried to store everything; True if
@@ -482,32 +517,73 @@ class Recorder:
 
     # --- the pipe to the writer ----------------------------------------------------------
 
-    def _hand_off(self, deadline: float | None = None) -> None:
+    def _hand_off(self, deadline: float | None = None, waits: bool = True) -> None:
+        """Frame the queue, CHUNK hits at a time, and send it, after the rest of a frame
+        the pipe took only part of. waits=False: a write that cannot wait for the pipe
+        (``_write_now``); what it has no room for waits for the next hand-off."""
+        self._next_hand_off = time.monotonic() + self.handoff_seconds
+        if not waits:
+            stdin = pipes(self._running_writer())[0].fileno()
+            if self._rest and not self._write_now(stdin, self._rest):
+                return
         while self._hits:
             hits = [self._hits.popleft() for _ in range(min(CHUNK, len(self._hits)))]
-            self._send(framed(hits), deadline)
-            self._handed += len(hits)
+            if waits:
+                self._send(framed(hits), deadline)
+                self._handed += len(hits)
+            else:
+                try:
+                    taken = self._write_now(stdin, framed(hits))
+                except OSError:  # the writer died: the thread starts another, sends them
+                    self._hits.extendleft(reversed(hits))
+                    raise
+                self._handed += len(hits)  # the pipe has taken them, or has the rest
+                if not taken:
+                    return
+        if self._rest and waits:
+            self._send(b"", deadline)
+
+    def _write_now(self, stdin: int, data: bytes) -> bool:
+        """Write what the writer's pipe takes of data now; keep the rest (``_rest``) to
+        go first at the next hand-off. True if it took it all. The lock is held: no
+        other write to the pipe waits meanwhile on the non-blocking pipe."""
+        os.set_blocking(stdin, False)
+        try:
+            written = os.write(stdin, data)
+        except BlockingIOError:  # full
+            written = 0
+        finally:
+            os.set_blocking(stdin, True)
+        self._rest = data[written:]
+        return not self._rest
+
+    def _running_writer(self) -> subprocess.Popen[bytes]:
+        """The writer, started if there is none or it has died (the counts it had not
+        stored yet are lost: at most one flush interval's, and the rest of a frame its
+        pipe had taken part of)."""
+        if self._writer is None or self._writer.poll() is not None:
+            if self._writer is not None:
+                log.warning("visit writer %d exited with %s; starting another, the "
+                            "visits it had not stored are lost", self._writer.pid,
+                            self._writer.returncode)
+                self._end(self._writer, 0)
+            self._writer, self._rest = self._start_writer(), b""
+        return self._writer
 
     def _send(self, frame: bytes, deadline: float | None = None) -> None:
-        """Write a frame to the writer, starting one if there is none or it has died (the
-        counts it had not stored yet are lost: at most one flush interval's). With a
-        deadline (a time.monotonic() value), WriterStuck if the frame is not all written
-        by then."""
+        """Write a frame to the running writer (``_running_writer``), after the rest of
+        one its pipe took part of. With a deadline (a time.monotonic() value),
+        WriterStuck if it is not all written by then."""
         for attempt in range(2):
-            if self._writer is None or self._writer.poll() is not None:
-                if self._writer is not None:
-                    log.warning("visit writer %d exited with %s; starting another, the "
-                                "visits it had not stored are lost", self._writer.pid,
-                                self._writer.returncode)
-                    self._end(self._writer, 0)
-                self._writer = self._start_writer()
-            stdin, _ = pipes(self._writer)
+            stdin, _ = pipes(self._running_writer())
+            data = self._rest + frame
             try:
                 if deadline is None:
-                    stdin.write(frame)
+                    stdin.write(data)
                     stdin.flush()
                 else:
-                    write_by(stdin.fileno(), frame, deadline)
+                    write_by(stdin.fileno(), data, deadline)
+                self._rest = b""
                 return
             except OSError:  # it died after poll(): the next round starts another
                 if attempt:
@@ -577,10 +653,11 @@ class Recorder:
 
     def _run(self) -> None:
         visitors.classify(WARM_UP)  # for visit-limited links: parsers loaded here, not in a request
-        while not self._closing.wait(self.handoff_seconds):
+        while not self._closing.wait(max(self._next_hand_off - time.monotonic(), 0.001)):
             try:
                 self._keep_salts()
-                self.hand_off()
+                if self.due():  # not handed off after a response since: an idle worker
+                    self.hand_off()
                 self._log_dropped()
             except Exception:  # the thread must outlive any surprise, or counting stops
                 log.exception("visit hand-off failed; trying again in %g s",

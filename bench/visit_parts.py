@@ -11,8 +11,8 @@ with the patch that BENCH_VISIT_PART names):
 
 - "recorded, dropped": each redirect is recorded as always (``Recorder.record``), and
   each hand-off empties the queue instead of sending it: no frames, no visit writer.
-- "sent to /dev/null": each hand-off frames the hits as always and writes them to
-  /dev/null: no visit writer.
+- "sent to /dev/null": each hand-off frames the hits and writes them as always, to a
+  stand-in writer whose pipe is /dev/null: no visit writer.
 - "on": the hand-off sends them to the worker's visit writer, which counts and stores.
 
 The first two count nothing, on purpose, so no counts are checked here (bench.visits

@@ -564,6 +564,43 @@ def test_a_writer_keeps_at_most_unsaved_rows_while_the_store_is_down(
     assert store.totals(codes) == {code: 1 for code in codes[5:]}
 
 
+def test_a_hand_off_after_a_response_never_waits_on_a_writer_that_takes_nothing(
+        file_visits: FileVisits, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The request thread writes to the writer's pipe only what it has room for. With the
+    writer stopped (SIGSTOP) the pipe fills; each hand-off after a response still
+    returns at once, and what the pipe did not take waits (the rest of a frame, and
+    the queue), none lost. Once the writer goes on, every hit is stored."""
+    monkeypatch.setattr(visits, "HANDOFF_SECONDS", 3600.0)  # the thread hands off nothing
+    counter = Recorder(file_visits, flush_seconds=36_000)
+    counter.record("abc", environ(user_agent=CHROME_UA))
+    assert counter.flush() and counter._writer is not None  # started, and ready
+    writer = counter._writer.pid
+    os.kill(writer, signal.SIGSTOP)
+    try:
+        handed = []
+        for _ in range(100):  # until the pipe is full
+            for _ in range(2000):
+                counter.record("abc", environ(user_agent=CHROME_UA))
+            counter._next_hand_off = 0.0  # due
+            handing = threading.Thread(target=counter.hand_off_after_response)
+            handing.start()
+            handing.join(timeout=10)
+            assert not handing.is_alive(), "the hand-off after a response waited"
+            handed.append(counter._handed)
+            if len(handed) > 1 and handed[-1] == handed[-2]:
+                break  # nothing handed off: the pipe is full
+        assert counter._hits and counter._rest, "the pipe never filled"
+        assert handed[0] == 2001, "what the pipe had room for was handed off"
+        assert counter.dropped() == 0
+    finally:
+        os.kill(writer, signal.SIGCONT)
+    try:
+        assert counter.flush()
+    finally:
+        counter.close()
+    assert file_visits.stats("abc").visits == counter._recorded == counter._handed
+
+
 def test_a_worker_whose_writer_takes_nothing_holds_at_most_max_queued_hits(
         file_visits: FileVisits, monkeypatch: pytest.MonkeyPatch,
         caplog: pytest.LogCaptureFixture) -> None:

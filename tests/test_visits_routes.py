@@ -3,6 +3,7 @@ counts on the home page, and the VISITS settings (Flask's test client, the JSON 
 from __future__ import annotations
 
 import re
+import time
 from io import BytesIO
 from pathlib import Path
 from typing import Any
@@ -95,6 +96,28 @@ def test_visits_to_links_that_expire_are_limited_or_ask_for_a_password_are_count
     assert [(stats_of(client, code)["visits"], stats_of(client, code)["browsers"])
             for code in ("ends", "limited", "locked")] == [
         (1, {"Chrome": 1}), (1, {"Mobile Safari": 1}), (1, {"Chrome": 1})]
+
+
+@pytest.mark.parametrize("fields", [{}, {"expires_at": "2999-01-01T00:00:00+00:00"}],
+                         ids=["plain link, the fast path", "link that expires, Flask's path"])
+def test_a_due_hand_off_is_made_once_the_answer_has_gone(
+        app: Flask, client: FlaskClient, fields: dict[str, str]) -> None:
+    """A busy worker hands its queue to the writer in the request thread, after the
+    answer (the WSGI response's close), once a hand-off interval has passed: on both
+    paths a redirect takes."""
+    assert client.post("/api/links", json={"url": "https://example.com/", "code": "due",
+                                           **fields}).status_code == 201
+    counter = app.extensions["visits"]
+    counter._next_hand_off = time.monotonic() + 3600  # not due (nor the thread's)
+    with client.get("/due") as answer:
+        assert answer.status_code == 302 and len(counter._hits) == 1, "not due: queued"
+    counter._next_hand_off = 0.0  # a hand-off interval has passed
+    answer = client.get("/due")
+    assert answer.status_code == 302 and len(counter._hits) == 2, "the answer first"
+    answer.close()
+    assert not counter._hits and counter._handed == 2 and not counter.due()
+    flushed(app)
+    assert stats_of(client, "due")["visits"] == 2
 
 
 @pytest.mark.parametrize("path", ["/api/links/nothing/stats", "/nothing+"])
