@@ -662,6 +662,7 @@ class Recorder:
             except Exception:  # the thread must outlive any surprise, or counting stops
                 log.exception("visit hand-off failed; trying again in %g s",
                               self.handoff_seconds)
+                self._next_hand_off = time.monotonic() + self.handoff_seconds  # not at once
 
     def _log_dropped(self) -> None:
         dropped = self.dropped()

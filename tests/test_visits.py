@@ -564,6 +564,23 @@ def test_a_writer_keeps_at_most_unsaved_rows_while_the_store_is_down(
     assert store.totals(codes) == {code: 1 for code in codes[5:]}
 
 
+def test_a_hand_off_thread_that_fails_tries_again_an_interval_later_not_at_once(
+        file_visits: FileVisits, caplog: pytest.LogCaptureFixture) -> None:
+    """The thread waits until the next hand-off is due; one that fails must not leave it
+    due, or the thread would spin, logging, as fast as it can."""
+    counter = Recorder(file_visits, flush_seconds=1)  # a hand-off every 0.1 s
+
+    def fails() -> None:
+        raise RuntimeError("a surprise")
+    counter._keep_salts = fails  # type: ignore[method-assign]
+    try:
+        time.sleep(1.0)
+    finally:
+        counter.close()
+    failures = caplog.text.count("visit hand-off failed")
+    assert 1 <= failures <= 15, f"{failures} failures logged in 1 s, 10 expected"
+
+
 def test_a_hand_off_after_a_response_never_waits_on_a_writer_that_takes_nothing(
         file_visits: FileVisits, monkeypatch: pytest.MonkeyPatch) -> None:
     """The request thread writes to the writer's pipe only what it has room for. With the
