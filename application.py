@@ -739,9 +739,11 @@ def serve(link: Link, after_post: bool = False) -> ResponseReturnValue:
     """Redirect to the link's URL (or send its file), and hand the visit to the visit
     counter. A link with a limit counts the visit first (a visit the store refuses is not
     served), and only a person's: a HEAD request, a bot or a link preview gets a page
-    saying so, uses up nothing and does not learn the target (docs/visits.md)."""
+    saying so, uses up nothing and does not learn the target; the statistics count a bot
+    there as a bot, as anywhere (docs/visits.md)."""
     if link.max_visits is not None:
         if visitors.classify(visitors.hit(request.method, request.headers)).kind != "person":
+            count_visit(link.code)  # the writer classifies it alike: a bot, or not counted
             return people_only(link)
         counted = store().consume_visit(link.code)
         if counted is None:

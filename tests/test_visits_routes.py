@@ -98,6 +98,24 @@ def test_visits_to_links_that_expire_are_limited_or_ask_for_a_password_are_count
         (1, {"Chrome": 1}), (1, {"Mobile Safari": 1}), (1, {"Chrome": 1})]
 
 
+def test_bots_on_a_link_with_a_visit_limit_are_counted_as_bots_and_use_up_nothing(
+        app: Flask, client: FlaskClient) -> None:
+    """A limited link shows bots and previews a page, not its target; the statistics still
+    count them as bots, as on any link (until this test they counted nothing there). A HEAD
+    request is not counted, as anywhere."""
+    assert client.post("/api/links", json={"url": "https://example.com/", "code": "few",
+                                           "max_visits": 3}).status_code == 201
+    follow(client, "few", User_Agent="curl/8.11.1")
+    follow(client, "few", User_Agent="Slackbot-LinkExpanding 1.0 (+https://api.slack.com/robots)")
+    assert client.head("/few", headers={"User-Agent": CHROME_UA}).status_code == 200
+    follow(client, "few", User_Agent=IPHONE)
+    flushed(app)
+    stats = stats_of(client, "few")
+    assert (stats["visits"], stats["bots"], stats["visits_used"]) == (1, 2, 1)
+    assert stats["days"] == [{"date": visits.today(), "visits": 1, "bots": 2,
+                              "unique_visitors": 1}]
+
+
 @pytest.mark.parametrize("fields", [{}, {"expires_at": "2999-01-01T00:00:00+00:00"}],
                          ids=["plain link, the fast path", "link that expires, Flask's path"])
 def test_a_due_hand_off_is_made_once_the_answer_has_gone(
