@@ -88,11 +88,13 @@ def running(pid: int) -> bool:
 def process_table() -> dict[int, Process]:
     """Every process on the machine, by pid."""
     table = {}
-    for stat in Path("/proc").glob("[0-9]*/stat"):
-        fields = stat_fields(stat.parent.name)
+    # os.listdir, not Path.glob("[0-9]*/stat"): glob stats each match, and a process
+    # that exits in between raises ProcessLookupError there (a stop failed so, once).
+    for name in os.listdir("/proc"):
+        fields = stat_fields(name) if name.isdigit() else None
         if fields is None:
-            continue  # the process exited while we looked
-        pid = int(stat.parent.name)
+            continue  # not a process, or it exited while we looked
+        pid = int(name)
         table[pid] = Process(pid=pid, ppid=int(fields[1]), pgrp=int(fields[2]),
                              session=int(fields[3]), started=int(fields[19]),
                              zombie=fields[0] in EXITED, nice=int(fields[16]))

@@ -29,11 +29,11 @@ def run_pytest(tmp_path: Path, test_source: str) -> subprocess.CompletedProcess[
 def processes_with(marker: str) -> list[int]:
     """Live processes whose command line holds marker."""
     found = []
-    for cmdline in Path("/proc").glob("[0-9]*/cmdline"):
+    for process in process_table().values():  # not a glob of /proc: it raises on an exit
         try:
-            if marker.encode() in cmdline.read_bytes() and \
-                    "Z" not in (cmdline.parent / "stat").read_text().rsplit(")", 1)[1][:3]:
-                found.append(int(cmdline.parent.name))
+            if not process.zombie and \
+                    marker.encode() in Path(f"/proc/{process.pid}/cmdline").read_bytes():
+                found.append(process.pid)
         except OSError:
             continue
     return found
