@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import itertools
 import os
+import signal
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -23,6 +24,13 @@ from tests.servers import GunicornServer, Site
 from visits import VisitStore
 
 pytest_plugins = ["tests.leakcheck"]  # the run fails if it leaves a process running
+
+# bash starts a background command (`pytest &` in a script) with SIGINT ignored, and an
+# ignored signal stays ignored in every child: the tests that stop a release or a bench
+# with SIGINT (as Ctrl-C does) then saw it run on. A handler of our own is reset to the
+# default in each child, so they get SIGINT as from a terminal.
+if signal.getsignal(signal.SIGINT) == signal.SIG_IGN:
+    signal.signal(signal.SIGINT, signal.default_int_handler)
 BACKENDS = ["file", "postgresql"]
 _databases = itertools.count()
 
