@@ -70,8 +70,12 @@ workflows: $(VENV)/.dev
 	$(BIN)/zizmor --offline --min-severity medium .github/workflows
 	$(BIN)/check-jsonschema --builtin-schema vendor.github-workflows .github/workflows/*.yml
 
+# Most tests run in PYTEST_WORKERS processes (pytest-xdist); those marked "alone" (time
+# bounds, load generators, machine-wide process scans) then run one at a time.
+PYTEST_WORKERS ?= 2
 pytest: $(VENV)/.dev $(EB_VENV)/.installed
-	$(BIN)/pytest --ignore=tests/torture
+	$(BIN)/pytest --ignore=tests/torture -m "not alone" --numprocesses $(PYTEST_WORKERS)
+	$(BIN)/pytest --ignore=tests/torture -m alone
 
 torture: $(VENV)/.dev
 	$(BIN)/pytest tests/torture

@@ -127,6 +127,13 @@ def _inside(cwd: str, directory: Path) -> bool:
     return cwd != "?" and Path(cwd).is_relative_to(directory)
 
 
+def _xdist_worker(session: pytest.Session) -> bool:
+    """A pytest-xdist worker (`make pytest` runs most tests in two): it does not check,
+    since the other worker's processes are alive when it ends. The controller checks
+    once both have gone; everything they started descends from it."""
+    return hasattr(session.config, "workerinput")
+
+
 def pytest_sessionstart(session: pytest.Session) -> None:
     become_subreaper()
     session.stash[BEFORE] = running()
@@ -140,6 +147,8 @@ def _note_temp_dir(request: pytest.FixtureRequest,
 
 @pytest.hookimpl(trylast=True)  # after the session's fixtures are torn down
 def pytest_sessionfinish(session: pytest.Session) -> None:
+    if _xdist_worker(session):
+        return
     before = session.stash[BEFORE]
     directories = [session.stash[TEMP_DIR]] if TEMP_DIR in session.stash else []
     leftovers = left_running(before, os.getpid(), directories, checkout=CHECKOUT)

@@ -17,6 +17,8 @@ from bench.data import write_links
 from bench.loadgen import LoadError, parse_wrk
 from ops.pgserver import bindir
 
+pytestmark = pytest.mark.alone  # load generators
+
 REPO = Path(__file__).resolve().parent.parent
 
 

@@ -13,6 +13,8 @@ import pytest
 from ops.pgserver import PostgresServer
 from tests.servers import REPO
 
+pytestmark = pytest.mark.alone  # load generators, and exact counts after timed runs
+
 
 @pytest.mark.skipif(shutil.which("wrk") is None, reason="wrk is not installed "
                     "(apt-get install wrk); the benchmark cannot run without it")

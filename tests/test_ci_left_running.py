@@ -9,8 +9,12 @@ import time
 import uuid
 from pathlib import Path
 
+import pytest
+
 from ops.processes import members, spawn, stop
 from tests.servers import REPO
+
+pytestmark = pytest.mark.alone  # .ci/left-running scans the whole machine
 
 SLEEPER = [sys.executable, "-c", "import time; time.sleep(300)"]
 

@@ -27,6 +27,8 @@ from ops.local import Policy
 from ops.rehearse import CASES, CaseResult, Rehearsal, table
 from tests.test_local_target import require_nginx
 
+pytestmark = pytest.mark.alone  # counts requests lost in timed windows, through real nginx
+
 OUTPUT = Path(__file__).resolve().parent.parent / "test-output" / "rehearsal-short.json"
 # Shorter than make rehearse's (10 % for 10 s at 50 operations a second); the same steps.
 SHORT = Policy(new_version_percent=10, evaluation_time=5, health_check_interval=0.3,

@@ -24,6 +24,8 @@ from linkstore import open_url
 from tests.helpers import CHROME_UA
 from tests.test_nginx_platform import nginx_can_run, nginx_in_front  # noqa: F401 (autouse)
 
+pytestmark = pytest.mark.alone  # asserts counted redirects never queue behind each other
+
 
 @pytest.mark.parametrize("counting, cache", [("on", ["MISS"] * 10),
                                              ("off", ["MISS"] + ["HIT"] * 9)])

@@ -26,6 +26,8 @@ from tests.helpers import CHROME_UA, FIREFOX_UA, eventually, everything_stored
 from tests.servers import REPO, GunicornServer, Site, create_link, follow
 from visits import DayCount
 
+pytestmark = pytest.mark.alone  # its bounds are times (a flush interval), not to be shared
+
 BOTS = ["curl/8.11.1", "Slackbot-LinkExpanding 1.0 (+https://api.slack.com/robots)",
         "Mozilla/5.0 (compatible; Googlebot/2.1; +http://www.google.com/bot.html)"]
 PROBE = "shortener-probe/1 (+ops.smoke)"
