@@ -9,6 +9,8 @@ import textwrap
 import uuid
 from pathlib import Path
 
+import pytest
+
 from ops.processes import process_table, spawn, stop
 from tests.leakcheck import left_running, running
 from tests.servers import REPO
@@ -16,14 +18,15 @@ from tests.servers import REPO
 SLEEPER = "import sys, time; time.sleep(300)"
 
 
-def run_pytest(tmp_path: Path, test_source: str) -> subprocess.CompletedProcess[str]:
+def run_pytest(tmp_path: Path, test_source: str, *options: str
+               ) -> subprocess.CompletedProcess[str]:
     """pytest with the leak check on one test file, in tmp_path, like a CI run."""
     (tmp_path / "test_case.py").write_text(textwrap.dedent(test_source))
     env = {**os.environ, "PYTHONPATH": str(REPO)}
     return subprocess.run(  # nosec B603
         [sys.executable, "-m", "pytest", "-p", "tests.leakcheck", "-p", "no:cacheprovider",
-         "-q", "test_case.py"], cwd=tmp_path, env=env, capture_output=True, text=True,
-        timeout=120, check=False)
+         "-q", *options, "test_case.py"], cwd=tmp_path, env=env, capture_output=True,
+        text=True, timeout=120, check=False)
 
 
 def processes_with(marker: str) -> list[int]:
@@ -39,16 +42,24 @@ def processes_with(marker: str) -> list[int]:
     return found
 
 
-def test_a_run_that_leaks_a_process_fails_and_names_it(tmp_path: Path) -> None:
+@pytest.mark.parametrize("options", [[], ["--numprocesses", "2"]],
+                         ids=["one process", "two xdist workers, as make pytest runs"])
+def test_a_run_that_leaks_a_process_fails_and_names_it(tmp_path: Path,
+                                                       options: list[str]) -> None:
+    """With xdist, the workers do not check (each would see the other's servers); the
+    controller does, once they are gone, and what they started descends from it."""
     marker = f"leaked-{uuid.uuid4().hex}"
     done = run_pytest(tmp_path, f"""
         import subprocess, sys
 
         def test_forgets_its_server():
             subprocess.Popen([sys.executable, "-c", {SLEEPER!r}, "{marker}"])
-    """)
+
+        def test_another_for_the_other_worker():
+            pass
+    """, *options)
     assert done.returncode == 1, done.stdout + done.stderr
-    assert "1 passed" in done.stdout
+    assert "2 passed" in done.stdout
     assert "processes left running" in done.stdout
     assert marker in done.stdout and "(killed)" in done.stdout
     assert processes_with(marker) == []  # and the check stopped it
