@@ -31,6 +31,7 @@ pytest_plugins = ["tests.leakcheck"]  # the run fails if it leaves a process run
 # default in each child, so they get SIGINT as from a terminal.
 if signal.getsignal(signal.SIGINT) == signal.SIG_IGN:
     signal.signal(signal.SIGINT, signal.default_int_handler)
+
 BACKENDS = ["file", "postgresql"]
 _databases = itertools.count()
 

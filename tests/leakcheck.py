@@ -130,7 +130,8 @@ def _inside(cwd: str, directory: Path) -> bool:
 def _xdist_worker(session: pytest.Session) -> bool:
     """A pytest-xdist worker (`make pytest` runs most tests in two): it does not check,
     since the other worker's processes are alive when it ends. The controller checks
-    once both have gone; everything they started descends from it."""
+    once both have gone. It knows no test's temporary directory (its session runs no
+    fixture), but everything the workers started descends from it, the subreaper."""
     return hasattr(session.config, "workerinput")
 
 
