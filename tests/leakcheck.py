@@ -67,7 +67,7 @@ def left_running(before: Collection[tuple[int, int]], root: int,
         if process.pid in ours or any(_inside(cwd, d) for d in directories) or (
                 checkout is not None and _inside(cwd, checkout)
                 and not _started_by_an_older_process(process, table, before)):
-            leftovers.append(Leftover(process.pid, cwd, _command(process.pid),
+            leftovers.append(Leftover(process.pid, cwd, command_line(process.pid),
                                       descends=process.pid in ours))
     return sorted(leftovers, key=lambda leftover: leftover.pid)
 
@@ -115,7 +115,8 @@ def _cwd(pid: int) -> str:
         return "?"
 
 
-def _command(pid: int) -> str:
+def command_line(pid: int) -> str:
+    """The process's command line, its arguments joined by spaces; "?" once it is gone."""
     try:
         raw = Path(f"/proc/{pid}/cmdline").read_bytes()
     except OSError:
@@ -136,6 +137,8 @@ def _xdist_worker(session: pytest.Session) -> bool:
 
 
 def pytest_sessionstart(session: pytest.Session) -> None:
+    if _xdist_worker(session):
+        return  # what it starts that outlives it passes to the controller, the subreaper
     become_subreaper()
     session.stash[BEFORE] = running()
 

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from ops.processes import process_table, spawn, stop
-from tests.leakcheck import left_running, running
+from tests.leakcheck import command_line, left_running, running
 from tests.servers import REPO
 
 SLEEPER = "import sys, time; time.sleep(300)"
@@ -31,15 +31,8 @@ def run_pytest(tmp_path: Path, test_source: str, *options: str
 
 def processes_with(marker: str) -> list[int]:
     """Live processes whose command line holds marker."""
-    found = []
-    for process in process_table().values():  # not a glob of /proc: it raises on an exit
-        try:
-            if not process.zombie and \
-                    marker.encode() in Path(f"/proc/{process.pid}/cmdline").read_bytes():
-                found.append(process.pid)
-        except OSError:
-            continue
-    return found
+    return [process.pid for process in process_table().values()
+            if not process.zombie and marker in command_line(process.pid)]
 
 
 @pytest.mark.parametrize("options", [[], ["--numprocesses", "2"]],
