@@ -34,6 +34,7 @@ import gc
 import hashlib
 import json
 import logging
+import math
 import marshal  # nosec B403: the pipe between a worker and its own writer
 import os
 import select
@@ -404,10 +405,17 @@ class Recorder:
         self._handed = 0  # hits written to a writer, ever
         self._dropped_logged = 0
         self._salts: dict[int, bytes] = {}
-        self._writer: subprocess.Popen[bytes] | None = None  # started at the first hand-off
-        self._rest = b""  # of a frame the writer's pipe took only part of (_write_now)
+        self._writer: subprocess.Popen[bytes] | None = None  # the thread starts it, when first due
+        # The frame being written to the writer's pipe (_send_frame), kept whole until the
+        # pipe has taken all of it: a writer that dies first never counted any of it (it
+        # reads no unfinished frame), and the next one is sent all of it. Its hits count
+        # as handed once it is all written.
+        self._frame = b""
+        self._frame_sent = 0  # bytes of it the pipe has taken
+        self._frame_hits = 0
         self._pipe_lock = threading.Lock()
         self._closing = threading.Event()
+        self._wake = threading.Event()  # the thread hands off now (a writer to start)
         self._closed = False
         self._keep_salts()  # before the first request, so that its visitor is counted
         self._thread = threading.Thread(target=self._run, daemon=True, name="visit-handoff")
@@ -433,8 +441,10 @@ class Recorder:
         self._recorded += 1
 
     def dropped(self) -> int:
-        """Hits that fell off the queue's far end before a writer took them."""
-        return self._recorded - self._handed - len(self._hits)
+        """Hits that fell off the queue's far end before a writer took them. Exact while
+        no hand-off is between taking hits off the queue and framing them: with the pipe
+        lock held (``_log_dropped``), or with a hand-off waiting on the pipe."""
+        return self._recorded - self._handed - len(self._hits) - self._frame_hits
 
     def due(self) -> bool:
         """Whether the queue is due to be handed off: a hand-off interval since the last."""
@@ -460,7 +470,9 @@ class Recorder:
         It never waits and never raises (a response's close must not): when the thread
         is handing off, it does nothing, and what the writer's pipe has no room for
         waits for the next hand-off (the thread's, if no request comes: its wait on a
-        full pipe stops no request). It starts the writer when there is none yet."""
+        full pipe stops no request). Nor does it start a writer (the first, or one to
+        replace a writer that died): that takes a request thread milliseconds (a fork
+        and exec), so it wakes the thread to do it and hand off."""
         if self._closing.is_set() or not self._pipe_lock.acquire(blocking=False):
             return
         try:
@@ -478,7 +490,8 @@ class Recorder:
             self._hand_off()
             if self._writer is None:
                 return True  # nothing was ever counted
-            self._send(FLUSH)
+            self._frame = FLUSH
+            self._send_frame()
             return self._answer(self._writer) == b"stored"
 
     def close(self) -> None:
@@ -495,16 +508,16 @@ class Recorder:
         self._closed = True
         atexit.unregister(self.close)
         self._closing.set()
+        self._wake.set()
         deadline = time.monotonic() + CLOSE_SECONDS
         self._thread.join(timeout=CLOSE_SECONDS)
         writer = None
         stuck = not self._pipe_lock.acquire(timeout=max(0.0, deadline - time.monotonic()))
         if not stuck:
             try:
-                self._hand_off(deadline)
-                writer, self._writer = self._writer, None
-            except WriterStuck:
-                stuck = True
+                stuck = not self._hand_off(deadline)
+                if not stuck:
+                    writer, self._writer = self._writer, None
             finally:
                 self._pipe_lock.release()
         if stuck:
@@ -517,77 +530,62 @@ class Recorder:
 
     # --- the pipe to the writer ----------------------------------------------------------
 
-    def _hand_off(self, deadline: float | None = None, waits: bool = True) -> None:
-        """Frame the queue, CHUNK hits at a time, and send it, after the rest of a frame
-        the pipe took only part of. waits=False: a write that cannot wait for the pipe
-        (``_write_now``); what it has no room for waits for the next hand-off."""
+    def _hand_off(self, deadline: float | None = None, waits: bool = True) -> bool:
+        """Send the frame in flight, then the queue, CHUNK hits a frame; True if the pipe
+        took all of it. waits=False: only what the pipe has room for now, the rest waits
+        for the next hand-off; with a deadline (a time.monotonic() value), what it takes
+        until then. The pipe lock is held."""
         self._next_hand_off = time.monotonic() + self.handoff_seconds
-        if not waits:
-            stdin = pipes(self._running_writer())[0].fileno()
-            if self._rest and not self._write_now(stdin, self._rest):
-                return
+        until = -math.inf if not waits else deadline
+        if not self._send_frame(until):
+            return False
         while self._hits:
             hits = [self._hits.popleft() for _ in range(min(CHUNK, len(self._hits)))]
-            if waits:
-                self._send(framed(hits), deadline)
-                self._handed += len(hits)
-            else:
-                try:
-                    taken = self._write_now(stdin, framed(hits))
-                except OSError:  # the writer died: the thread starts another, sends them
-                    self._hits.extendleft(reversed(hits))
-                    raise
-                self._handed += len(hits)  # the pipe has taken them, or has the rest
-                if not taken:
-                    return
-        if self._rest and waits:
-            self._send(b"", deadline)
+            self._frame, self._frame_hits = framed(hits), len(hits)
+            if not self._send_frame(until):
+                return False
+        return True
 
-    def _write_now(self, stdin: int, data: bytes) -> bool:
-        """Write what the writer's pipe takes of data now; keep the rest (``_rest``) to
-        go first at the next hand-off. True if it took it all. The lock is held: no
-        other write to the pipe waits meanwhile on the non-blocking pipe."""
-        os.set_blocking(stdin, False)
-        try:
-            written = os.write(stdin, data)
-        except BlockingIOError:  # full
-            written = 0
-        finally:
-            os.set_blocking(stdin, True)
-        self._rest = data[written:]
-        return not self._rest
+    def _send_frame(self, deadline: float | None = None) -> bool:
+        """Write what the writer's pipe has not taken of the frame in flight, to the
+        running writer (``_running_writer``: a new one is sent all of it); True once all
+        is written (its hits are then handed). deadline: as ``write_until``. A writer
+        that dies meanwhile is replaced once; then the OSError is raised, the frame
+        still in flight. deadline -inf (a request thread's) starts no writer: it wakes
+        the thread to."""
+        for attempt in range(2):
+            if not self._frame:
+                return True
+            if deadline == -math.inf and (self._writer is None
+                                          or self._writer.poll() is not None):
+                self._wake.set()
+                return False
+            stdin = pipes(self._running_writer())[0].fileno()
+            try:
+                self._frame_sent += write_until(
+                    stdin, memoryview(self._frame)[self._frame_sent:], deadline)
+            except OSError:  # it died after poll(): the next round starts another
+                if attempt:
+                    raise
+                continue
+            if self._frame_sent < len(self._frame):
+                return False
+            self._handed += self._frame_hits
+            self._frame, self._frame_sent, self._frame_hits = b"", 0, 0
+        return not self._frame
 
     def _running_writer(self) -> subprocess.Popen[bytes]:
         """The writer, started if there is none or it has died (the counts it had not
-        stored yet are lost: at most one flush interval's, and the rest of a frame its
-        pipe had taken part of)."""
+        stored yet are lost: at most one flush interval's; a frame its pipe had taken
+        only part of goes whole to the new one)."""
         if self._writer is None or self._writer.poll() is not None:
             if self._writer is not None:
                 log.warning("visit writer %d exited with %s; starting another, the "
                             "visits it had not stored are lost", self._writer.pid,
                             self._writer.returncode)
                 self._end(self._writer, 0)
-            self._writer, self._rest = self._start_writer(), b""
+            self._writer, self._frame_sent = self._start_writer(), 0
         return self._writer
-
-    def _send(self, frame: bytes, deadline: float | None = None) -> None:
-        """Write a frame to the running writer (``_running_writer``), after the rest of
-        one its pipe took part of. With a deadline (a time.monotonic() value),
-        WriterStuck if it is not all written by then."""
-        for attempt in range(2):
-            stdin, _ = pipes(self._running_writer())
-            data = self._rest + frame
-            try:
-                if deadline is None:
-                    stdin.write(data)
-                    stdin.flush()
-                else:
-                    write_by(stdin.fileno(), data, deadline)
-                self._rest = b""
-                return
-            except OSError:  # it died after poll(): the next round starts another
-                if attempt:
-                    raise
 
     def _start_writer(self) -> subprocess.Popen[bytes]:
         """``visits.main`` in a child of this worker, with this interpreter; the store's
@@ -600,8 +598,10 @@ class Recorder:
         writer = subprocess.Popen(  # nosec B603: this interpreter and this module
             [sys.executable, "-c", "import visits; visits.main()"], stdin=subprocess.PIPE,
             stdout=subprocess.PIPE, env=env)
+        stdin = pipes(writer)[0]
         with contextlib.suppress(OSError):  # a bigger pipe: a hand-off never waits for it
-            fcntl.fcntl(pipes(writer)[0], fcntl.F_SETPIPE_SZ, PIPE_BYTES)
+            fcntl.fcntl(stdin, fcntl.F_SETPIPE_SZ, PIPE_BYTES)
+        os.set_blocking(stdin.fileno(), False)  # every write has its limit (write_until)
         return writer
 
     @staticmethod
@@ -653,10 +653,16 @@ class Recorder:
 
     def _run(self) -> None:
         visitors.classify(WARM_UP)  # for visit-limited links: parsers loaded here, not in a request
-        while not self._closing.wait(max(self._next_hand_off - time.monotonic(), 0.001)):
+        while True:
+            woken = self._wake.wait(max(self._next_hand_off - time.monotonic(), 0.001))
+            self._wake.clear()
+            if self._closing.is_set():
+                return
             try:
                 self._keep_salts()
-                if self.due():  # not handed off after a response since: an idle worker
+                # Due: not handed off after a response since (an idle worker); woken: a
+                # request thread found no writer running.
+                if woken or self.due():
                     self.hand_off()
                 self._log_dropped()
             except Exception:  # the thread must outlive any surprise, or counting stops
@@ -665,7 +671,8 @@ class Recorder:
                 self._next_hand_off = time.monotonic() + self.handoff_seconds  # not at once
 
     def _log_dropped(self) -> None:
-        dropped = self.dropped()
+        with self._pipe_lock:  # no hits between the queue and a frame (dropped())
+            dropped = self.dropped()
         if dropped > self._dropped_logged:
             log.warning("%d visits dropped uncounted: the visit writer did not take them "
                         "(the queue holds at most %d)", dropped - self._dropped_logged,
@@ -673,23 +680,26 @@ class Recorder:
             self._dropped_logged = dropped
 
 
-class WriterStuck(Exception):
-    """The visit writer took nothing until a deadline."""
-
-
-def write_by(fd: int, data: bytes, deadline: float) -> None:
-    """Write all of data to a pipe, or raise WriterStuck at deadline (time.monotonic()).
-    The pipe stays non-blocking: only a closing worker writes this way."""
-    os.set_blocking(fd, False)
-    view = memoryview(data)
-    while view:
+def write_until(fd: int, data: memoryview, deadline: float | None) -> int:
+    """Write data to a non-blocking pipe until all of it is written or deadline (a
+    time.monotonic() value; None: however long it takes; -inf: only what the pipe has
+    room for now) has passed; the bytes written."""
+    written = 0
+    waiting = select.poll()
+    waiting.register(fd, select.POLLOUT)
+    while written < len(data):
         try:
-            view = view[os.write(fd, view):]
-        except BlockingIOError:
-            left = deadline - time.monotonic()
-            if left <= 0:
-                raise WriterStuck from None
-            select.select([], [fd], [], left)
+            written += os.write(fd, data[written:])
+            continue
+        except BlockingIOError:  # full
+            pass
+        if deadline is None:
+            waiting.poll()
+        elif (left := deadline - time.monotonic()) > 0:
+            waiting.poll(math.ceil(left * 1000))
+        else:
+            break
+    return written
 
 
 def stopped(pid: int) -> bool:

@@ -606,7 +606,7 @@ def test_a_hand_off_after_a_response_never_waits_on_a_writer_that_takes_nothing(
             handed.append(counter._handed)
             if len(handed) > 1 and handed[-1] == handed[-2]:
                 break  # nothing handed off: the pipe is full
-        assert counter._hits and counter._rest, "the pipe never filled"
+        assert counter._hits and counter._frame, "the pipe never filled"
         assert handed[0] == 2001, "what the pipe had room for was handed off"
         assert counter.dropped() == 0
     finally:
@@ -832,6 +832,103 @@ def test_a_dead_writer_is_replaced_at_the_next_hand_off(
     assert recorder._writer is not first and recorder._writer.poll() is None
     assert "starting another" in caplog.text
     assert recorder.store.stats("abc").details["browser"] == {"Chrome": 1, "Firefox": 1}
+
+
+def test_a_request_thread_starts_no_writer_it_wakes_the_hand_off_thread_to(
+        file_visits: FileVisits, monkeypatch: pytest.MonkeyPatch,
+        caplog: pytest.LogCaptureFixture) -> None:
+    """Starting a writer (a fork and an exec) would hold a request thread for
+    milliseconds. A hand-off after a response that finds no writer running (none yet,
+    or one that died) leaves the start to the worker's hand-off thread, which starts
+    one and hands off at once, not at its next interval."""
+    monkeypatch.setattr(visits, "HANDOFF_SECONDS", 3600.0)  # the thread acts only if woken
+    counter = Recorder(file_visits, flush_seconds=36_000)
+    started_by: list[str] = []
+    start = counter._start_writer
+
+    def noted_start() -> subprocess.Popen[bytes]:
+        started_by.append(threading.current_thread().name)
+        return start()
+    counter._start_writer = noted_start  # type: ignore[method-assign]
+    try:
+        for hits in (1, 2):
+            counter.record("abc", environ(user_agent=CHROME_UA))
+            counter.hand_off_after_response()
+            eventually(lambda: counter._handed == hits, timeout=30)
+            assert counter.flush()
+            assert counter._writer is not None
+            first = counter._writer
+            first.kill()  # the second round finds it dead
+            first.wait()
+    finally:
+        counter.close()
+    assert started_by == ["visit-handoff", "visit-handoff"]
+    assert "starting another" in caplog.text
+    assert file_visits.stats("abc").visits == 2
+
+
+def test_a_frame_a_dead_writer_had_taken_part_of_goes_whole_to_the_next(
+        file_visits: FileVisits, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A writer reads no unfinished frame: one that dies with part of a frame in its
+    pipe counted none of it. The worker keeps the frame whole until the pipe has taken
+    all of it, and its hits count as handed only then; the next writer is sent all of
+    it. What the dead writer loses is what it was handed: the whole frames in its pipe."""
+    monkeypatch.setattr(visits, "HANDOFF_SECONDS", 3600.0)  # the thread hands off nothing
+    counter = Recorder(file_visits, flush_seconds=36_000)
+    counter.record("abc", environ(user_agent=CHROME_UA))
+    assert counter.flush() and counter._writer is not None  # started, one visit stored
+    writer = counter._writer
+    os.kill(writer.pid, signal.SIGSTOP)
+    try:
+        for round in range(100):  # until the pipe has taken part of a frame
+            for n in range(2000):  # distinct referrers: frames of about 70 kB
+                counter.record("abc", environ(
+                    user_agent=CHROME_UA, referer=f"https://example.com/{round}/{n}/{'x' * 99}"))
+            counter.hand_off_after_response()
+            if counter._frame:
+                break
+        assert 0 < counter._frame_sent < len(counter._frame), "no frame was cut short"
+        assert counter._frame_hits == visits.CHUNK and counter.dropped() == 0
+        lost = counter._handed - 1  # the whole frames in the stopped writer's pipe
+    finally:
+        writer.kill()  # stopped or not
+        writer.wait()
+    try:
+        assert counter.flush()  # a new writer: the frame cut short, all of it; the queue
+    finally:
+        counter.close()
+    assert counter._handed == counter._recorded  # to one writer or the other
+    assert file_visits.stats("abc").visits == counter._recorded - lost
+
+
+def test_hits_on_their_way_from_the_queue_to_a_frame_are_not_taken_for_dropped(
+        recorder: Recorder, monkeypatch: pytest.MonkeyPatch,
+        caplog: pytest.LogCaptureFixture) -> None:
+    """A hand-off takes hits off the queue, then frames them. The thread's check for
+    dropped hits waits for it (the pipe lock): counted meanwhile, the hits in its hands
+    were logged as dropped, and the log then said too few once some really were."""
+    framing, go_on = threading.Event(), threading.Event()
+    frame = visits.framed
+
+    def slow_framed(hits: list[visits.Queued]) -> bytes:
+        framing.set()
+        go_on.wait(10)
+        return frame(hits)
+    monkeypatch.setattr(visits, "framed", slow_framed)
+    for _ in range(300):
+        recorder.record("abc", environ(user_agent=CHROME_UA))
+    handing = threading.Thread(target=recorder.hand_off)
+    handing.start()
+    assert framing.wait(10)
+    checking = threading.Thread(target=recorder._log_dropped)
+    checking.start()
+    checking.join(timeout=0.5)  # long enough to log, had it not waited
+    go_on.set()
+    for thread in (handing, checking):
+        thread.join(timeout=10)
+        assert not thread.is_alive()
+    assert recorder.dropped() == 0 and recorder._handed == 300
+    assert "dropped uncounted" not in caplog.text
 
 
 def queued_hit() -> visits.Queued:
