@@ -72,6 +72,7 @@ WRITER_NICENESS = 10  # requests first; at 19 a writer on a saturated machine fe
 WRITER_EXIT_SECONDS = 30.0  # for a writer to answer a flush, or to store and exit
 CLOSE_SECONDS = 10.0  # a closing worker's hand-off at most: half gunicorn's graceful_timeout
 PIPE_BYTES = 1 << 20  # the pipe to a writer: Linux's largest for an unprivileged process
+NOW_ONLY = -math.inf  # a deadline already passed: write only what the pipe has room for
 EPOCH = date(1970, 1, 1)
 WARM_UP = visitors.Hit("GET", "Mozilla/5.0 (X11; Linux x86_64) Firefox/140.0", "direct", False)
 
@@ -536,7 +537,7 @@ class Recorder:
         for the next hand-off; with a deadline (a time.monotonic() value), what it takes
         until then. The pipe lock is held."""
         self._next_hand_off = time.monotonic() + self.handoff_seconds
-        until = -math.inf if not waits else deadline
+        until = deadline if waits else NOW_ONLY
         if not self._send_frame(until):
             return False
         while self._hits:
@@ -551,13 +552,13 @@ class Recorder:
         running writer (``_running_writer``: a new one is sent all of it); True once all
         is written (its hits are then handed). deadline: as ``write_until``. A writer
         that dies meanwhile is replaced once; then the OSError is raised, the frame
-        still in flight. deadline -inf (a request thread's) starts no writer: it wakes
-        the thread to."""
+        still in flight. With NOW_ONLY (a request thread's) it starts no writer: it
+        wakes the thread to."""
         for attempt in range(2):
             if not self._frame:
                 return True
-            if deadline == -math.inf and (self._writer is None
-                                          or self._writer.poll() is not None):
+            if deadline == NOW_ONLY and (self._writer is None
+                                         or self._writer.poll() is not None):
                 self._wake.set()
                 return False
             stdin = pipes(self._running_writer())[0].fileno()
@@ -682,7 +683,7 @@ class Recorder:
 
 def write_until(fd: int, data: memoryview, deadline: float | None) -> int:
     """Write data to a non-blocking pipe until all of it is written or deadline (a
-    time.monotonic() value; None: however long it takes; -inf: only what the pipe has
+    time.monotonic() value; None: however long it takes; NOW_ONLY: what the pipe has
     room for now) has passed; the bytes written."""
     written = 0
     waiting = select.poll()
