@@ -7,6 +7,7 @@ PostgreSQL server the suite starts. tests/test_visits_server.py does it through 
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import io
 import json
 import marshal  # nosec B403: what visits.Recorder sends its writer
@@ -872,7 +873,8 @@ def test_a_frame_a_dead_writer_had_taken_part_of_goes_whole_to_the_next(
     """A writer reads no unfinished frame: one that dies with part of a frame in its
     pipe counted none of it. The worker keeps the frame whole until the pipe has taken
     all of it, and its hits count as handed only then; the next writer is sent all of
-    it. What the dead writer loses is what it was handed: the whole frames in its pipe."""
+    it. What the dead writer loses is what it was handed: the whole frames in its pipe.
+    (Its pipe is made 64 KiB, so that the second frame, about 70 kB, is cut short.)"""
     monkeypatch.setattr(visits, "HANDOFF_SECONDS", 3600.0)  # the thread hands off nothing
     counter = Recorder(file_visits, flush_seconds=36_000)
     counter.record("abc", environ(user_agent=CHROME_UA))
@@ -880,25 +882,25 @@ def test_a_frame_a_dead_writer_had_taken_part_of_goes_whole_to_the_next(
     writer = counter._writer
     os.kill(writer.pid, signal.SIGSTOP)
     try:
-        for round in range(100):  # until the pipe has taken part of a frame
-            for n in range(2000):  # distinct referrers: frames of about 70 kB
+        stdin = visits.pipes(writer)[0]
+        fcntl.fcntl(stdin, fcntl.F_SETPIPE_SZ, 65536)  # empty: the writer answered
+        for hits in (100, visits.CHUNK):  # distinct referrers: about 140 bytes a hit
+            for n in range(hits):
                 counter.record("abc", environ(
-                    user_agent=CHROME_UA, referer=f"https://example.com/{round}/{n}/{'x' * 99}"))
+                    user_agent=CHROME_UA, referer=f"https://example.com/{hits}/{n}/{'x' * 99}"))
             counter.hand_off_after_response()
-            if counter._frame:
-                break
-        assert 0 < counter._frame_sent < len(counter._frame), "no frame was cut short"
+        assert counter._handed == 101, "the first frame went whole"
+        assert 0 < counter._frame_sent < len(counter._frame), "the second was cut short"
         assert counter._frame_hits == visits.CHUNK and counter.dropped() == 0
-        lost = counter._handed - 1  # the whole frames in the stopped writer's pipe
     finally:
         writer.kill()  # stopped or not
         writer.wait()
     try:
-        assert counter.flush()  # a new writer: the frame cut short, all of it; the queue
+        assert counter.flush()  # a new writer: the frame cut short, all of it
     finally:
         counter.close()
-    assert counter._handed == counter._recorded  # to one writer or the other
-    assert file_visits.stats("abc").visits == counter._recorded - lost
+    assert counter._handed == counter._recorded == 601
+    assert file_visits.stats("abc").visits == 601 - 100  # the first frame died with it
 
 
 def test_hits_on_their_way_from_the_queue_to_a_frame_are_not_taken_for_dropped(
