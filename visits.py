@@ -477,7 +477,7 @@ class Recorder:
         if self._closing.is_set() or not self._pipe_lock.acquire(blocking=False):
             return
         try:
-            self._hand_off(waits=False)
+            self._hand_off(NOW_ONLY)
         except Exception:  # the response has gone: the thread tries again
             log.exception("visit hand-off after a response failed; the hand-off thread "
                           "tries again")
@@ -531,19 +531,17 @@ class Recorder:
 
     # --- the pipe to the writer ----------------------------------------------------------
 
-    def _hand_off(self, deadline: float | None = None, waits: bool = True) -> bool:
+    def _hand_off(self, deadline: float | None = None) -> bool:
         """Send the frame in flight, then the queue, CHUNK hits a frame; True if the pipe
-        took all of it. waits=False: only what the pipe has room for now, the rest waits
-        for the next hand-off; with a deadline (a time.monotonic() value), what it takes
-        until then. The pipe lock is held."""
+        took all of it. deadline: as ``write_until`` (NOW_ONLY: what the pipe has room
+        for now, the rest waits for the next hand-off). The pipe lock is held."""
         self._next_hand_off = time.monotonic() + self.handoff_seconds
-        until = deadline if waits else NOW_ONLY
-        if not self._send_frame(until):
+        if not self._send_frame(deadline):
             return False
         while self._hits:
             hits = [self._hits.popleft() for _ in range(min(CHUNK, len(self._hits)))]
             self._frame, self._frame_hits = framed(hits), len(hits)
-            if not self._send_frame(until):
+            if not self._send_frame(deadline):
                 return False
         return True
 
@@ -554,9 +552,9 @@ class Recorder:
         that dies meanwhile is replaced once; then the OSError is raised, the frame
         still in flight. With NOW_ONLY (a request thread's) it starts no writer: it
         wakes the thread to."""
+        if not self._frame:
+            return True
         for attempt in range(2):
-            if not self._frame:
-                return True
             if deadline == NOW_ONLY and (self._writer is None
                                          or self._writer.poll() is not None):
                 self._wake.set()
@@ -565,15 +563,15 @@ class Recorder:
             try:
                 self._frame_sent += write_until(
                     stdin, memoryview(self._frame)[self._frame_sent:], deadline)
+                break
             except OSError:  # it died after poll(): the next round starts another
                 if attempt:
                     raise
-                continue
-            if self._frame_sent < len(self._frame):
-                return False
-            self._handed += self._frame_hits
-            self._frame, self._frame_sent, self._frame_hits = b"", 0, 0
-        return not self._frame
+        if self._frame_sent < len(self._frame):
+            return False
+        self._handed += self._frame_hits
+        self._frame, self._frame_sent, self._frame_hits = b"", 0, 0
+        return True
 
     def _running_writer(self) -> subprocess.Popen[bytes]:
         """The writer, started if there is none or it has died (the counts it had not

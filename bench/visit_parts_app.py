@@ -19,8 +19,7 @@ if TYPE_CHECKING:
 __all__ = ["application"]
 
 
-def dropped(self: visits.Recorder, deadline: float | None = None, waits: bool = True
-            ) -> bool:
+def dropped(self: visits.Recorder, deadline: float | None = None) -> bool:
     """``Recorder._hand_off`` with nowhere to send: the queue is emptied, and its hits
     are counted as handed off (so that none is logged as dropped)."""
     self._next_hand_off = time.monotonic() + self.handoff_seconds
