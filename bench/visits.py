@@ -1,13 +1,15 @@
 """What counting visits costs a redirect, measured side by side, and whether it counts right.
 
 Usage: python -m bench.visits [--sizes 100000,1000000] [--duration 10] [--rounds 7]
-       [--connections 16] [--workers 2] [--pace-ms 5] [--out bench/results] [--quick]
-       [--no-postgres] [--no-file]
+       [--connections 16] [--workers 2] [--worker-class sync] [--threads 8] [--pace-ms 5]
+       [--out bench/results] [--quick] [--no-postgres] [--no-file]
 
 For each size and backend (the JSON file; PostgreSQL when it is installed), the app runs
 with VISITS=off and with VISITS=on in turn, `rounds` times each, alternating which goes
 first, each on fresh counts, under the same gunicorn settings as `python -m bench` (sync
-workers, no gunicorn.conf.py) and the same 1,000 sampled codes. wrk sends a known mix
+workers, no gunicorn.conf.py) and the same 1,000 sampled codes. `--worker-class gthread`
+runs the worker class that ships (gunicorn.conf.py: gthread, `--threads` each, which
+keeps wrk's connections open) instead; nothing else changes. wrk sends a known mix
 (bench/visits.lua): people, every 10th request a bot, then the app's own probe once its
 quota is sent. A 2 s warm-up with a few counted requests comes first, so that each
 worker's visit writer has started (once in a worker's life) before the measured run.
@@ -117,7 +119,12 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--rounds", type=int, help="runs of each mode per contender, 1-10 "
                         "(default 7; with --quick 1)")
     parser.add_argument("--connections", type=int, default=16, help="wrk connections, 1-256")
-    parser.add_argument("--workers", type=int, default=2, help="gunicorn sync workers, 1-16")
+    parser.add_argument("--workers", type=int, default=2, help="gunicorn workers, 1-16")
+    parser.add_argument("--worker-class", choices=("sync", "gthread"), default="sync",
+                        help="gunicorn's worker class (default sync, as python -m bench; "
+                             "gthread: as gunicorn.conf.py deploys)")
+    parser.add_argument("--threads", type=int, default=8,
+                        help="threads a gthread worker, 1-64 (default 8: gunicorn.conf.py's)")
     parser.add_argument("--pace-ms", type=float, default=5.0,
                         help="a steady load's wait after each answer, per connection, 0-100 "
                              "ms (default 5; 0 leaves the steady-load runs out)")
@@ -134,9 +141,10 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     args.rounds = args.rounds or (1 if args.quick else 7)
     if not (all(1 <= s <= 2_000_000 for s in args.sizes) and 2 <= args.duration <= 60
             and 1 <= args.rounds <= 10 and 1 <= args.connections <= 256
-            and 1 <= args.workers <= 16 and 0 <= args.pace_ms <= 100):
+            and 1 <= args.workers <= 16 and 1 <= args.threads <= 64
+            and 0 <= args.pace_ms <= 100):
         parser.error("--sizes 1-2,000,000, --duration 2-60, --rounds 1-10, "
-                     "--connections 1-256, --workers 1-16, --pace-ms 0-100")
+                     "--connections 1-256, --workers 1-16, --threads 1-64, --pace-ms 0-100")
     if args.no_file and (args.no_postgres or not postgres.available()):
         parser.error("--no-file leaves PostgreSQL only, and it is "
                      + ("left out too" if args.no_postgres else "not installed"))
@@ -158,7 +166,7 @@ class VisitsBench:
         self.wrk_cpu = 0.0  # CPU seconds of the wrk runs since a server started
         self.results = Results(
             settings={k: v for k, v in vars(args).items() if k != "out"} | {
-                "worker_class": "sync", "counted_share": COUNTED_SHARE},
+                "counted_share": COUNTED_SHARE},
             machine={"cpus": os.cpu_count(), "load_before": [round(x, 2)
                                                              for x in os.getloadavg()],
                      "started_at": datetime.datetime.now(datetime.UTC).isoformat(
@@ -269,13 +277,19 @@ class VisitsBench:
                        "APP_VERSION": "bench", "TRUSTED_PROXY_HOPS": "1"} | env
         server = servers.start_gunicorn(name, self.target, self.args.workers,
                                         self.tmp, self.tmp / f"{name.replace(' ', '-')}.log",
-                                        environment)
+                                        environment, self.worker_options())
         try:
             servers.wait_until_listening(server, 120)
         except servers.ServerError:
             server.stop()
             raise
         return server
+
+    def worker_options(self) -> list[str]:
+        """gunicorn options after start_gunicorn's own (the last one given wins)."""
+        if self.args.worker_class == "sync":
+            return []
+        return [f"--worker-class={self.args.worker_class}", f"--threads={self.args.threads}"]
 
     def warm(self, server: servers.Server, sample: list[Link], paths: Path,
              counting: bool) -> Load:
@@ -504,9 +518,14 @@ def targets(rows: list[dict[str, Any]]) -> dict[str, Any]:
 
 def markdown(results: Results) -> str:
     rows = summary(results.runs)
+    settings = results.settings
+    threads = (f" x {settings['threads']} threads" if settings["worker_class"] == "gthread"
+               else "")
     lines = [f"Visit counting, measured {results.machine['started_at']} "
              f"(load {results.machine['load_before'][0]} before, "
-             f"{results.machine.get('load_after', ['?'])[0]} after)"
+             f"{results.machine.get('load_after', ['?'])[0]} after); gunicorn: "
+             f"{settings['workers']} {settings['worker_class']} workers{threads}, wrk: "
+             f"{settings['connections']} connections"
              + "".join(f"; steady load: each wrk connection waits {pace:g} ms after each answer"
                        for pace in sorted({r.pace_ms for r in results.runs if r.pace_ms})),
              "",

@@ -19,9 +19,11 @@ pytestmark = pytest.mark.alone  # load generators, and exact counts after timed 
 @pytest.mark.skipif(shutil.which("wrk") is None, reason="wrk is not installed "
                     "(apt-get install wrk); the benchmark cannot run without it")
 def test_the_quick_visits_benchmark_counts_every_request_it_sent(tmp_path: Path) -> None:
+    """On the worker class that ships (gthread); bench.visit_parts's test runs sync."""
     done = subprocess.run(  # nosec B603
         [sys.executable, "-m", "bench.visits", "--quick", "--sizes", "300", "--duration", "2",
-         "--connections", "4", "--out", str(tmp_path)],
+         "--connections", "4", "--worker-class", "gthread", "--threads", "2",
+         "--out", str(tmp_path)],
         cwd=REPO, capture_output=True, text=True, timeout=300, check=False)
     assert done.returncode == 0, done.stderr[-3000:]
     results = json.loads((tmp_path / "visits.json").read_text())
@@ -38,6 +40,7 @@ def test_the_quick_visits_benchmark_counts_every_request_it_sent(tmp_path: Path)
     text = (tmp_path / "visits.md").read_text()
     assert "| file | 300 |" in text and "| file, steady load | 300 |" in text
     assert "each wrk connection waits 5 ms after each answer" in text
+    assert "gunicorn: 2 gthread workers x 2 threads, wrk: 4 connections" in text
     assert not any("file, steady load: redirects/s" in name for name in results["targets"])
 
 
