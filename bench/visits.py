@@ -61,6 +61,16 @@ from ops import processes
 from ops.pgserver import PostgresServer, ServerUnavailable
 
 SCRIPT = Path(__file__).with_name("visits.lua")
+# Every request visits.lua formats, with "Connection: close" (wrk.format takes a script's
+# headers instead of wrk's own, so -H would not reach them).
+CLOSE_EACH = """
+local format = wrk.format
+function wrk.format(method, path, headers, body)
+  headers = headers or {}
+  headers["Connection"] = "close"
+  return format(method, path, headers, body)
+end
+"""
 SIZES = [100_000, 1_000_000]
 COUNTED_SHARE = 0.6  # of a run's expected requests; the rest are probes (not counted)
 WARM_QUOTA = 50  # counted requests a wrk thread sends first in the warm-up
@@ -229,7 +239,7 @@ class VisitsBench:
         visit writers' own CPU in the run is shown apart: what counting costs outside
         the workers (their last flush, at the stop, is not in it). With pace_ms, under
         a steady load: each connection waits that long after each answer."""
-        script = SCRIPT if not pace_ms else self.steady_script(pace_ms)
+        script = self.script(pace_ms)
         most = self.args.connections * 1000 / pace_ms if pace_ms else float("inf")
         quota = 0
         for number in range(self.args.rounds):
@@ -261,11 +271,23 @@ class VisitsBench:
                                 round(writers / load.requests * 1e6, 1)
                                 if mode == "on" else None, pace_ms))
 
-    def steady_script(self, pace_ms: float) -> Path:
-        """visits.lua with a wait of pace_ms after each answer: wrk calls a script's
-        delay() before each request, and waits what it returns (ms)."""
-        script = self.tmp / "visits-steady.lua"
-        script.write_text(f"{SCRIPT.read_text()}\nfunction delay()\n  return {pace_ms:g}\nend\n")
+    def script(self, pace_ms: float) -> Path:
+        """visits.lua as a contender's runs send it: with pace_ms, a wait of that long
+        after each answer (wrk calls a script's delay() before each request, and waits
+        what it returns, in ms). On gthread workers every request also says
+        ``Connection: close``: as behind Elastic Beanstalk's nginx, which opens a
+        connection to gunicorn for each request (no upstream keep-alive). A sync worker
+        closes each connection anyway. Kept open, wrk's 16 connections went to whichever
+        worker accepted them, as many as all of them to one worker in some runs."""
+        text = SCRIPT.read_text()
+        if self.args.worker_class == "gthread":
+            text += CLOSE_EACH
+        if pace_ms:
+            text += f"\nfunction delay()\n  return {pace_ms:g}\nend\n"
+        if text == SCRIPT.read_text():
+            return SCRIPT
+        script = self.tmp / f"visits-{pace_ms:g}.lua"
+        script.write_text(text)
         return script
 
     def database_cpu(self) -> float:
