@@ -51,6 +51,7 @@ import psycopg
 
 import visitors
 import visits
+from bench import booted as booted_hook
 from bench import postgres, probe, servers
 from bench.data import Link, sample_of, write_links
 from bench.loadgen import Load, LoadError, run_wrk, wrk_path
@@ -102,6 +103,7 @@ class Run:
     database_cpu_us: float | None = None  # and PostgreSQL's, for the same redirects
     writers_cpu_us: float | None = None  # of app_cpu_us, the visit writers' in the run
     pace_ms: float = 0.0  # each connection's wait after an answer; 0: saturated
+    stop_cpu_us: float | None = None  # of app_cpu_us, after the run: the stop, last flushes
 
     @property
     def exact(self) -> bool | None:
@@ -235,11 +237,12 @@ class VisitsBench:
         """VISITS=off and on, round after round, each measured in wall-clock time (wrk)
         and in CPU time: the server's, from just before the run until it has exited
         (its last flush included, and the whole life of the workers' visit writers,
-        their start too), and the database's over the same span. Of the server's, the
-        visit writers' own CPU in the run is shown apart: what counting costs outside
-        the workers (their last flush, at the stop, is not in it). With pace_ms, under
-        a steady load: each connection waits that long after each answer."""
-        script = self.script(pace_ms)
+        their start too), and the database's over the same span. Of the server's, two
+        parts are shown apart: the visit writers' own CPU in the run (what counting
+        costs outside the workers), and everything after the run, the stop (each
+        writer's last flush and exit, with counting on). With pace_ms, under a steady
+        load: each connection waits that long after each answer."""
+        script, warm_script = self.script(pace_ms), self.script(0)
         most = self.args.connections * 1000 / pace_ms if pace_ms else float("inf")
         quota = 0
         for number in range(self.args.rounds):
@@ -248,7 +251,7 @@ class VisitsBench:
                 self.wrk_cpu, reaped_before = 0.0, children_cpu()
                 server = self.gunicorn(f"{name} VISITS={mode}", env | {"VISITS": mode})
                 try:
-                    warm = self.warm(server, sample, paths, counting=mode == "on")
+                    warm = self.warm(server, sample, paths, mode == "on", warm_script)
                     quota = quota or self.quota(min(warm.rps, most))
                     before = load1()
                     app_before, database_before = cpu_of(server.process.pid), self.database_cpu()
@@ -256,6 +259,7 @@ class VisitsBench:
                     load = self.load(server.base_url, paths, quota, script=script)
                     writers = sum(cpu - writers_before.get(pid, 0.0) for pid, cpu
                                   in writers_cpu(server.process.pid).items())
+                    in_run = cpu_of(server.process.pid) - app_before
                 finally:
                     server.stop()  # gracefully: every writer stores what was counted
                 database = self.database_cpu() - database_before
@@ -269,7 +273,8 @@ class VisitsBench:
                                 round(database / load.requests * 1e6, 1)
                                 if "DATABASE_URL" in env else None,
                                 round(writers / load.requests * 1e6, 1)
-                                if mode == "on" else None, pace_ms))
+                                if mode == "on" else None, pace_ms,
+                                round((app - in_run) / load.requests * 1e6, 1)))
 
     def script(self, pace_ms: float) -> Path:
         """visits.lua as a contender's runs send it: with pace_ms, a wait of that long
@@ -295,17 +300,37 @@ class VisitsBench:
             else 0.0
 
     def gunicorn(self, name: str, env: dict[str, str]) -> servers.Server:
+        """gunicorn serving the target, once every worker has booted (bench.booted)."""
+        booted = Path(tempfile.mkdtemp(prefix="booted-", dir=self.tmp))
         environment = {"CREATE_RATE_LIMIT": "off", "SECRET_KEY": secrets.token_hex(16),
-                       "APP_VERSION": "bench", "TRUSTED_PROXY_HOPS": "1"} | env
+                       "APP_VERSION": "bench", "TRUSTED_PROXY_HOPS": "1",
+                       booted_hook.DIRECTORY: str(booted)} | env
         server = servers.start_gunicorn(name, self.target, self.args.workers,
                                         self.tmp, self.tmp / f"{name.replace(' ', '-')}.log",
-                                        environment, self.worker_options())
+                                        environment, ["--config=python:bench.booted",
+                                                      *self.worker_options()])
         try:
             servers.wait_until_listening(server, 120)
+            self.until_workers_booted(server, booted, 120)
         except servers.ServerError:
             server.stop()
             raise
         return server
+
+    def until_workers_booted(self, server: servers.Server, booted: Path, timeout: float
+                             ) -> None:
+        """Wait until each of the server's workers has loaded the app (its file in
+        booted): the master answers before they all have."""
+        deadline = time.monotonic() + timeout
+        while True:
+            workers = processes.children({server.process.pid})
+            if len(workers) == self.args.workers and all(
+                    (booted / str(pid)).exists() for pid in workers):
+                return
+            if time.monotonic() > deadline:
+                raise servers.ServerError(f"{server.name}: not every worker booted within "
+                                          f"{timeout} s:\n{server.log_tail()}")
+            time.sleep(0.05)
 
     def worker_options(self) -> list[str]:
         """gunicorn options after start_gunicorn's own (the last one given wins)."""
@@ -314,16 +339,18 @@ class VisitsBench:
         return [f"--worker-class={self.args.worker_class}", f"--threads={self.args.threads}"]
 
     def warm(self, server: servers.Server, sample: list[Link], paths: Path,
-             counting: bool) -> Load:
+             counting: bool, script: Path = SCRIPT) -> Load:
         """Every worker has the links and serves the sampled codes (the probe's requests:
         not counted), then a 2 s run whose rate sizes the counted quota. That run begins
         with WARM_QUOTA counted requests a wrk thread, in both modes: so when counting,
         every worker has started its visit writer before the measured run, as a worker
         in service does in its first second, and a writer's start (once in a worker's
         life) is not measured as the cost of each redirect. Its visits are counted with
-        the run's."""
+        the run's. script: the run's without its pace (on gthread, a connection a
+        request: kept open, all of them may go to one worker, and another starts no
+        writer)."""
         probe.until_served_everywhere(server.port, sample[0], 4 * self.args.workers, 120)
-        warm = self.load(server.base_url, paths, WARM_QUOTA, seconds=2)
+        warm = self.load(server.base_url, paths, WARM_QUOTA, seconds=2, script=script)
         if counting:
             self.until_writers_started(server)
         return warm
@@ -505,6 +532,8 @@ def summary(runs: list[Run]) -> list[dict[str, Any]]:
                     (r.app_cpu_us or 0) + (r.database_cpu_us or 0) for r in group)
             if group and group[0].writers_cpu_us is not None:
                 row["writers_on"] = statistics.median(r.writers_cpu_us or 0 for r in group)
+            if group and group[0].stop_cpu_us is not None:
+                row[f"stop_{mode}"] = statistics.median(r.stop_cpu_us or 0 for r in group)
         if off and on:
             row["rps_ratio"] = round(row["rps_on"] / row["rps_off"], 3)
             row["p99_ratio"] = round(row["p99_on"] / row["p99_off"], 3)
@@ -553,8 +582,9 @@ def markdown(results: Results) -> str:
              "",
              "| contender | links | VISITS=off /s | VISITS=on /s | on / off | round by "
              "round | p99 off ms | p99 on ms | p99 on / off | round by round | CPU µs off "
-             "| CPU µs on | of which writers | by CPU, on / off | counts exact | load |",
-             "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|---|"]
+             "| CPU µs on | of which writers | of which at the stop, off / on | by CPU, on / off "
+             "| counts exact | load |",
+             "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|---|"]
     for row in rows:
         def cell(key: str, digits: int = 0) -> str:
             return f"{row[key]:,.{digits}f}" if key in row else "-"
@@ -567,16 +597,17 @@ def markdown(results: Results) -> str:
                      f"{cell('p99_off', 2)} | {cell('p99_on', 2)} | {cell('p99_ratio', 3)} | "
                      f"{spread('p99_ratio_rounds')} | {cell('cpu_off', 1)} | "
                      f"{cell('cpu_on', 1)} | {cell('writers_on', 1)} | "
+                     f"{cell('stop_off', 1)} / {cell('stop_on', 1)} | "
                      f"{cell('cpu_ratio', 3)} | {exact} | "
                      f"{row['load'][0]}-{row['load'][1]} |")
     lines += ["", "| contender | links | VISITS | round | redirects/s | p99 ms | CPU µs app "
-              "| of which writers | CPU µs database | people sent | counted | bots sent | "
-              "counted | errors | load |",
-              "|---|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
+              "| of which writers | of which at the stop | CPU µs database | people sent | "
+              "counted | bots sent | counted | errors | load |",
+              "|---|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
     for run in results.runs:
         lines.append(f"| {run.contender} | {run.links:,} | {run.visits} | {run.round} | "
                      f"{run.rps:,.0f} | {run.p99_ms} | {run.app_cpu_us or '-'} | "
-                     f"{run.writers_cpu_us or '-'} | "
+                     f"{run.writers_cpu_us or '-'} | {run.stop_cpu_us or '-'} | "
                      f"{run.database_cpu_us or '-'} | {run.warm_people + run.sent_people:,} | "
                      f"{'-' if run.counted_people is None else f'{run.counted_people:,}'} | "
                      f"{run.warm_bots + run.sent_bots:,} | "
