@@ -83,6 +83,7 @@ torture: $(VENV)/.dev
 bench: $(VENV)/.dev
 	$(BIN)/python -m bench
 	$(BIN)/python -m bench.visits
+	$(BIN)/python -m bench.visits --worker-class gthread --out bench/results/gthread
 	$(BIN)/python -m bench.visit_parts
 	$(BIN)/python -m bench.pg_details
 
