@@ -8,8 +8,10 @@ For each size and backend (the JSON file; PostgreSQL when it is installed), the 
 with VISITS=off and with VISITS=on in turn, `rounds` times each, alternating which goes
 first, each on fresh counts, under the same gunicorn settings as `python -m bench` (sync
 workers, no gunicorn.conf.py) and the same 1,000 sampled codes. `--worker-class gthread`
-runs the worker class that ships (gunicorn.conf.py: gthread, `--threads` each, which
-keeps wrk's connections open) instead; nothing else changes. wrk sends a known mix
+runs the worker class that ships instead (gunicorn.conf.py: gthread, `--threads` each),
+each request on a connection of its own as behind Elastic Beanstalk's nginx (``script``);
+nothing else changes. Each server is measured once every worker has booted
+(bench/booted.py). wrk sends a known mix
 (bench/visits.lua): people, every 10th request a bot, then the app's own probe once its
 quota is sent. A 2 s warm-up with a few counted requests comes first, so that each
 worker's visit writer has started (once in a worker's life) before the measured run.
