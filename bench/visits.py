@@ -286,15 +286,12 @@ class VisitsBench:
         connection to gunicorn for each request (no upstream keep-alive). A sync worker
         closes each connection anyway. Kept open, wrk's 16 connections went to whichever
         worker accepted them, as many as all of them to one worker in some runs."""
-        text = SCRIPT.read_text()
-        if self.args.worker_class == "gthread":
-            text += CLOSE_EACH
-        if pace_ms:
-            text += f"\nfunction delay()\n  return {pace_ms:g}\nend\n"
-        if text == SCRIPT.read_text():
+        closing = self.args.worker_class == "gthread"
+        if not closing and not pace_ms:
             return SCRIPT
         script = self.tmp / f"visits-{pace_ms:g}.lua"
-        script.write_text(text)
+        script.write_text(SCRIPT.read_text() + (CLOSE_EACH if closing else "") + (
+            f"\nfunction delay()\n  return {pace_ms:g}\nend\n" if pace_ms else ""))
         return script
 
     def database_cpu(self) -> float:
@@ -323,16 +320,12 @@ class VisitsBench:
                              ) -> None:
         """Wait until each of the server's workers has loaded the app (its file in
         booted): the master answers before they all have."""
-        deadline = time.monotonic() + timeout
-        while True:
+        def missing() -> str | None:
             workers = processes.children({server.process.pid})
-            if len(workers) == self.args.workers and all(
-                    (booted / str(pid)).exists() for pid in workers):
-                return
-            if time.monotonic() > deadline:
-                raise servers.ServerError(f"{server.name}: not every worker booted within "
-                                          f"{timeout} s:\n{server.log_tail()}")
-            time.sleep(0.05)
+            up = sum((booted / str(pid)).exists() for pid in workers)
+            return None if up == len(workers) == self.args.workers else (
+                f"{server.name}: {up} of {self.args.workers} workers booted")
+        until(missing, timeout, server)
 
     def worker_options(self) -> list[str]:
         """gunicorn options after start_gunicorn's own (the last one given wins)."""
@@ -360,18 +353,14 @@ class VisitsBench:
     def until_writers_started(self, server: servers.Server, timeout: float = 30) -> None:
         """Wait until each worker has a visit writer that has lowered its priority (its
         last step before it serves: store opened, parsers loaded)."""
-        deadline = time.monotonic() + timeout
-        while True:
+        def missing() -> str | None:
             table = processes.process_table()
             workers = processes.children({server.process.pid}, table)
             started = [pid for pid in processes.children(set(workers), table)
                        if table[pid].nice == visits.WRITER_NICENESS]
-            if len(workers) == self.args.workers and len(started) >= len(workers):
-                return
-            if time.monotonic() > deadline:
-                raise servers.ServerError(f"{len(started)} of {len(workers)} workers' visit "
-                                          f"writers started within {timeout} s")
-            time.sleep(0.05)
+            return None if len(workers) == self.args.workers and len(started) >= len(
+                workers) else f"{len(started)} of {len(workers)} workers' visit writers started"
+        until(missing, timeout)
 
     def quota(self, rate: float) -> int:
         """Counted requests per wrk thread: a share of what the run can send, so that
@@ -434,6 +423,18 @@ class VisitsBench:
                                 load.p99_ms, load.errors + load.bad_status,
                                 load.sent["people"], load.sent["bots"], people, bots, before,
                                 warm.sent["people"], warm.sent["bots"]))
+
+
+def until(missing: Callable[[], str | None], timeout: float,
+          server: servers.Server | None = None) -> None:
+    """Poll until missing() says nothing is (None); ServerError with what it last said
+    (and the end of server's log) after timeout seconds."""
+    deadline = time.monotonic() + timeout
+    while (state := missing()) is not None:
+        if time.monotonic() > deadline:
+            log = f":\n{server.log_tail()}" if server else ""
+            raise servers.ServerError(f"{state} within {timeout} s{log}")
+        time.sleep(0.05)
 
 
 def run_env(base: Path, run: str, url: str = "") -> dict[str, str]:
