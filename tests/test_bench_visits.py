@@ -41,6 +41,9 @@ def test_the_quick_visits_benchmark_counts_every_request_it_sent(tmp_path: Path)
     assert "| file | 300 |" in text and "| file, steady load | 300 |" in text
     assert "each wrk connection waits 5 ms after each answer" in text
     assert "gunicorn: 2 gthread workers x 2 threads, wrk: 4 connections" in text
+    assert "| target | measured | 90 % interval (bootstrap of the rounds) | met |" in text
+    assert all(len(t["interval"]) == 2 for name, t in results["targets"].items()
+               if "on / off" in name)
     assert not any("file, steady load: redirects/s" in name for name in results["targets"])
 
 
