@@ -38,7 +38,7 @@ import socket
 import time
 import zlib
 from collections import Counter
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Container, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -294,9 +294,8 @@ class FileVisits:
                 found: dict[str, LinkTotals] = load(manifest)
                 for rel in self._logs():
                     batches, _ = read_lines(self.dir / rel, manifest.folded.get(rel, 0))
-                    for code, day, tally in rows_of(batches, rel):
-                        if code in codes:
-                            found.setdefault(code, LinkTotals()).add(day, tally, "")
+                    for code, day, tally in rows_of(batches, rel, codes):
+                        found.setdefault(code, LinkTotals()).add(day, tally, "")
             except FileNotFoundError:
                 continue
             except OSError as exc:
@@ -346,14 +345,17 @@ def read_lines(path: Path, start: int) -> tuple[list[bytes], int]:
     return complete.splitlines(), start + len(complete)
 
 
-def rows_of(lines: list[bytes], where: str) -> Iterator[tuple[str, Day, Tally]]:
-    """The (code, day, tally) rows of log lines; a line that does not parse (a write
-    cut short, then a newline) is skipped, with a warning."""
+def rows_of(lines: list[bytes], where: str, codes: Container[str] | None = None
+            ) -> Iterator[tuple[str, Day, Tally]]:
+    """The (code, day, tally) rows of log lines, of these codes only if given (a reader
+    of a few links makes no tallies of the others: a line holds up to PART_ROWS rows);
+    a line that does not parse (a write cut short, then a newline) is skipped, with a
+    warning."""
     for line in lines:
         try:
             batch = json.loads(line)
             rows = [(str(row["code"]), str(row["day"]), Tally.from_json(row))
-                    for row in batch["rows"]]
+                    for row in batch["rows"] if codes is None or row["code"] in codes]
         except (ValueError, TypeError, KeyError, AttributeError):
             log.warning("skipped a visit log line in %s that does not parse (%d bytes: "
                         "a write cut short by a crash)", where, len(line))
