@@ -85,6 +85,7 @@ bench: $(VENV)/.dev
 	$(BIN)/python -m bench.visits
 	$(BIN)/python -m bench.visits --worker-class gthread --out bench/results/gthread
 	$(BIN)/python -m bench.visit_parts
+	$(BIN)/python -m bench.visit_code
 	$(BIN)/python -m bench.pg_details
 
 # Release a good version and one bad version of each failure class (A-E) through real
