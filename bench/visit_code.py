@@ -37,6 +37,7 @@ from flask import Flask
 
 import visits
 from bench.data import sample_of, write_links
+from bench.visits import own_cpu
 
 BROWSERS = [
     "Mozilla/5.0 (Windows NT 10.0; Win64; x64) AppleWebKit/537.36 (KHTML, like Gecko) "
@@ -117,11 +118,6 @@ def bots_in(environs: list[dict[str, Any]], count: int) -> int:
     return sum(environs[number % len(environs)]["bench.bot"] for number in range(count))
 
 
-def cpu_seconds(pid: int) -> float:
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-
-
 def counted(app: Flask, codes: Iterable[str]) -> tuple[int, int]:
     """People and bots the app's visit store has for these codes."""
     store = app.extensions["visit_store"]
@@ -158,13 +154,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         writer = recorder._writer
         if writer is None:
             raise RuntimeError("the counting app started no visit writer")
-        writer_before = cpu_seconds(writer.pid)
+        writer_before = own_cpu(writer.pid)
         seconds: dict[str, list[float]] = {"off": [], "on": []}
         for number in range(args.rounds):
             for mode in ("off", "on") if number % 2 == 0 else ("on", "off"):
                 seconds[mode].append(serve(apps[mode], environs, args.requests))
         recorder.flush()
-        writer_seconds = cpu_seconds(writer.pid) - writer_before
+        writer_seconds = own_cpu(writer.pid) - writer_before
         answered = len(environs) + args.rounds * args.requests  # the warm-up's, and each round's
         bots_sent = bots_in(environs, len(environs)) + args.rounds * bots_in(environs,
                                                                              args.requests)

@@ -473,7 +473,12 @@ def writers_cpu(leader: int) -> dict[int, float]:
     part of the server's CPU that counting spends outside the workers."""
     table = processes.process_table()
     writers = processes.children(set(processes.children({leader}, table)), table)
-    return {pid: sum(cpu_ticks(pid)[:2]) / os.sysconf("SC_CLK_TCK") for pid in writers}
+    return {pid: own_cpu(pid) for pid in writers}
+
+
+def own_cpu(pid: int) -> float:
+    """A process's own CPU seconds (utime and stime), not its children's."""
+    return sum(cpu_ticks(pid)[:2]) / os.sysconf("SC_CLK_TCK")
 
 
 def cpu_ticks(pid: int) -> tuple[int, ...]:
