@@ -25,7 +25,9 @@ Each run above saturates the server (wrk sends the next request as soon as the a
 comes). At the first size each backend also runs under a steady load ("steady load"
 contenders): each wrk connection waits `--pace-ms` after each answer, about 60 % of what
 the 2-core reference machine can serve, as a server in service runs. There the load is
-the same with counting on and off, and what counting costs shows in the p99 alone.
+the same with counting on and off, and what counting costs shows in the p99 alone. The
+report gives each steady load's rate as a share of the saturated runs' beside it: on a
+busy machine the same pauses come nearer saturation, and past 0.8 it says so.
 
 At the first size, on the file, the nginx redirect cache (.platform/nginx, as deployed)
 with each way of counting: not counted (VISITS=off, the cache answers); counted from
@@ -78,6 +80,7 @@ function wrk.format(method, path, headers, body)
 end
 """
 SIZES = [100_000, 1_000_000]
+STEADY = ", steady load"  # the contender's name under a steady load (--pace-ms)
 COUNTED_SHARE = 0.6  # of a run's expected requests; the rest are probes (not counted)
 WARM_QUOTA = 50  # counted requests a wrk thread sends first in the warm-up
 VISIT_LOG = ("log_format visits escape=json '{\"status\":\"$status\",\"method\":"
@@ -215,7 +218,7 @@ class VisitsBench:
             if count == self.args.sizes[0] and servers.nginx_available():
                 self.nginx(count, sample, paths, file_env)
             for pace_ms in steady:
-                self.contender("file, steady load", count, sample, paths, file_env, in_file,
+                self.contender("file" + STEADY, count, sample, paths, file_env, in_file,
                                pace_ms)
         if self.database is not None:
             self.log(f"loading {count:,} links into PostgreSQL")
@@ -229,7 +232,7 @@ class VisitsBench:
             try:
                 self.contender("postgresql", count, sample, paths, database_env, in_database)
                 for pace_ms in steady:
-                    self.contender("postgresql, steady load", count, sample, paths,
+                    self.contender("postgresql" + STEADY, count, sample, paths,
                                    database_env, in_database, pace_ms)
             finally:
                 self.database.drop_database(f"links_{count}")
@@ -559,6 +562,12 @@ def summary(runs: list[Run]) -> list[dict[str, Any]]:
         if "cpu_off" in row and "cpu_on" in row:  # redirects the same CPU serves, on / off
             row["cpu_ratio"] = round(row["cpu_off"] / row["cpu_on"], 3)
         rows.append(row)
+    saturated = {(row["contender"], row["links"]): row for row in rows if not row["steady"]}
+    for row in rows:  # a steady load's rate, as a share of its saturated runs' (the aim: 0.6)
+        full = saturated.get((row["contender"].removesuffix(STEADY), row["links"]), {})
+        for mode in ("off", "on"):
+            if row["steady"] and f"rps_{mode}" in row and f"rps_{mode}" in full:
+                row[f"share_{mode}"] = round(row[f"rps_{mode}"] / full[f"rps_{mode}"], 3)
     return rows
 
 
@@ -632,6 +641,14 @@ def markdown(results: Results) -> str:
                      f"{cell('stop_off', 1)} / {cell('stop_on', 1)} | "
                      f"{cell('cpu_ratio', 3)} | {exact} | "
                      f"{row['load'][0]}-{row['load'][1]} |")
+    for row in (row for row in rows if "share_off" in row and "share_on" in row):
+        near = max(row["share_off"], row["share_on"]) > 0.8
+        lines += ["", f"Steady load, {row['contender'].removesuffix(STEADY)} at "
+                  f"{row['links']:,} links: {row['rps_off']:,.0f} redirects/s off and "
+                  f"{row['rps_on']:,.0f} on, {row['share_off']:.2f} and "
+                  f"{row['share_on']:.2f} of the saturated runs' (the aim: about 0.6)"
+                  + ("; **past 0.8, nearly a saturated load: its p99 reads as one**"
+                     if near else ".")]
     lines += ["", "| contender | links | VISITS | round | redirects/s | p99 ms | CPU µs app "
               "| of which writers | of which at the stop | CPU µs database | people sent | "
               "counted | bots sent | counted | errors | load |",
