@@ -87,6 +87,7 @@ bench: $(VENV)/.dev
 	$(BIN)/python -m bench.visit_parts
 	$(BIN)/python -m bench.visit_code
 	$(BIN)/python -m bench.pg_details
+	$(BIN)/python -m bench.visit_totals
 
 # Release a good version and one bad version of each failure class (A-E) through real
 # nginx under steady traffic; prints the table and writes test-output/rehearsal.json.

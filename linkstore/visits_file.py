@@ -5,7 +5,7 @@ Beanstalk, shared by every instance); ``urls.json`` is never touched::
 
     visits/salt-2026-11-29                 the day's salt (mode 0600), deleted after its day
     visits/log/2026-11-29/HOST-PID.jsonl   one worker's flushes that day, one JSON line each
-    visits/totals/SHARD-GENERATION.json    folded totals of the links in a shard (by code)
+    visits/totals/SHARD-GENERATION.json    folded totals of the links in a shard, a link a line
     visits/manifest.json                   which totals are current; how far each log is folded
     visits/fold.lock
 
@@ -19,9 +19,15 @@ Beanstalk, shared by every instance); ``urls.json`` is never touched::
   folded to, add those lines to the totals of the shards they touch, write each shard
   as a new file, then commit by replacing the manifest (write, fsync, rename). A reader
   sees the previous fold or the new one, never a mix; a fold that dies before the
-  rename leaves the previous one whole, and its files are removed by the next.
-- **Reading**: the manifest, the shard of the code, and every log from where it was
-  folded: counts are complete up to each worker's last flush, folded or not.
+  rename leaves the previous one whole, and its files are removed by the next. A
+  totals file holds one link a line, in order of code (``totals_file``): a fold parses
+  only the lines of the links it adds to and copies the rest as they are, a block at a
+  time, and a read finds its links by binary search. Parsing a shard whole, as the
+  release before did, cost a fold seconds of CPU a minute and the home page a second
+  and a half at 100,000 visited links (docs/visits.md, "Many visited links").
+- **Reading**: the manifest, the lines of the code in its shard's totals, and every log
+  from where it was folded: counts are complete up to each worker's last flush, folded
+  or not.
 - **Forgetting**: a day's visitor hashes are kept, to count each visitor once, until an
   hour after the day ends (``visits.CLOSE_AFTER_SECONDS``); the next fold keeps only their
   number. A day's logs are deleted once folded and a day older than that, when no
@@ -32,16 +38,18 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
+import mmap
 import os
 import secrets
 import socket
 import time
 import zlib
 from collections import Counter
-from collections.abc import Container, Iterator, Mapping, Sequence
+from collections.abc import (Callable, Collection, Container, Iterable, Iterator, Mapping,
+                             Sequence)
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 from linkstore import StoreUnavailable
 from linkstore.jsonfile import exclusive_lock, write_atomically
@@ -243,21 +251,16 @@ class FileVisits:
         new = Manifest(manifest.generation + 1, folded, dict(manifest.totals),
                        dict(manifest.open))
         for shard in sorted(set(pending) | closing):
-            links = self._totals(manifest, shard)
+            adding: dict[str, list[tuple[Day, Tally]]] = {}
             for (code, day), tally in pending.get(shard, {}).items():
-                links.setdefault(code, LinkTotals()).add(day, tally, closed)
-            for totals in links.values():
-                totals.close(closed)
+                adding.setdefault(code, []).append((day, tally))
             name = f"totals/{shard}-{new.generation}.json"
             (self.dir / "totals").mkdir(exist_ok=True)
-            write_atomically(self.dir / name, [json.dumps(
-                {code: totals.to_json() for code, totals in links.items()},
-                separators=(",", ":")).encode()])
+            oldest = self._write_totals(manifest, shard, name, adding, closed)
             new.totals[shard] = name
-            open_days = [day for totals in links.values() for day in totals.open]
             new.open.pop(shard, None)
-            if open_days:
-                new.open[shard] = min(open_days)
+            if oldest is not None:
+                new.open[shard] = oldest
         for rel in expired:  # before the commit: the committed manifest had them folded
             (self.dir / rel).unlink(missing_ok=True)
             with contextlib.suppress(OSError):
@@ -269,29 +272,47 @@ class FileVisits:
             if f"totals/{stale.name}" not in current:
                 stale.unlink(missing_ok=True)
 
+    def _write_totals(self, manifest: Manifest, shard: str, name: str,
+                      adding: Mapping[str, list[tuple[Day, Tally]]], closed: Day
+                      ) -> Day | None:
+        """Write a shard's totals after a fold to name: its links' lines with what the
+        fold adds, and the visitors of days before closed forgotten (their number kept);
+        the oldest day whose visitors are still kept, if any. Only the lines of links
+        that change are parsed (``merged``)."""
+        closing = shard in manifest.open and manifest.open[shard] < closed
+        # Untouched links' days stay open as they were, unless this fold closes them.
+        oldest = [] if closing or shard not in manifest.open else [manifest.open[shard]]
+
+        def updated(totals: LinkTotals, code: str) -> bytes:
+            for day, tally in adding.get(code, []):
+                totals.add(day, tally, closed)
+            totals.close(closed)
+            oldest.extend(totals.open)
+            return json.dumps(totals.to_json(), separators=(",", ":")).encode()
+        with self._lines(manifest, shard) as lines:
+            write_atomically(self.dir / name, totals_file(merged(lines, adding, updated,
+                                                                 closing)))
+        return min(oldest, default=None)
+
     # --- reading -------------------------------------------------------------------------
 
     def stats(self, code: str) -> Stats:
-        totals = self._read(lambda manifest: self._totals(manifest, str(shard_of(code))),
-                            {code})
-        return totals.get(code, LinkTotals()).stats()
+        return self._read({code}).get(code, LinkTotals()).stats()
 
     def totals(self, codes: Sequence[str]) -> dict[str, int]:
-        def shards(manifest: Manifest) -> dict[str, LinkTotals]:
-            found: dict[str, LinkTotals] = {}
-            for shard in {str(shard_of(code)) for code in codes}:
-                found |= self._totals(manifest, shard)
-            return found
-        totals = self._read(shards, set(codes))
+        totals = self._read(set(codes))
         return {code: totals[code].visits for code in codes if code in totals}
 
-    def _read(self, load: Any, codes: set[str]) -> dict[str, LinkTotals]:
-        """The folded totals that load() picks, plus every unfolded line for codes.
-        A fold may replace a totals file between the manifest and the file: read again."""
+    def _read(self, codes: set[str]) -> dict[str, LinkTotals]:
+        """The folded totals of codes, plus every unfolded line for them. A fold may
+        replace a totals file between the manifest and the file: read again."""
         for _ in range(5):
             manifest = self._manifest()
             try:
-                found: dict[str, LinkTotals] = load(manifest)
+                found: dict[str, LinkTotals] = {}
+                for shard in {str(shard_of(code)) for code in codes}:
+                    found |= self._find(manifest, shard, [
+                        code for code in codes if str(shard_of(code)) == shard])
                 for rel in self._logs():
                     batches, _ = read_lines(self.dir / rel, manifest.folded.get(rel, 0))
                     for code, day, tally in rows_of(batches, rel, codes):
@@ -313,23 +334,145 @@ class FileVisits:
         except (OSError, ValueError, TypeError) as exc:
             raise StoreUnavailable(f"cannot read {path}: {exc}") from exc
 
-    def _totals(self, manifest: Manifest, shard: str) -> dict[str, LinkTotals]:
-        """The folded totals of a shard. FileNotFoundError when a fold replaced the file
-        after the manifest was read (read again)."""
+    def _find(self, manifest: Manifest, shard: str, codes: Iterable[str]
+              ) -> dict[str, LinkTotals]:
+        """The folded totals of codes of a shard, found by binary search (``TotalsLines``)."""
+        with self._lines(manifest, shard) as lines:
+            return {code: LinkTotals.from_json(json.loads(value))
+                    for code in codes if (value := lines.find(code))}
+
+    @contextlib.contextmanager
+    def _lines(self, manifest: Manifest, shard: str) -> Iterator[TotalsLines]:
+        """The folded totals of a shard, a link a line. FileNotFoundError when a fold
+        replaced the file after the manifest was read (read again)."""
         name = manifest.totals.get(shard)
         if name is None:
-            return {}
-        data = (self.dir / name).read_bytes()
+            yield TotalsLines(b"")
+            return
+        path = self.dir / name
         try:
-            return {code: LinkTotals.from_json(totals)
-                    for code, totals in json.loads(data).items()}
+            with open(path, "rb") as totals, TotalsLines.of(totals) as lines:
+                yield lines
         except (ValueError, TypeError, KeyError, AttributeError) as exc:
-            raise StoreUnavailable(f"{self.dir / name} is damaged ({exc!r}); the visit "
-                                   "counts of its links cannot be read") from exc
+            raise StoreUnavailable(f"{path} is damaged ({exc!r}); the visit counts of "
+                                   "its links cannot be read") from exc
 
     def _logs(self) -> list[str]:
         return sorted(str(path.relative_to(self.dir))
                       for path in self.dir.glob("log/*/*.jsonl"))
+
+
+# --- totals files ---------------------------------------------------------------------------
+#
+# A shard's totals: one JSON object, a link a line, in order of code, as ops.backup's
+# links files (jsonfile.dump_links):
+#
+#     {
+#     "Ab3":{"visits":12,"bots":1,...,"open":{}},
+#     "x_9":{"visits":3,...}
+#     }
+#
+# The release before wrote the same object on one line, in no order; this one reads that
+# too (a shard's first fold since rewrites it), and it reads this one whole (a rollback).
+
+class TotalsLines:
+    """A totals file's lines of links (its bytes, or a map of them), in order of code."""
+
+    def __init__(self, data: bytes | mmap.mmap) -> None:
+        self.data = data
+        # where the lines of links start and end: after "{\n", before "}\n"; none in {}
+        self.start, self.end = (2, len(data) - 2) if data[:2] == b"{\n" else (0, 0)
+
+    @classmethod
+    @contextlib.contextmanager
+    def of(cls, totals: IO[bytes]) -> Iterator[TotalsLines]:
+        """The lines of an open totals file: mapped, or for the release before's single
+        line, parsed whole and set out a link a line."""
+        if totals.read(2) != b"{\n":
+            totals.seek(0)
+            whole = json.loads(totals.read())
+            yield cls(b"".join(totals_file(
+                json.dumps(code).encode() + b":" + json.dumps(
+                    whole[code], separators=(",", ":")).encode() for code in sorted(whole))))
+            return
+        with mmap.mmap(totals.fileno(), 0, access=mmap.ACCESS_READ) as data:
+            if data[-3:] != b"\n}\n":
+                raise ValueError("a totals file cut short")
+            yield cls(data)
+
+    def find(self, code: str) -> bytes:
+        """The JSON of code's totals; b"" if it has none."""
+        at = self.lower_bound(code, self.start, self.end)
+        if at < self.end:
+            found, value, _ = self.line(at)
+            if found == code:
+                return value
+        return b""
+
+    def lower_bound(self, code: str, low: int, high: int) -> int:
+        """Where the first line from low (a line's start) to high (a line's end) whose
+        code is not before code starts: high if there is none. A binary search."""
+        while low < high:
+            middle = (low + high) // 2
+            start = self.data.rfind(b"\n", low, middle) + 1 or low
+            found, _, end = self.line(start)
+            if found < code:
+                low = end
+            else:
+                high = start
+        return low
+
+    def line(self, start: int) -> tuple[str, bytes, int]:
+        """The code, JSON of its totals, and end (past its newline) of the line at start."""
+        end = self.data.find(b"\n", start, self.end) + 1
+        text = self.data[start:end].rstrip(b",\n")
+        code, length = DECODER.raw_decode(text.decode())
+        if not isinstance(code, str) or text[length:length + 1] != b":":
+            raise ValueError(f"a totals line that is not a link's ({text[:80]!r})")
+        return code, text[length + 1:], end
+
+    def block(self, start: int, end: int) -> bytes:
+        """Whole lines from start to end, as ``totals_file`` takes a link's line: without
+        the separator after the last."""
+        return self.data[start:end].removesuffix(b"\n").removesuffix(b",")
+
+
+DECODER = json.JSONDecoder()
+
+
+def merged(lines: TotalsLines, adding: Collection[str],
+           updated: Callable[[LinkTotals, str], bytes], closing: bool) -> Iterator[bytes]:
+    """A shard's lines after a fold, in order: updated(totals, code) for each code added
+    to (its totals, or new ones), and when closing, each link with days still open; the
+    rest copied as they are, a block of lines at a time."""
+    touched = set(adding)
+    if closing:  # once a day a shard: its links whose visitors of the day are kept
+        at = lines.start
+        while at < lines.end:
+            code, value, at = lines.line(at)
+            if not value.endswith(b'"open":{}}'):
+                touched.add(code)
+    at = lines.start
+    for code in sorted(touched):
+        start = lines.lower_bound(code, at, lines.end)
+        if start > at:
+            yield lines.block(at, start)
+        found, value, end = lines.line(start) if start < lines.end else ("", b"", start)
+        totals = LinkTotals.from_json(json.loads(value)) if found == code else LinkTotals()
+        yield json.dumps(code).encode() + b":" + updated(totals, code)
+        at = end if found == code else start
+    if at < lines.end:
+        yield lines.block(at, lines.end)
+
+
+def totals_file(lines: Iterable[bytes]) -> Iterator[bytes]:
+    """A totals file's bytes, from lines of links set out without their separators."""
+    separator = b"{\n"
+    for line in lines:
+        yield separator
+        yield line
+        separator = b",\n"
+    yield b"{}\n" if separator == b"{\n" else b"\n}\n"
 
 
 def read_lines(path: Path, start: int) -> tuple[list[bytes], int]:

@@ -278,6 +278,101 @@ def test_a_fold_that_dies_before_its_commit_leaves_the_previous_one_whole(
     assert len(list((file_visits.dir / "totals").iterdir())) == 1  # the orphan is gone
 
 
+def many_codes(count: int, shard: int) -> list[str]:
+    """count codes of one shard, in no order."""
+    codes = (f"{prefix}{n}" for n in range(100_000) for prefix in ("k", "Z-", "a_"))
+    return [code for code in codes if shard_of(code) == shard][:count]
+
+
+def shard_file(store: FileVisits, shard: int) -> Path:
+    manifest = json.loads((store.dir / "manifest.json").read_text())
+    return store.dir / str(manifest["totals"][str(shard)])
+
+
+def test_a_totals_file_is_a_link_a_line_in_order_and_one_json_object_all_the_same(
+        file_visits: FileVisits) -> None:
+    """One object, so the release before (which parsed it whole) reads it after a rollback."""
+    codes = many_codes(40, shard_of("abc"))
+    for code in codes:
+        file_visits.add(batch((CHROME, 0x01), code=code))
+    file_visits.fold()
+    data = shard_file(file_visits, shard_of("abc")).read_bytes()
+    lines = data.splitlines()
+    assert lines[0] == b"{" and lines[-1] == b"}" and len(lines) == 42
+    assert [json.loads(b"{" + line.rstrip(b",") + b"}").popitem()[0] for line in lines[1:-1]] \
+        == sorted(codes)
+    assert sorted(json.loads(data)) == sorted(codes)
+
+
+def test_a_read_finds_each_link_in_its_shard_and_nothing_for_one_not_there(
+        file_visits: FileVisits) -> None:
+    codes = many_codes(301, shard_of("abc"))
+    absent = set(random.Random(14).sample(codes, 100))  # first, last and between, by chance
+    for n, code in enumerate(sorted(set(codes) - absent)):
+        file_visits.add(batch(*[(CHROME, n << 8 | k) for k in range(n % 5 + 1)], code=code))
+    file_visits.fold()
+    expected = {code: n % 5 + 1 for n, code in enumerate(sorted(set(codes) - absent))}
+    assert file_visits.totals(codes) == expected
+    assert all(file_visits.stats(code).visits == 0 for code in absent)
+    assert file_visits.stats(min(expected)).visits == expected[min(expected)]
+    assert file_visits.stats(max(expected)).visits == expected[max(expected)]
+
+
+def test_a_fold_rewrites_the_lines_of_the_links_it_adds_to_and_copies_the_rest(
+        file_visits: FileVisits) -> None:
+    codes = sorted(many_codes(50, shard_of("abc")))
+    for code in codes:
+        file_visits.add(batch((CHROME, 0x01), code=code))
+    file_visits.fold()
+    before = shard_file(file_visits, shard_of("abc")).read_bytes().splitlines()
+    added = [codes[0], codes[17], codes[-1], "abc"]  # first, between, last; a new one
+    for code in added:
+        file_visits.add(batch((FIREFOX, 0x02), code=code))
+    file_visits.fold()
+    after = shard_file(file_visits, shard_of("abc")).read_bytes().splitlines()
+    assert len(after) == len(before) + (0 if "abc" in codes else 1)
+    changed = {json.loads(b"{" + line.rstrip(b",") + b"}").popitem()[0]
+               for line in set(after) - set(before)}
+    assert changed == set(added)
+    assert file_visits.totals(codes + ["abc"]) == {
+        code: 2 if code in added else 1 for code in codes} | {"abc": 1 + ("abc" in codes)}
+
+
+def test_totals_the_release_before_wrote_on_one_line_are_read_and_set_out_by_the_next_fold(
+        file_visits: FileVisits) -> None:
+    file_visits.add(batch((CHROME, 0x01), (FIREFOX, 0x02)))
+    file_visits.add(batch((CHROME, 0x03), code="xyz"))
+    file_visits.fold()
+    for shard in {shard_of("abc"), shard_of("xyz")}:  # as that release wrote them
+        path = shard_file(file_visits, shard)
+        path.write_bytes(json.dumps(dict(reversed(json.loads(path.read_bytes()).items())),
+                                    separators=(",", ":")).encode())
+        assert b"\n" not in path.read_bytes()
+    assert file_visits.stats("abc").visits == 2 and file_visits.totals(["xyz"]) == {"xyz": 1}
+    file_visits.add(batch((FIREFOX, 0x04)))
+    file_visits.fold()
+    assert shard_file(file_visits, shard_of("abc")).read_bytes().startswith(b"{\n")
+    assert file_visits.stats("abc").visits == 3 and file_visits.totals(["xyz"]) == {"xyz": 1}
+    assert file_visits.stats("abc").days[TODAY].visitors == 3
+
+
+def test_a_totals_file_cut_short_is_reported_and_nothing_else_is_read_wrong(
+        file_visits: FileVisits) -> None:
+    file_visits.add(batch((CHROME, 0x01)))
+    file_visits.fold()
+    path = shard_file(file_visits, shard_of("abc"))
+    whole = path.read_bytes()
+    path.write_bytes(whole[:-2])  # not as a fold writes (write_atomically), but on a disk
+    with pytest.raises(StoreUnavailable, match="is damaged.*cannot be read"):
+        file_visits.stats("abc")
+    file_visits.add(batch((CHROME, 0x02)))
+    with pytest.raises(StoreUnavailable, match="is damaged.*cannot be read"):
+        file_visits.fold()  # and the fold leaves it, and the log, as they were
+    path.write_bytes(whole)
+    file_visits.fold()
+    assert file_visits.stats("abc").visits == 2
+
+
 def test_a_days_logs_are_deleted_once_folded_and_a_day_older_than_its_close(
         file_visits: FileVisits) -> None:
     file_visits.add(batch((CHROME, 0x01)))
