@@ -146,8 +146,9 @@ def main(argv: list[str] | None = None) -> int:
     rows = [("a link's stats (its page)", "read"),
             (f"the totals of {LISTED} links (the home page's list)", "list"),
             (f"a fold of {FOLDED:,} links' flushes", "fold")]
-    lines = [f"# The file backend's visit totals at {args.links:,} visited links, {args.days} "
-             f"days each ({size / 1e6:.1f} MB of totals): CPU, median of {args.rounds} rounds",
+    days = f"{args.days} day{'s' * (args.days != 1)}"
+    lines = [f"# The file backend's visit totals at {args.links:,} visited links, {days} "
+             f"each ({size / 1e6:.1f} MB of totals): CPU, median of {args.rounds} rounds",
              "", "| what | whole shards (the release before) | a link a line | "
              "whole ÷ a link a line |", "|---|---:|---:|---:|"]
     for label, key in rows:
