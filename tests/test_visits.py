@@ -338,6 +338,27 @@ def test_a_fold_rewrites_the_lines_of_the_links_it_adds_to_and_copies_the_rest(
         code: 2 if code in added else 1 for code in codes} | {"abc": 1 + ("abc" in codes)}
 
 
+def test_the_fold_that_closes_a_day_forgets_its_visitors_in_every_line_that_kept_them(
+        file_visits: FileVisits) -> None:
+    """Untouched lines too: their links' visitors of the closed day are kept no more."""
+    closed, kept, visited = sorted(many_codes(3, shard_of("abc")))
+    file_visits.add(batch((CHROME, 0x01), code=closed, day=visits.add_days(TODAY, -3)))
+    file_visits.fold(now=NOW)  # a late flush of a day long closed: its number, no hashes
+    file_visits.add(batch((CHROME, 0x02), (FIREFOX, 0x03), code=kept))
+    file_visits.fold(now=NOW)
+    path = shard_file(file_visits, shard_of("abc"))
+    before = path.read_bytes().splitlines()
+    assert before[2].endswith(b'"open":{"' + TODAY.encode() + b'":[2,3]}}')  # still open
+    file_visits.add(batch((CHROME, 0x04), code=visited, day=visits.add_days(TODAY, 1)))
+    file_visits.fold(now=NOW + DAY + 3600)  # today is closed; tomorrow is not yet
+    after = shard_file(file_visits, shard_of("abc")).read_bytes().splitlines()
+    assert after[1] == before[1]  # nothing of it was open: copied as it was
+    assert after[2] != before[2] and after[2].endswith(b'"open":{}},')
+    assert after[3].endswith(b'"open":{"' + visits.add_days(TODAY, 1).encode() + b'":[4]}}')
+    assert file_visits.stats(kept).days == {TODAY: DayCount(2, 0, 2)}
+    assert file_visits.stats(closed).days == {visits.add_days(TODAY, -3): DayCount(1, 0, 1)}
+
+
 def test_totals_the_release_before_wrote_on_one_line_are_read_and_set_out_by_the_next_fold(
         file_visits: FileVisits) -> None:
     file_visits.add(batch((CHROME, 0x01), (FIREFOX, 0x02)))
