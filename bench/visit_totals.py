@@ -60,6 +60,9 @@ class WholeShards(FileVisits):
             separators=(",", ":")).encode()])
         return min((day for totals in links.values() for day in totals.open), default=None)
 
+    def _one_line(self, name: str) -> bool:
+        return False  # as that release wrote them: nothing to set out
+
     def _whole(self, manifest: Manifest, shard: str) -> dict[str, LinkTotals]:
         name = manifest.totals.get(shard)
         return {} if name is None else {

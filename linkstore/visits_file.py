@@ -246,11 +246,14 @@ class FileVisits:
             if end == start and rel.split("/")[1] < expired_before:
                 expired.append(rel)  # folded whole by an earlier, committed fold
         closing = {shard for shard, day in manifest.open.items() if day < closed}
-        if not pending and not closing and not expired:
+        # The release before's one-line files, set out a link a line by the first fold
+        # after an upgrade: read as they are, each read would parse one whole.
+        one_line = {shard for shard, name in manifest.totals.items() if self._one_line(name)}
+        if not pending and not closing and not expired and not one_line:
             return
         new = Manifest(manifest.generation + 1, folded, dict(manifest.totals),
                        dict(manifest.open))
-        for shard in sorted(set(pending) | closing):
+        for shard in sorted(set(pending) | closing | one_line):
             adding: dict[str, list[tuple[Day, Tally]]] = {}
             for (code, day), tally in pending.get(shard, {}).items():
                 adding.setdefault(code, []).append((day, tally))
@@ -293,6 +296,14 @@ class FileVisits:
             write_atomically(self.dir / name, totals_file(merged(lines, adding, updated,
                                                                  closing)))
         return min(oldest, default=None)
+
+    def _one_line(self, name: str) -> bool:
+        """Whether a totals file is the release before's, all on one line."""
+        try:
+            with open(self.dir / name, "rb") as totals:
+                return totals.read(2) not in (b"{\n", b"{}")
+        except FileNotFoundError:  # the fold that reads it will say
+            return False
 
     # --- reading -------------------------------------------------------------------------
 
@@ -373,7 +384,8 @@ class FileVisits:
 #     }
 #
 # The release before wrote the same object on one line, in no order; this one reads that
-# too (a shard's first fold since rewrites it), and it reads this one whole (a rollback).
+# too (the first fold after an upgrade sets them out), and it reads this one whole (a
+# rollback).
 
 class TotalsLines:
     """A totals file's lines of links (its bytes, or a map of them), in order of code."""
@@ -388,7 +400,7 @@ class TotalsLines:
     def of(cls, totals: IO[bytes]) -> Iterator[TotalsLines]:
         """The lines of an open totals file: mapped, or for the release before's single
         line, parsed whole and set out a link a line."""
-        if totals.read(2) != b"{\n":
+        if totals.read(2) != b"{\n":  # one line: the release before's, or {} (no links)
             totals.seek(0)
             whole = json.loads(totals.read())
             yield cls(b"".join(totals_file(

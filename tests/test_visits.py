@@ -359,7 +359,7 @@ def test_the_fold_that_closes_a_day_forgets_its_visitors_in_every_line_that_kept
     assert file_visits.stats(closed).days == {visits.add_days(TODAY, -3): DayCount(1, 0, 1)}
 
 
-def test_totals_the_release_before_wrote_on_one_line_are_read_and_set_out_by_the_next_fold(
+def test_totals_the_release_before_wrote_on_one_line_are_read_and_set_out_by_the_first_fold(
         file_visits: FileVisits) -> None:
     file_visits.add(batch((CHROME, 0x01), (FIREFOX, 0x02)))
     file_visits.add(batch((CHROME, 0x03), code="xyz"))
@@ -371,8 +371,10 @@ def test_totals_the_release_before_wrote_on_one_line_are_read_and_set_out_by_the
         assert b"\n" not in path.read_bytes()
     assert file_visits.stats("abc").visits == 2 and file_visits.totals(["xyz"]) == {"xyz": 1}
     file_visits.add(batch((FIREFOX, 0x04)))
-    file_visits.fold()
-    assert shard_file(file_visits, shard_of("abc")).read_bytes().startswith(b"{\n")
+    file_visits.fold()  # adds to abc's shard only, and sets out xyz's too
+    assert shard_of("abc") != shard_of("xyz")
+    for code in ("abc", "xyz"):
+        assert shard_file(file_visits, shard_of(code)).read_bytes().startswith(b"{\n")
     assert file_visits.stats("abc").visits == 3 and file_visits.totals(["xyz"]) == {"xyz": 1}
     assert file_visits.stats("abc").days[TODAY].visitors == 3
 
