@@ -47,8 +47,8 @@ class WholeShards(FileVisits):
         return {code: links[code] for code in codes if code in links}
 
     def _write_totals(self, manifest: Manifest, shard: str, name: str,
-                      adding: Mapping[str, list[tuple[Day, Tally]]], closed: Day
-                      ) -> Day | None:
+                      adding: Mapping[str, list[tuple[Day, Tally]]], closed: Day,
+                      closing: bool) -> Day | None:
         links = self._whole(manifest, shard)
         for code, tallies in adding.items():
             for day, tally in tallies:

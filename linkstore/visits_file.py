@@ -259,7 +259,8 @@ class FileVisits:
                 adding.setdefault(code, []).append((day, tally))
             name = f"totals/{shard}-{new.generation}.json"
             (self.dir / "totals").mkdir(exist_ok=True)
-            oldest = self._write_totals(manifest, shard, name, adding, closed)
+            oldest = self._write_totals(manifest, shard, name, adding, closed,
+                                        shard in closing)
             new.totals[shard] = name
             new.open.pop(shard, None)
             if oldest is not None:
@@ -276,22 +277,21 @@ class FileVisits:
                 stale.unlink(missing_ok=True)
 
     def _write_totals(self, manifest: Manifest, shard: str, name: str,
-                      adding: Mapping[str, list[tuple[Day, Tally]]], closed: Day
-                      ) -> Day | None:
+                      adding: Mapping[str, list[tuple[Day, Tally]]], closed: Day,
+                      closing: bool) -> Day | None:
         """Write a shard's totals after a fold to name: its links' lines with what the
-        fold adds, and the visitors of days before closed forgotten (their number kept);
-        the oldest day whose visitors are still kept, if any. Only the lines of links
-        that change are parsed (``merged``)."""
-        closing = shard in manifest.open and manifest.open[shard] < closed
+        fold adds, and (closing: the shard keeps visitors of days before closed) those
+        visitors forgotten, their number kept; the oldest day whose visitors are still
+        kept, if any. Only the lines of links that change are parsed (``merged``)."""
         # Untouched links' days stay open as they were, unless this fold closes them.
         oldest = [] if closing or shard not in manifest.open else [manifest.open[shard]]
 
-        def updated(totals: LinkTotals, code: str) -> bytes:
+        def updated(totals: LinkTotals, code: str) -> LinkTotals:
             for day, tally in adding.get(code, []):
                 totals.add(day, tally, closed)
             totals.close(closed)
             oldest.extend(totals.open)
-            return json.dumps(totals.to_json(), separators=(",", ":")).encode()
+            return totals
         with self._lines(manifest, shard) as lines:
             write_atomically(self.dir / name, totals_file(merged(lines, adding, updated,
                                                                  closing)))
@@ -320,10 +320,12 @@ class FileVisits:
         for _ in range(5):
             manifest = self._manifest()
             try:
+                by_shard: dict[str, list[str]] = {}
+                for code in codes:
+                    by_shard.setdefault(str(shard_of(code)), []).append(code)
                 found: dict[str, LinkTotals] = {}
-                for shard in {str(shard_of(code)) for code in codes}:
-                    found |= self._find(manifest, shard, [
-                        code for code in codes if str(shard_of(code)) == shard])
+                for shard, in_shard in by_shard.items():
+                    found |= self._find(manifest, shard, in_shard)
                 for rel in self._logs():
                     batches, _ = read_lines(self.dir / rel, manifest.folded.get(rel, 0))
                     for code, day, tally in rows_of(batches, rel, codes):
@@ -403,9 +405,8 @@ class TotalsLines:
         if totals.read(2) != b"{\n":  # one line: the release before's, or {} (no links)
             totals.seek(0)
             whole = json.loads(totals.read())
-            yield cls(b"".join(totals_file(
-                json.dumps(code).encode() + b":" + json.dumps(
-                    whole[code], separators=(",", ":")).encode() for code in sorted(whole))))
+            yield cls(b"".join(totals_file(link_line(code, whole[code])
+                                           for code in sorted(whole))))
             return
         with mmap.mmap(totals.fileno(), 0, access=mmap.ACCESS_READ) as data:
             if data[-3:] != b"\n}\n":
@@ -453,7 +454,8 @@ DECODER = json.JSONDecoder()
 
 
 def merged(lines: TotalsLines, adding: Collection[str],
-           updated: Callable[[LinkTotals, str], bytes], closing: bool) -> Iterator[bytes]:
+           updated: Callable[[LinkTotals, str], LinkTotals], closing: bool
+           ) -> Iterator[bytes]:
     """A shard's lines after a fold, in order: updated(totals, code) for each code added
     to (its totals, or new ones), and when closing, each link with days still open; the
     rest copied as they are, a block of lines at a time."""
@@ -471,10 +473,15 @@ def merged(lines: TotalsLines, adding: Collection[str],
             yield lines.block(at, start)
         found, value, end = lines.line(start) if start < lines.end else ("", b"", start)
         totals = LinkTotals.from_json(json.loads(value)) if found == code else LinkTotals()
-        yield json.dumps(code).encode() + b":" + updated(totals, code)
+        yield link_line(code, updated(totals, code).to_json())
         at = end if found == code else start
     if at < lines.end:
         yield lines.block(at, lines.end)
+
+
+def link_line(code: str, totals: Mapping[str, Any]) -> bytes:
+    """A link's line of a totals file (``LinkTotals.to_json``), without its separator."""
+    return json.dumps(code).encode() + b":" + json.dumps(totals, separators=(",", ":")).encode()
 
 
 def totals_file(lines: Iterable[bytes]) -> Iterator[bytes]:
