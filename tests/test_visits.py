@@ -8,9 +8,11 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
+import functools
 import io
 import json
 import marshal  # nosec B403: what visits.Recorder sends its writer
+import operator
 import os
 import random
 import signal
@@ -34,7 +36,8 @@ from linkstore.jsonfile import FileStore, write_atomically
 from linkstore.postgres import PostgresStore
 from linkstore.visits_file import FileVisits, shard_of
 from linkstore.visits_postgres import (ADD_COUNTS_0004, ADD_COUNTS_0005, ADD_VISITORS_0004,
-                                       PostgresVisits, add_counts_0005_parameters)
+                                       PostgresVisits, add_counts_0005_parameters,
+                                       visitor_sketch)
 from ops import processes
 from tests.helpers import CHROME_UA, FIREFOX_UA, eventually, everything_stored
 from tests.servers import REPO
@@ -513,6 +516,29 @@ def test_a_rows_list_of_hashes_stops_at_64_and_its_sketch_counts_on(
             row = conn.execute("SELECT cardinality(visitor_hashes) FROM visit_counts").fetchone()
         assert row == (listed,)
     assert abs(visits_.stats("abc").days[TODAY].visitors / 100 - 1) < 0.12
+
+
+def test_a_sketch_sets_one_bit_a_visitor_where_migration_5_says() -> None:
+    """Bit ``hash & 255`` of level min(15, trailing zero bits of ``hash >> 8``), counted
+    from the left of 16 levels of 256 bits, read here as one big number."""
+    def bits(sketch: str | None) -> int:
+        assert sketch is not None and sketch[0] == "x" and len(sketch) == 1 + 1024
+        return int(sketch[1:], 16)
+    top = 16 * 256 - 1  # the leftmost bit
+    assert visitor_sketch([]) is None
+    assert bits(visitor_sketch([0x105])) == 1 << (top - 5)  # level 0: rest 1, no zero bits
+    assert bits(visitor_sketch([0x2FF])) == 1 << (top - 256 - 255)  # level 1
+    assert bits(visitor_sketch([0x07])) == 1 << (top - 15 * 256 - 7)  # rest 0: the last level
+    assert bits(visitor_sketch([-1])) == 1 << (top - 255)  # as unsigned: rest all ones, level 0
+    assert bits(visitor_sketch([1 << 40])) == 1 << (top - 15 * 256)  # 32 zero bits: capped
+
+    def level(visitor: int) -> int:
+        rest = (visitor % 2**64) >> 8
+        return min((rest & -rest).bit_length() - 1, 15) if rest else 15
+    seeded = random.Random(5)
+    hashes = [seeded.getrandbits(64) - 2**63 for _ in range(300)]
+    assert bits(visitor_sketch(hashes)) == functools.reduce(
+        operator.or_, (1 << (top - 256 * level(h) - h % 256) for h in hashes))
 
 
 def sketched(code: str, visitors: list[int]) -> Batch:
