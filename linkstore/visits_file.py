@@ -317,12 +317,12 @@ class FileVisits:
     def _read(self, codes: set[str]) -> dict[str, LinkTotals]:
         """The folded totals of codes, plus every unfolded line for them. A fold may
         replace a totals file between the manifest and the file: read again."""
+        by_shard: dict[str, list[str]] = {}
+        for code in codes:
+            by_shard.setdefault(str(shard_of(code)), []).append(code)
         for _ in range(5):
             manifest = self._manifest()
             try:
-                by_shard: dict[str, list[str]] = {}
-                for code in codes:
-                    by_shard.setdefault(str(shard_of(code)), []).append(code)
                 found: dict[str, LinkTotals] = {}
                 for shard, in_shard in by_shard.items():
                     found |= self._find(manifest, shard, in_shard)
